@@ -1,0 +1,123 @@
+package app
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+)
+
+// Version is stamped at build time.
+var Version = "dev"
+
+// NewCommand is the cowweb command line. terminate is closed when the process receives SIGTERM or SIGINT.
+func NewCommand(stdout io.Writer, terminate <-chan struct{}) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "cowweb",
+		Short:         "A cowsay web API for rolling-update experiments",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCommand(stdout, terminate), &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), Version)
+			return err
+		},
+	})
+	return root
+}
+
+func newServeCommand(stdout io.Writer, terminate <-chan struct{}) *cobra.Command {
+	var (
+		port     int
+		listen   string
+		graceful bool
+		shutdown string
+		cfg      Config
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve GET /say, /think, /health and /metrics",
+		Long: `Serve the cow API.
+
+  GET /say?m=TEXT    a cow saying TEXT
+  GET /think?m=TEXT  a cow thinking TEXT
+  GET /health        200 while the process runs
+  GET /metrics       Prometheus metrics (requests, in-flight, latency, shutdown timeline)
+
+With --slow every /say and /think first runs load×load cheap pseudo-random calls (the CPU knob).
+
+On SIGTERM:
+  immediate  exit at once; requests in flight are cut
+  graceful   stop accepting, finish requests in flight, exit (bounded by --shutdown-timeout)
+  drain      keep accepting and serving for --drain-delay, then as graceful
+
+--shutdown-gracefully=true|false (cowweb-go v1.1.1) is the same as --shutdown=graceful|immediate.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mode, err := resolveShutdownMode(cmd, shutdown, graceful)
+			if err != nil {
+				return err
+			}
+			cfg.Shutdown = mode
+			if cfg.Load < 0 {
+				return fmt.Errorf("--load must not be negative, got %d", cfg.Load)
+			}
+			if cfg.DrainDelay < 0 || cfg.ShutdownTimeout < 0 {
+				return fmt.Errorf("--drain-delay and --shutdown-timeout must not be negative")
+			}
+			if cfg.DrainDelay > 0 && mode != ShutdownDrain {
+				return fmt.Errorf("--drain-delay needs --shutdown=drain (shutdown is %s)", mode)
+			}
+			cfg.Listen = listen
+			if !cmd.Flags().Changed("listen") {
+				cfg.Listen = net.JoinHostPort("", strconv.Itoa(port))
+			}
+			logger := slog.New(slog.NewJSONHandler(stdout, nil))
+			reg := prometheus.NewRegistry()
+			err = NewServer(cfg, logger, reg, reg).Run(terminate)
+			if err == nil {
+				logger.Info("exit", "event", "exit", "at", time.Now(), "code", 0)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntVarP(&port, "port", "p", 8080, "port to listen on (all addresses)")
+	f.StringVar(&listen, "listen", "", "address to listen on, host:port (default \":PORT\")")
+	f.BoolVarP(&cfg.Slow, "slow", "s", false, "burn CPU on every cow request (see --load)")
+	f.IntVarP(&cfg.Load, "load", "l", 1024, "with --slow, each request runs load×load pseudo-random calls")
+	f.BoolVarP(&graceful, "shutdown-gracefully", "g", true, "on SIGTERM shut down gracefully (false: exit at once)")
+	f.StringVar(&shutdown, "shutdown", string(ShutdownGraceful), "on SIGTERM: immediate, graceful or drain")
+	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "with --shutdown=drain, how long to keep accepting after SIGTERM")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown; 0 waits for every request")
+	return cmd
+}
+
+func resolveShutdownMode(cmd *cobra.Command, shutdown string, graceful bool) (ShutdownMode, error) {
+	mode, err := ParseShutdownMode(shutdown)
+	if err != nil {
+		return "", fmt.Errorf("--shutdown: %w", err)
+	}
+	if !cmd.Flags().Changed("shutdown-gracefully") {
+		return mode, nil
+	}
+	legacy := ShutdownImmediate
+	if graceful {
+		legacy = ShutdownGraceful
+	}
+	if cmd.Flags().Changed("shutdown") && legacy != mode && !(graceful && mode == ShutdownDrain) {
+		return "", fmt.Errorf("--shutdown-gracefully=%t contradicts --shutdown=%s", graceful, mode)
+	}
+	if cmd.Flags().Changed("shutdown") {
+		return mode, nil
+	}
+	return legacy, nil
+}

@@ -1,0 +1,200 @@
+// Package app is the cowweb server: a cowsay web API with a CPU knob and selectable shutdown behaviour,
+// command-line compatible with cowweb-go v1.1.1.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// ShutdownMode says what the server does on SIGTERM.
+type ShutdownMode string
+
+const (
+	// ShutdownImmediate exits at once: requests in flight are cut (cowweb-go with --shutdown-gracefully=false).
+	ShutdownImmediate ShutdownMode = "immediate"
+	// ShutdownGraceful closes the listener, then waits for requests in flight (http.Server.Shutdown).
+	ShutdownGraceful ShutdownMode = "graceful"
+	// ShutdownDrain keeps accepting and serving for the drain delay, then shuts down gracefully.
+	ShutdownDrain ShutdownMode = "drain"
+)
+
+// ParseShutdownMode accepts the names of the three modes.
+func ParseShutdownMode(s string) (ShutdownMode, error) {
+	switch m := ShutdownMode(s); m {
+	case ShutdownImmediate, ShutdownGraceful, ShutdownDrain:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown shutdown mode %q (want immediate, graceful or drain)", s)
+}
+
+// Config is what `cowweb serve` is told on its command line.
+type Config struct {
+	Listen          string
+	Slow            bool
+	Load            int
+	Shutdown        ShutdownMode
+	DrainDelay      time.Duration
+	ShutdownTimeout time.Duration
+}
+
+// ErrExitImmediately is returned by Run when the shutdown mode asks the process to die at once.
+var ErrExitImmediately = errors.New("terminated without graceful shutdown")
+
+// Server serves the cow API and carries out the configured shutdown.
+type Server struct {
+	cfg     Config
+	metrics *Metrics
+	logger  *slog.Logger
+	http    *http.Server
+}
+
+// NewServer builds a server whose metrics are registered on reg and exposed with gatherer on /metrics.
+func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) *Server {
+	s := &Server{cfg: cfg, metrics: NewMetrics(reg), logger: logger}
+	s.metrics.DrainDelayConfigured.Set(cfg.DrainDelay.Seconds())
+	s.metrics.ShutdownTimeoutSeconds.Set(cfg.ShutdownTimeout.Seconds())
+	mux := http.NewServeMux()
+	mux.Handle("GET /say", s.instrument("say", s.cowHandler(Say)))
+	mux.Handle("GET /think", s.instrument("think", s.cowHandler(Think)))
+	mux.Handle("GET /health", s.instrument("health", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s
+}
+
+func (s *Server) cowHandler(render func(string) string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Slow {
+			burnCPU(s.cfg.Load)
+		}
+		message := r.URL.Query().Get("m")
+		if message == "" {
+			message = "Moo!"
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte(render(message)))
+	})
+}
+
+// burnCPU is the CPU knob of cowweb-go's --slow: load×load cheap pseudo-random calls.
+func burnCPU(load int) uint64 {
+	var sink uint64
+	for i := 0; i < load*load; i++ {
+		sink += rand.Uint64()
+	}
+	return sink
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(handler string, next http.Handler) http.Handler {
+	duration := s.metrics.Duration.WithLabelValues(handler)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		s.metrics.InFlight.Inc()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		defer func() {
+			end := time.Now()
+			s.metrics.InFlight.Dec()
+			duration.Observe(end.Sub(start).Seconds())
+			s.metrics.Requests.WithLabelValues(handler, strconv.Itoa(rec.code)).Inc()
+			s.metrics.LastRequestFinished.Set(unixSeconds(end))
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// Run listens, serves until terminate is closed, then shuts down as configured. It returns
+// ErrExitImmediately in immediate mode so that main can end the process without waiting for anything.
+func (s *Server) Run(terminate <-chan struct{}) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ln, terminate)
+}
+
+// Serve is Run on a listener the caller opened.
+func (s *Server) Serve(ln net.Listener, terminate <-chan struct{}) error {
+	ln = &notifyingListener{Listener: ln, onClose: func() {
+		now := time.Now()
+		s.metrics.ListenerClosed.Set(unixSeconds(now))
+		s.logger.Info("listener closed", "event", "listener_closed", "at", now)
+	}}
+	s.logger.Info("listening", "event", "listening", "addr", ln.Addr().String(), "at", time.Now(),
+		"shutdown", s.cfg.Shutdown, "slow", s.cfg.Slow, "load", s.cfg.Load)
+	served := make(chan error, 1)
+	go func() { served <- s.http.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-terminate:
+	}
+	now := time.Now()
+	s.metrics.SigtermReceived.Set(unixSeconds(now))
+	s.logger.Info("SIGTERM received", "event", "sigterm", "at", now, "shutdown", s.cfg.Shutdown)
+
+	switch s.cfg.Shutdown {
+	case ShutdownImmediate:
+		return ErrExitImmediately
+	case ShutdownDrain:
+		s.metrics.setPhase(PhaseDraining)
+		// Asking clients to close after each response moves keep-alive clients to other endpoints while we still serve.
+		s.http.SetKeepAlivesEnabled(false)
+		time.Sleep(s.cfg.DrainDelay)
+		s.logger.Info("drained", "event", "drained", "at", time.Now(), "drain_delay", s.cfg.DrainDelay.String())
+	}
+	s.metrics.setPhase(PhaseClosing)
+	ctx := context.Background()
+	if s.cfg.ShutdownTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
+		defer cancel()
+	}
+	if err := s.http.Shutdown(ctx); err != nil {
+		s.logger.Warn("graceful shutdown timed out; closing open connections", "event", "shutdown_timeout",
+			"at", time.Now(), "timeout", s.cfg.ShutdownTimeout.String())
+		return errors.Join(fmt.Errorf("graceful shutdown: %w", err), s.http.Close())
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// notifyingListener reports the moment the server stops accepting, which http.Server does not expose.
+type notifyingListener struct {
+	net.Listener
+	once    sync.Once
+	onClose func()
+}
+
+func (l *notifyingListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(l.onClose)
+	return err
+}
