@@ -229,4 +229,3 @@ func TestHelmLintIsClean(t *testing.T) {
 		}
 	}
 }
-
