@@ -1,0 +1,190 @@
+package plan
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEveryPlanInPlansLoads(t *testing.T) {
+	files, err := filepath.Glob("../plans/*.yaml")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("plans: %v %v", files, err)
+	}
+	for _, f := range files {
+		p, err := LoadFile(f)
+		if err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		if len(p.Cases) == 0 {
+			t.Errorf("%s: no cases", f)
+		}
+		for _, c := range p.Cases {
+			if c.Requests <= 0 || c.RolloutAt() >= c.Load.TotalDuration() {
+				t.Errorf("%s/%s: %d requests, rollout at %s of %s", f, c.Name, c.Requests, c.RolloutAt(), c.Load.TotalDuration())
+			}
+		}
+	}
+}
+
+func TestReferencePlansSendTheArticlesCounts(t *testing.T) {
+	for file, want := range map[string]struct {
+		requests int64
+		cases    []string
+		load     int
+		sleeps   []time.Duration
+		shutdown []string
+	}{
+		"l640-rep8-rps200.yaml":  {24060, []string{"cowweb-ru-gs", "cowweb-ru-gs-slp5", "cowweb-ru-gs-slp8"}, 640, []time.Duration{0, 5 * time.Second, 8 * time.Second}, []string{"graceful", "graceful", "graceful"}},
+		"l1024-rep8-rps100.yaml": {12060, []string{"cowweb-ru-slp8", "cowweb-ru-gs-slp8"}, 1024, []time.Duration{8 * time.Second, 8 * time.Second}, []string{"immediate", "graceful"}},
+	} {
+		p, err := LoadFile("../plans/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Cases) != len(want.cases) {
+			t.Fatalf("%s: %d cases, want %d", file, len(p.Cases), len(want.cases))
+		}
+		for i, c := range p.Cases {
+			if c.Name != want.cases[i] || c.Requests != want.requests || c.App.Load != want.load || c.App.Replicas != 8 ||
+				c.App.PreStop.Sleep.D() != want.sleeps[i] || c.App.Shutdown != want.shutdown[i] {
+				t.Errorf("%s case %d: %s %d requests load %d replicas %d sleep %s shutdown %s", file, i, c.Name, c.Requests,
+					c.App.Load, c.App.Replicas, c.App.PreStop.Sleep, c.App.Shutdown)
+			}
+			if at := c.RolloutAt(); at < 60*time.Second || at >= 120*time.Second {
+				t.Errorf("%s/%s: restart at %s, want during the hold (60 s - 120 s)", file, c.Name, at)
+			}
+		}
+	}
+}
+
+func TestRequestsIsTheIntegralOfTheRate(t *testing.T) {
+	for _, c := range []struct {
+		load Load
+		want int64
+	}{
+		{Load{Rate: 40, Duration: Duration(30 * time.Second)}, 1200},
+		{Load{Rate: 0.5, Duration: Duration(3 * time.Second)}, 1},
+		{Load{StartRate: 1, Stages: []Stage{{Duration(60 * time.Second), 100}}}, 3030},
+		{Load{StartRate: 0, Stages: []Stage{{Duration(10 * time.Second), 10}, {Duration(10 * time.Second), 0}}}, 100},
+		{Load{StartRate: 0.1, Stages: []Stage{{Duration(1500 * time.Millisecond), 0.3}}}, 0},
+		{Load{StartRate: 3, Stages: []Stage{{Duration(100 * time.Millisecond), 3}}}, 0},
+	} {
+		if got := c.load.Requests(); got != c.want {
+			t.Errorf("%+v: %d requests, want %d", c.load, got, c.want)
+		}
+	}
+}
+
+func TestDefaultsFillWhatThePlanLeavesOut(t *testing.T) {
+	p, err := Parse("min.yaml", []byte("name: min\nload: {rate: 10, duration: 10s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.Cases[0]
+	if p.Target.Kind != "lab" || p.Repeats != 1 || p.Report.Lang != "ja" || c.Name != DefaultCaseName {
+		t.Errorf("plan defaults: %+v", p)
+	}
+	if c.App.Replicas != 8 || c.App.Load != 640 || !c.App.Slow || c.App.Shutdown != "graceful" || c.App.TerminationGracePeriod.D() != time.Minute ||
+		c.App.Probes.Readiness.InitialDelay.D() != 10*time.Second || c.App.Strategy.MaxSurge != "25%" || c.App.PreStop.Action != "exec" {
+		t.Errorf("app defaults: %+v", c.App)
+	}
+	if c.Load.Path != "/say?m=rollout-lab" || !c.Load.KeepAlive || c.Load.Timeout.D() != 30*time.Second || c.Requests != 100 {
+		t.Errorf("load defaults: %+v, %d requests", c.Load, c.Requests)
+	}
+	if !c.Rollout.Restart || c.RolloutAt() != 5*time.Second || c.Rollout.Timeout.D() != 5*time.Minute {
+		t.Errorf("rollout defaults: %+v at %s", c.Rollout, c.RolloutAt())
+	}
+	if c.Expect.MaxErrors != nil || c.Expect.MaxErrorRate != nil {
+		t.Errorf("no expectation by default: %+v", c.Expect)
+	}
+}
+
+func TestCaseOverridesMergeDeeply(t *testing.T) {
+	p, err := Parse("o.yaml", []byte(`
+name: o
+app:
+  preStop: {sleep: 8s, action: sleep}
+  values: {podLabels: {team: a}, resources: {limits: {cpu: 500m}}}
+load: {rate: 10, duration: 10s}
+expect: {maxErrorRate: 0.01}
+cases:
+  - name: base
+  - name: changed
+    app:
+      preStop: {sleep: 2s}
+      values: {podLabels: {tier: b}}
+    expect: {maxErrors: 0}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, changed := p.Cases[0], p.Cases[1]
+	if base.App.PreStop.Sleep.D() != 8*time.Second || changed.App.PreStop.Sleep.D() != 2*time.Second || changed.App.PreStop.Action != "sleep" {
+		t.Errorf("preStop: base %+v changed %+v", base.App.PreStop, changed.App.PreStop)
+	}
+	labels := changed.App.Values["podLabels"].(map[string]any)
+	if labels["team"] != "a" || labels["tier"] != "b" || changed.App.Values["resources"] == nil {
+		t.Errorf("values merged: %v", changed.App.Values)
+	}
+	if *changed.Expect.MaxErrorRate != 0.01 || *changed.Expect.MaxErrors != 0 || base.Expect.MaxErrors != nil {
+		t.Errorf("expect: base %+v changed %+v", base.Expect, changed.Expect)
+	}
+}
+
+func TestMatrixExpandsTheCrossProduct(t *testing.T) {
+	p, err := Parse("m.yaml", []byte(`
+name: m
+load: {rate: 10, duration: 10s}
+cases:
+  - name: explicit
+matrix:
+  params:
+    app.preStop.sleep: [0s, 8s]
+    app.shutdown: [graceful, immediate]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range p.Cases {
+		names = append(names, c.Name+"="+c.App.PreStop.Sleep.String()+"/"+c.App.Shutdown)
+	}
+	want := "explicit=0s/graceful sleep-0s-shutdown-graceful=0s/graceful sleep-0s-shutdown-immediate=0s/immediate " +
+		"sleep-8s-shutdown-graceful=8s/graceful sleep-8s-shutdown-immediate=8s/immediate"
+	if strings.Join(names, " ") != want {
+		t.Errorf("cases %v\nwant %s", names, want)
+	}
+
+	sweep, err := LoadFile("../plans/sweep-prestop.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sweep.Cases) != 5 || sweep.Cases[4].Name != "gs-slp8s" || sweep.Cases[4].App.PreStop.Sleep.D() != 8*time.Second {
+		t.Errorf("sweep cases %+v", sweep.Cases)
+	}
+}
+
+func TestErrorsNameFileLineAndField(t *testing.T) {
+	_, err := Parse("plans/bad.yaml", []byte("name: bad\nload: {rate: 10, duration: 10s}\napp:\n  replicas: 0\n  shutdown: soon\n"))
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != 2 {
+		t.Fatalf("want 2 errors, got %v", err)
+	}
+	if got := list[0].Error(); got != `plans/bad.yaml:4:13: app.replicas: must be at least 1, got 0` {
+		t.Errorf("first error %q", got)
+	}
+	if got := list[1].Error(); got != `plans/bad.yaml:5:13: app.shutdown: "soon" is not one of graceful, immediate, drain` {
+		t.Errorf("second error %q", got)
+	}
+}
+
+func TestLoadFileReportsAMissingFile(t *testing.T) {
+	if _, err := LoadFile(filepath.Join(t.TempDir(), "nope.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("want not-exist, got %v", err)
+	}
+}

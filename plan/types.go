@@ -1,0 +1,206 @@
+// Package plan reads rollout-lab plans: YAML files that describe the app, the load, the rollout and the cases to
+// compare. Decoding is strict, defaults fill what a plan leaves out, and Validate reports every problem at once with
+// its file, line, column and field path.
+package plan
+
+import (
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Duration is a time.Duration written as a Go duration string ("8s", "1m30s").
+type Duration time.Duration
+
+// D is the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Seconds is the value in seconds.
+func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalYAML writes the duration as it would be written in a plan.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// MarshalText writes the duration for JSON output.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// IntOrPercent is a count or a percentage such as "25%", as Kubernetes' rolling update fields take.
+type IntOrPercent string
+
+// Helm is the value as the chart wants it: an integer when it is one, else the percentage string.
+func (v IntOrPercent) Helm() any {
+	if i, err := strconv.Atoi(string(v)); err == nil {
+		return i
+	}
+	return string(v)
+}
+
+func (v IntOrPercent) valid() bool {
+	s := strings.TrimSuffix(string(v), "%")
+	i, err := strconv.Atoi(s)
+	return err == nil && i >= 0 && (s != string(v) || !strings.HasPrefix(s, "+"))
+}
+
+func (v IntOrPercent) isZero() bool { return strings.TrimSuffix(string(v), "%") == "0" }
+
+// Spec is a plan file as written: shared settings, the cases that override them, and how to run and report.
+type Spec struct {
+	Name        string     `yaml:"name"`
+	Description string     `yaml:"description,omitempty"`
+	Target      Target     `yaml:"target"`
+	Repeats     int        `yaml:"repeats"`
+	Report      Report     `yaml:"report"`
+	Settings    `yaml:",inline"`
+	Cases       []CaseSpec `yaml:"cases,omitempty"`
+	Matrix      *Matrix    `yaml:"matrix,omitempty"`
+}
+
+// Settings are what every case has and may override.
+type Settings struct {
+	App     App     `yaml:"app"`
+	Load    Load    `yaml:"load"`
+	Rollout Rollout `yaml:"rollout"`
+	Expect  Expect  `yaml:"expect"`
+}
+
+// Target says where the experiment runs.
+type Target struct {
+	// Kind is lab (the embedded Kubernetes) or kubernetes (a cluster from a kubeconfig).
+	Kind string `yaml:"kind"`
+	// Context is the kubeconfig context; required with kind kubernetes, so the current context is never used by accident.
+	Context string `yaml:"context,omitempty"`
+	// Kubeconfig is the kubeconfig file for kind kubernetes; empty means KUBECONFIG or ~/.kube/config, as kubectl.
+	Kubeconfig string `yaml:"kubeconfig,omitempty"`
+	// Namespace holds the release; default the plan's name.
+	Namespace string `yaml:"namespace,omitempty"`
+}
+
+// App is the cowweb Deployment: what the chart is given.
+type App struct {
+	Replicas int   `yaml:"replicas"`
+	Image    Image `yaml:"image"`
+	// Port is the container port the app listens on.
+	Port int `yaml:"port"`
+	// Slow turns the CPU knob on; Load is its size (load×load pseudo-random calls per request).
+	Slow bool `yaml:"slow"`
+	Load int  `yaml:"load"`
+	// Shutdown is the app's reaction to SIGTERM: graceful, immediate or drain.
+	Shutdown        string   `yaml:"shutdown"`
+	DrainDelay      Duration `yaml:"drainDelay"`
+	ShutdownTimeout Duration `yaml:"shutdownTimeout"`
+	PreStop         PreStop  `yaml:"preStop"`
+	// TerminationGracePeriod is counted from the deletion request, preStop included.
+	TerminationGracePeriod Duration `yaml:"terminationGracePeriod"`
+	Probes                 Probes   `yaml:"probes"`
+	Strategy               Strategy `yaml:"strategy"`
+	MinReady               Duration `yaml:"minReady"`
+	// Values are raw Helm values laid over the ones generated from the fields above.
+	Values map[string]any `yaml:"values,omitempty"`
+}
+
+// Image overrides the chart's image; empty fields keep the chart's default (the upstream cowweb-go image).
+type Image struct {
+	Repository string   `yaml:"repository,omitempty"`
+	Tag        string   `yaml:"tag,omitempty"`
+	PullPolicy string   `yaml:"pullPolicy,omitempty"`
+	Command    []string `yaml:"command,omitempty"`
+}
+
+// PreStop is the container's preStop hook.
+type PreStop struct {
+	// Sleep is how long the hook sleeps; 0 means no hook (unless Action is httpGet).
+	Sleep Duration `yaml:"sleep"`
+	// Action is exec (sh -c "sleep N", as in the reference experiment), sleep (the native action) or httpGet.
+	Action string `yaml:"action"`
+	// Path and Port are for httpGet; port 0 means the app's port.
+	Path string `yaml:"path,omitempty"`
+	Port int    `yaml:"port,omitempty"`
+}
+
+// Probes are the container's probes.
+type Probes struct {
+	Readiness Probe `yaml:"readiness"`
+	Liveness  Probe `yaml:"liveness"`
+	Startup   Probe `yaml:"startup"`
+}
+
+// Probe is one httpGet probe on the app's port.
+type Probe struct {
+	Enabled          bool     `yaml:"enabled"`
+	Path             string   `yaml:"path"`
+	InitialDelay     Duration `yaml:"initialDelay"`
+	Period           Duration `yaml:"period"`
+	Timeout          Duration `yaml:"timeout"`
+	SuccessThreshold int      `yaml:"successThreshold"`
+	FailureThreshold int      `yaml:"failureThreshold"`
+}
+
+// Strategy is the Deployment's rolling update.
+type Strategy struct {
+	MaxSurge       IntOrPercent `yaml:"maxSurge"`
+	MaxUnavailable IntOrPercent `yaml:"maxUnavailable"`
+}
+
+// Load is the open-model HTTP load: arrivals follow the schedule whatever the responses do.
+type Load struct {
+	// Path is requested on the Service, query included.
+	Path      string   `yaml:"path"`
+	Timeout   Duration `yaml:"timeout"`
+	KeepAlive bool     `yaml:"keepAlive"`
+	// Connections bounds idle connections per host; Workers is the initial worker count and MaxWorkers its bound (0: no bound).
+	Connections int `yaml:"connections"`
+	Workers     int `yaml:"workers"`
+	MaxWorkers  int `yaml:"maxWorkers"`
+	// StartRate and Stages give arrival rates as k6's ramping-arrival-rate does: each stage moves linearly from the
+	// previous rate to its target over its duration.
+	StartRate float64 `yaml:"startRate"`
+	Stages    []Stage `yaml:"stages,omitempty"`
+	// Rate and Duration give a constant rate instead of stages.
+	Rate     float64  `yaml:"rate,omitempty"`
+	Duration Duration `yaml:"duration,omitempty"`
+}
+
+// Stage is one linear segment of the arrival rate.
+type Stage struct {
+	Duration Duration `yaml:"duration"`
+	Target   float64  `yaml:"target"`
+}
+
+// Rollout is what happens to the Deployment during the load.
+type Rollout struct {
+	// Restart does what `kubectl rollout restart` does.
+	Restart bool `yaml:"restart"`
+	// At is the offset from the load's start; default the middle of the load.
+	At *Duration `yaml:"at,omitempty"`
+	// Timeout bounds the wait for the rollout to complete.
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Expect holds conditions checked on each case's result; unset ones are not checked.
+type Expect struct {
+	MaxErrors    *int64   `yaml:"maxErrors,omitempty"`
+	MaxErrorRate *float64 `yaml:"maxErrorRate,omitempty"`
+}
+
+// Report says how results are written.
+type Report struct {
+	// Lang is the language of the Markdown tables: ja or en.
+	Lang string `yaml:"lang"`
+}
+
+// CaseSpec is a named case: its overrides of the plan's settings.
+type CaseSpec struct {
+	Name        string   `yaml:"name"`
+	Description string   `yaml:"description,omitempty"`
+	Settings    `yaml:",inline"`
+}
+
+// Matrix generates cases from lists of values for settings fields.
+type Matrix struct {
+	// Name is the case name template: {field.path} is replaced by the case's value, e.g. "slp{app.preStop.sleep}".
+	Name string `yaml:"name,omitempty"`
+	// Params maps a settings field path (app.preStop.sleep) to its values; cases are their cross product.
+	Params map[string]any `yaml:"params"`
+}

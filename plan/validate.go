@@ -1,0 +1,192 @@
+package plan
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// validator checks one resolved case; loc says which node gave each field its value.
+type validator struct {
+	d        *decoder
+	loc      located
+	fallback *yaml.Node // where to point when a field and all its parents came from the defaults
+}
+
+// fail reports a problem with field, at the node that set it, or else at the nearest parent the file set.
+func (v *validator) fail(field, format string, args ...any) {
+	path := field
+	for {
+		n := v.loc[path]
+		if n != nil && n.Line > 0 {
+			shown, ok := v.d.paths[n]
+			if !ok || path != field {
+				shown = field
+			}
+			v.d.errs = append(v.d.errs, Error{File: v.d.file, Line: n.Line, Column: n.Column, Field: shown, Message: fmt.Sprintf(format, args...)})
+			return
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	e := Error{File: v.d.file, Field: field, Message: fmt.Sprintf(format, args...)}
+	if v.fallback != nil {
+		e.Line, e.Column = v.fallback.Line, v.fallback.Column
+	}
+	v.d.errs = append(v.d.errs, e)
+}
+
+func (v *validator) check(ok bool, field, format string, args ...any) bool {
+	if !ok {
+		v.fail(field, format, args...)
+	}
+	return ok
+}
+
+func (v *validator) oneOf(value, field string, allowed ...string) {
+	v.check(slices.Contains(allowed, value), field, "%q is not one of %s", value, strings.Join(allowed, ", "))
+}
+
+func (v *validator) wholeSeconds(d Duration, field string, minimum time.Duration) {
+	if v.check(d.D() >= minimum, field, "must be at least %s, got %s", minimum, d) {
+		v.check(d.D()%time.Second == 0, field, "Kubernetes takes whole seconds here, got %s", d)
+	}
+}
+
+func (v *validator) positive(d Duration, field string) {
+	v.check(d > 0, field, "must be longer than 0, got %s", d)
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+func (d *decoder) validateTop(p *Plan, loc located) {
+	v := &validator{d: d, loc: loc}
+	switch {
+	case p.Name == "":
+		v.fail("name", "every plan needs a name (it names the Helm release, the namespace and the results directory)")
+	case len(p.Name) > maxNameLen || !dnsLabel.MatchString(p.Name):
+		v.fail("name", "%q: use lower-case letters, digits and '-', start and end with a letter or digit, at most %d characters", p.Name, maxNameLen)
+	}
+	v.oneOf(p.Target.Kind, "target.kind", "lab", "kubernetes")
+	if p.Target.Namespace != "" {
+		v.check(len(p.Target.Namespace) <= 63 && dnsLabel.MatchString(p.Target.Namespace), "target.namespace", "%q is not a valid namespace name", p.Target.Namespace)
+	}
+	v.check(p.Repeats >= 1 && p.Repeats <= maxRepeats, "repeats", "must be between 1 and %d, got %d", maxRepeats, p.Repeats)
+	v.oneOf(p.Report.Lang, "report.lang", "ja", "en")
+}
+
+// validateCase checks a case and returns the number of requests its load sends.
+func (v *validator) validateCase(c *Case) int64 {
+	v.validateApp(&c.App)
+	requests := v.validateLoad(&c.Load)
+	loadDuration := c.Load.TotalDuration()
+	if c.Rollout.At != nil {
+		at := c.Rollout.At.D()
+		v.check(at >= 0, "rollout.at", "must not be negative, got %s", at)
+		if loadDuration > 0 {
+			v.check(at < loadDuration, "rollout.at", "%s is not before the load ends (the load lasts %s)", at, loadDuration)
+		}
+	}
+	v.positive(c.Rollout.Timeout, "rollout.timeout")
+	if e := c.Expect.MaxErrors; e != nil {
+		v.check(*e >= 0, "expect.maxErrors", "must not be negative, got %d", *e)
+	}
+	if r := c.Expect.MaxErrorRate; r != nil {
+		v.check(*r >= 0 && *r <= 1, "expect.maxErrorRate", "is a fraction between 0 and 1, got %g", *r)
+	}
+	return requests
+}
+
+func (v *validator) validateApp(a *App) {
+	v.check(a.Replicas >= 1, "app.replicas", "must be at least 1, got %d", a.Replicas)
+	v.check(a.Port >= 1 && a.Port <= 65535, "app.port", "must be a port number 1-65535, got %d", a.Port)
+	v.check(a.Load >= 0, "app.load", "must not be negative, got %d", a.Load)
+	v.oneOf(a.Shutdown, "app.shutdown", "graceful", "immediate", "drain")
+	if v.check(a.DrainDelay >= 0, "app.drainDelay", "must not be negative, got %s", a.DrainDelay) && a.DrainDelay > 0 {
+		v.check(a.Shutdown == "drain", "app.drainDelay", "only applies with shutdown: drain (shutdown is %s)", a.Shutdown)
+	}
+	v.check(a.ShutdownTimeout >= 0, "app.shutdownTimeout", "must not be negative, got %s", a.ShutdownTimeout)
+	if a.Image.PullPolicy != "" {
+		v.oneOf(a.Image.PullPolicy, "app.image.pullPolicy", "Always", "IfNotPresent", "Never")
+	}
+	v.oneOf(a.PreStop.Action, "app.preStop.action", "exec", "sleep", "httpGet", "none")
+	v.wholeSeconds(a.PreStop.Sleep, "app.preStop.sleep", 0)
+	if a.PreStop.Action == "httpGet" {
+		v.check(strings.HasPrefix(a.PreStop.Path, "/"), "app.preStop.path", "must start with /, got %q", a.PreStop.Path)
+		v.check(a.PreStop.Port >= 0 && a.PreStop.Port <= 65535, "app.preStop.port", "must be a port number (0 for the app's port), got %d", a.PreStop.Port)
+	}
+	v.wholeSeconds(a.TerminationGracePeriod, "app.terminationGracePeriod", 0)
+	for name, p := range map[string]Probe{"readiness": a.Probes.Readiness, "liveness": a.Probes.Liveness, "startup": a.Probes.Startup} {
+		if !p.Enabled {
+			continue
+		}
+		field := "app.probes." + name
+		v.check(strings.HasPrefix(p.Path, "/"), field+".path", "must start with /, got %q", p.Path)
+		v.wholeSeconds(p.InitialDelay, field+".initialDelay", 0)
+		v.wholeSeconds(p.Period, field+".period", time.Second)
+		v.wholeSeconds(p.Timeout, field+".timeout", time.Second)
+		v.check(p.FailureThreshold >= 1, field+".failureThreshold", "must be at least 1, got %d", p.FailureThreshold)
+		if name == "readiness" {
+			v.check(p.SuccessThreshold >= 1, field+".successThreshold", "must be at least 1, got %d", p.SuccessThreshold)
+		} else {
+			v.check(p.SuccessThreshold == 1, field+".successThreshold", "must be 1 for %s probes, got %d", name, p.SuccessThreshold)
+		}
+	}
+	surge := v.check(a.Strategy.MaxSurge.valid(), "app.strategy.maxSurge", "want a count or a percentage such as 25%%, got %q", a.Strategy.MaxSurge)
+	unavailable := v.check(a.Strategy.MaxUnavailable.valid(), "app.strategy.maxUnavailable", "want a count or a percentage such as 25%%, got %q", a.Strategy.MaxUnavailable)
+	if surge && unavailable {
+		v.check(!a.Strategy.MaxSurge.isZero() || !a.Strategy.MaxUnavailable.isZero(), "app.strategy", "maxSurge and maxUnavailable cannot both be 0: the rollout could never progress")
+	}
+	v.wholeSeconds(a.MinReady, "app.minReady", 0)
+}
+
+func (v *validator) validateLoad(l *Load) int64 {
+	v.check(strings.HasPrefix(l.Path, "/"), "load.path", "must start with /, got %q", l.Path)
+	v.positive(l.Timeout, "load.timeout")
+	v.check(l.Connections >= 1, "load.connections", "must be at least 1, got %d", l.Connections)
+	v.check(l.Workers >= 1, "load.workers", "must be at least 1, got %d", l.Workers)
+	v.check(l.MaxWorkers == 0 || l.MaxWorkers >= l.Workers, "load.maxWorkers", "must be 0 (no bound) or at least workers (%d), got %d", l.Workers, l.MaxWorkers)
+	v.check(l.StartRate >= 0, "load.startRate", "must not be negative, got %g", l.StartRate)
+	constant := l.Rate != 0 || l.Duration != 0
+	switch {
+	case len(l.Stages) > 0 && constant:
+		v.fail("load", "set either stages or rate with duration, not both")
+		return 0
+	case len(l.Stages) == 0 && !constant:
+		v.fail("load", "set the arrival rate: stages (with startRate), or rate with duration")
+		return 0
+	case constant:
+		ok := v.check(l.Rate > 0, "load.rate", "must be more than 0 requests per second, got %g", l.Rate)
+		ok = v.check(l.Duration > 0, "load.duration", "must be longer than 0, got %s", l.Duration) && ok
+		if !ok {
+			return 0
+		}
+	default:
+		ok := true
+		for i, s := range l.Stages {
+			field := fmt.Sprintf("load.stages[%d]", i)
+			ok = v.check(s.Duration > 0, field+".duration", "must be longer than 0, got %s", s.Duration) && ok
+			ok = v.check(s.Target >= 0, field+".target", "must not be negative, got %g", s.Target) && ok
+		}
+		if !ok {
+			return 0
+		}
+	}
+	total := l.TotalDuration()
+	if !v.check(total <= maxDuration, "load", "lasts %s, more than the %s a plan may run", total, maxDuration) {
+		return 0
+	}
+	if !v.check(l.arrivals() <= maxRequests, "load", "sends %.0f requests, more than the %d a plan may send", l.arrivals(), maxRequests) {
+		return 0
+	}
+	requests := l.Requests()
+	v.check(requests >= 1, "load", "the arrival rate sends no request")
+	return requests
+}
