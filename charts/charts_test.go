@@ -1,6 +1,8 @@
 package charts
 
 import (
+	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
+
+	"github.com/rollout-lab/rollout-lab/plan"
 )
 
 type rendered struct {
@@ -227,5 +231,54 @@ func TestHelmLintIsClean(t *testing.T) {
 		if result.TotalChartsLinted != 1 {
 			t.Errorf("linted %d charts", result.TotalChartsLinted)
 		}
+	}
+}
+
+// Every case of every plan in plans/ must become values the chart accepts, rendering what the case says.
+func TestEveryPlanCaseRendersWithTheChart(t *testing.T) {
+	files, err := filepath.Glob("../plans/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("plans: %v %v", files, err)
+	}
+	for _, f := range files {
+		p, err := plan.LoadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range p.Cases {
+			r := render(t, CowwebValues(c.App))
+			d, ctr := r.deployment, r.container()
+			if int(*d.Spec.Replicas) != c.App.Replicas || *d.Spec.Template.Spec.TerminationGracePeriodSeconds != int64(c.App.TerminationGracePeriod.Seconds()) {
+				t.Errorf("%s/%s: replicas %d grace %d", f, c.Name, *d.Spec.Replicas, *d.Spec.Template.Spec.TerminationGracePeriodSeconds)
+			}
+			if !slices.Contains(ctr.Args, fmt.Sprintf("--load=%d", c.App.Load)) {
+				t.Errorf("%s/%s: args %v", f, c.Name, ctr.Args)
+			}
+			wantGraceful := map[string]string{"graceful": "--shutdown-gracefully=true", "immediate": "--shutdown-gracefully=false", "drain": "--shutdown=drain"}[c.App.Shutdown]
+			if !slices.Contains(ctr.Args, wantGraceful) {
+				t.Errorf("%s/%s: shutdown %s but args %v", f, c.Name, c.App.Shutdown, ctr.Args)
+			}
+			sleep := int(c.App.PreStop.Sleep.Seconds())
+			switch {
+			case sleep == 0 && ctr.Lifecycle != nil:
+				t.Errorf("%s/%s: no sleep but hook %+v", f, c.Name, ctr.Lifecycle.PreStop)
+			case sleep > 0 && (ctr.Lifecycle == nil || !slices.Equal(ctr.Lifecycle.PreStop.Exec.Command, []string{"sh", "-c", fmt.Sprintf("sleep %d", sleep)})):
+				t.Errorf("%s/%s: sleep %d but lifecycle %+v", f, c.Name, sleep, ctr.Lifecycle)
+			}
+			if got := ctr.ReadinessProbe.InitialDelaySeconds; got != int32(c.App.Probes.Readiness.InitialDelay.Seconds()) {
+				t.Errorf("%s/%s: readiness initial delay %d", f, c.Name, got)
+			}
+		}
+	}
+}
+
+func TestPlanValuesOverrideGeneratedOnes(t *testing.T) {
+	p, err := plan.Parse("v.yaml", []byte("name: v\nload: {rate: 1, duration: 1s}\napp:\n  image: {repository: example.org/cowweb, tag: dev}\n  values:\n    service: {type: ClusterIP}\n    app: {extraArgs: [--verbose]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := render(t, CowwebValues(p.Cases[0].App))
+	if r.service.Spec.Type != corev1.ServiceTypeClusterIP || r.container().Image != "example.org/cowweb:dev" || !slices.Contains(r.container().Args, "--verbose") || !slices.Contains(r.container().Args, "--load=640") {
+		t.Errorf("service %s image %s args %v", r.service.Spec.Type, r.container().Image, r.container().Args)
 	}
 }

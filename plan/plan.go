@@ -400,3 +400,11 @@ func (c Case) RolloutAt() time.Duration {
 	}
 	return c.Load.TotalDuration() / 2
 }
+
+// Namespace is where the plan's release lives: target.namespace, or the plan's name.
+func (p *Plan) Namespace() string {
+	if p.Target.Namespace != "" {
+		return p.Target.Namespace
+	}
+	return p.Name
+}

@@ -47,11 +47,11 @@ func (v IntOrPercent) isZero() bool { return strings.TrimSuffix(string(v), "%") 
 
 // Spec is a plan file as written: shared settings, the cases that override them, and how to run and report.
 type Spec struct {
-	Name        string     `yaml:"name"`
-	Description string     `yaml:"description,omitempty"`
-	Target      Target     `yaml:"target"`
-	Repeats     int        `yaml:"repeats"`
-	Report      Report     `yaml:"report"`
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
+	Target      Target `yaml:"target"`
+	Repeats     int    `yaml:"repeats"`
+	Report      Report `yaml:"report"`
 	Settings    `yaml:",inline"`
 	Cases       []CaseSpec `yaml:"cases,omitempty"`
 	Matrix      *Matrix    `yaml:"matrix,omitempty"`
@@ -192,8 +192,8 @@ type Report struct {
 
 // CaseSpec is a named case: its overrides of the plan's settings.
 type CaseSpec struct {
-	Name        string   `yaml:"name"`
-	Description string   `yaml:"description,omitempty"`
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
 	Settings    `yaml:",inline"`
 }
 
