@@ -1,0 +1,259 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+// DialFunc opens connections for the attacker; a target may route them (the lab's Service dataplane does).
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Options configure one attack.
+type Options struct {
+	URL         string
+	Pacer       *StagesPacer
+	Timeout     time.Duration
+	KeepAlive   bool
+	Connections int
+	Workers     uint64
+	MaxWorkers  uint64 // 0: no bound
+	// Dial opens connections; nil dials directly.
+	Dial   DialFunc
+	Labels Labels
+	// Observe, when set, sees every outcome as it completes (from one goroutine).
+	Observe func(Outcome)
+	// Progress, when set, is called about once per ProgressEvery with the running totals.
+	Progress      func(Progress)
+	ProgressEvery time.Duration
+}
+
+// OptionsFromPlan fills the options a plan's load section gives.
+func OptionsFromPlan(url string, l plan.Load, labels Labels) (Options, error) {
+	pacer, err := PacerFor(l)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{URL: url, Pacer: pacer, Timeout: l.Timeout.D(), KeepAlive: l.KeepAlive, Connections: l.Connections,
+		Workers: uint64(l.Workers), MaxWorkers: uint64(l.MaxWorkers), Labels: labels}, nil
+}
+
+// Outcome is one completed request.
+type Outcome struct {
+	Seq     uint64
+	Sent    time.Time
+	Latency time.Duration
+	Code    uint16
+	Class   string
+}
+
+// Progress is the running state of an attack.
+type Progress struct {
+	Elapsed   time.Duration
+	Sent      uint64
+	Completed uint64
+	Planned   uint64
+	Rate      float64 // target arrivals/s now
+	OK        uint64
+	Errors    map[string]uint64 // by class, non-zero only
+	P99       time.Duration
+}
+
+// Summary is what an attack did, counted by the attacker itself.
+type Summary struct {
+	Labels    Labels            `json:"labels"`
+	Planned   uint64            `json:"planned"`
+	Sent      uint64            `json:"sent"`
+	Completed uint64            `json:"completed"`
+	ByClass   map[string]uint64 `json:"byClass"`
+	ByCode    map[string]uint64 `json:"byCode"`
+	Start     time.Time         `json:"start"`
+	End       time.Time         `json:"end"`
+	Mean      time.Duration     `json:"meanLatency"`
+	P50       time.Duration     `json:"p50Latency"`
+	P90       time.Duration     `json:"p90Latency"`
+	P99       time.Duration     `json:"p99Latency"`
+	Max       time.Duration     `json:"maxLatency"`
+	Stopped   bool              `json:"stopped"` // ended early by its context
+}
+
+// Errors is the number of requests that did not succeed.
+func (s Summary) Errors() uint64 { return s.Completed - s.ByClass[ClassNone] }
+
+// Attack sends the pacer's requests to opts.URL, records every outcome in m, and returns when all have completed
+// or ctx is done (then in-flight requests are abandoned by the attacker and counted by their own failure).
+func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
+	if opts.Pacer == nil {
+		return Summary{}, fmt.Errorf("attack %s: no pacer", opts.URL)
+	}
+	req, err := http.NewRequest(http.MethodGet, opts.URL, nil)
+	if err != nil {
+		return Summary{}, fmt.Errorf("attack: %w", err)
+	}
+	dial := opts.Dial
+	if dial == nil {
+		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	transport := &http.Transport{
+		DialContext:         dial,
+		MaxIdleConnsPerHost: max(opts.Connections, 1),
+		DisableKeepAlives:   !opts.KeepAlive,
+		Proxy:               nil, // load must reach the target itself, never a proxy from the environment
+	}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: classifyingTransport{next: transport, timeout: opts.Timeout}}
+	maxWorkers := opts.MaxWorkers
+	if maxWorkers == 0 {
+		maxWorkers = vegeta.DefaultMaxWorkers
+	}
+	attacker := vegeta.NewAttacker(vegeta.Client(client), vegeta.Workers(max(opts.Workers, 1)), vegeta.MaxWorkers(maxWorkers),
+		vegeta.Redirects(vegeta.NoFollow))
+
+	labels := opts.Labels.values()
+	sent := m.Sent.WithLabelValues(labels...)
+	inFlight := m.InFlight.WithLabelValues(labels...)
+	targetRate := m.TargetRate.WithLabelValues(labels...)
+	m.Planned.WithLabelValues(labels...).Set(float64(opts.Pacer.Total()))
+	var sentCount atomic.Uint64
+	target := vegeta.Target{Method: http.MethodGet, URL: req.URL.String()}
+	targeter := func(t *vegeta.Target) error {
+		sentCount.Add(1)
+		sent.Inc()
+		inFlight.Inc()
+		*t = target
+		return nil
+	}
+
+	summary := Summary{Labels: opts.Labels, Planned: opts.Pacer.Total(), ByClass: map[string]uint64{}, ByCode: map[string]uint64{}}
+	hist := newLocalHistogram()
+	summary.Start = time.Now()
+	m.MarkPhase(opts.Labels, PhaseLoadStart, summary.Start)
+	results := attacker.Attack(targeter, opts.Pacer, 0, opts.Labels.Case)
+
+	every := opts.ProgressEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	ticker := time.NewTicker(min(every, 250*time.Millisecond))
+	defer ticker.Stop()
+	lastProgress := time.Now()
+	done := ctx.Done()
+	latencyByClass := map[string]interface{ Observe(float64) }{}
+	requestsByKey := map[[2]string]interface{ Inc() }{}
+	var latencySum time.Duration
+	for {
+		select {
+		case <-done:
+			summary.Stopped = true
+			attacker.Stop()
+			done = nil // keep draining results until the attacker closes the channel
+		case <-ticker.C:
+			elapsed := time.Since(summary.Start)
+			targetRate.Set(opts.Pacer.Rate(elapsed))
+			if opts.Progress != nil && time.Since(lastProgress) >= every {
+				lastProgress = time.Now()
+				opts.Progress(progressOf(&summary, hist, sentCount.Load(), elapsed, opts.Pacer.Rate(elapsed)))
+			}
+		case r, ok := <-results:
+			if !ok {
+				summary.End = time.Now()
+				summary.Sent = sentCount.Load()
+				targetRate.Set(0)
+				m.MarkPhase(opts.Labels, PhaseLoadEnd, summary.End)
+				if summary.Completed > 0 {
+					summary.Mean = latencySum / time.Duration(summary.Completed)
+				}
+				summary.P50, summary.P90, summary.P99 = hist.quantile(0.5), hist.quantile(0.9), hist.quantile(0.99)
+				summary.Max = hist.max
+				return summary, nil
+			}
+			inFlight.Dec()
+			class := Classify(r.Code, r.Error)
+			code := CodeLabel(r.Code)
+			key := [2]string{code, class}
+			counter, ok := requestsByKey[key]
+			if !ok {
+				counter = m.Requests.WithLabelValues(opts.Labels.values(code, class)...)
+				requestsByKey[key] = counter
+			}
+			counter.Inc()
+			observer, ok := latencyByClass[class]
+			if !ok {
+				observer = m.Latency.WithLabelValues(opts.Labels.values(class)...)
+				latencyByClass[class] = observer
+			}
+			observer.Observe(r.Latency.Seconds())
+			summary.Completed++
+			summary.ByClass[class]++
+			summary.ByCode[code]++
+			latencySum += r.Latency
+			hist.observe(r.Latency)
+			if opts.Observe != nil {
+				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class})
+			}
+		}
+	}
+}
+
+func progressOf(s *Summary, h *localHistogram, sent uint64, elapsed time.Duration, rate float64) Progress {
+	p := Progress{Elapsed: elapsed, Sent: sent, Completed: s.Completed, Planned: s.Planned, Rate: rate,
+		OK: s.ByClass[ClassNone], Errors: map[string]uint64{}, P99: h.quantile(0.99)}
+	for class, n := range s.ByClass {
+		if class != ClassNone && n > 0 {
+			p.Errors[class] = n
+		}
+	}
+	return p
+}
+
+// localHistogram gives the attacker its own quantiles for progress and summary, on the exported buckets.
+type localHistogram struct {
+	counts []uint64 // counts[i]: latencies ≤ LatencyBuckets[i]; the last slot is +Inf
+	total  uint64
+	max    time.Duration
+}
+
+func newLocalHistogram() *localHistogram {
+	return &localHistogram{counts: make([]uint64, len(LatencyBuckets)+1)}
+}
+
+func (h *localHistogram) observe(d time.Duration) {
+	i := sort.SearchFloat64s(LatencyBuckets, d.Seconds())
+	h.counts[i]++
+	h.total++
+	h.max = max(h.max, d)
+}
+
+// quantile interpolates within the bucket, as PromQL's histogram_quantile does.
+func (h *localHistogram) quantile(q float64) time.Duration {
+	if h.total == 0 {
+		return 0
+	}
+	rank := q * float64(h.total)
+	var cumulative uint64
+	for i, c := range h.counts {
+		if float64(cumulative+c) >= rank && c > 0 {
+			if i == len(LatencyBuckets) {
+				return h.max
+			}
+			lower := 0.0
+			if i > 0 {
+				lower = LatencyBuckets[i-1]
+			}
+			upper := LatencyBuckets[i]
+			v := lower + (upper-lower)*(rank-float64(cumulative))/float64(c)
+			return time.Duration(math.Min(v, h.max.Seconds()) * float64(time.Second))
+		}
+		cumulative += c
+	}
+	return h.max
+}

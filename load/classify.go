@@ -1,0 +1,134 @@
+package load
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Error classes: the fixed values of the error label. Raw error strings never become labels.
+const (
+	ClassNone    = "none"
+	ClassRefused = "refused"
+	ClassReset   = "reset"
+	ClassEOF     = "eof"
+	ClassTimeout = "timeout"
+	ClassHTTP4xx = "http_4xx"
+	ClassHTTP5xx = "http_5xx"
+	ClassOther   = "other"
+)
+
+// Classes lists every error class, in report order.
+var Classes = []string{ClassNone, ClassRefused, ClassReset, ClassEOF, ClassTimeout, ClassHTTP4xx, ClassHTTP5xx, ClassOther}
+
+// ErrorClasses lists the classes that count as errors, in report order.
+var ErrorClasses = Classes[1:]
+
+// classifyError puts a transport error into a class by what it is, not by its text.
+func classifyError(err error) string {
+	var netErr net.Error
+	switch {
+	case err == nil:
+		return ClassNone
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ClassRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return ClassReset
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ClassEOF
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return ClassTimeout
+	}
+	return ClassOther
+}
+
+// classifiedError carries the class of a transport error through vegeta, which keeps only error strings.
+type classifiedError struct {
+	class string
+	err   error
+}
+
+func (e *classifiedError) Error() string { return "[" + e.class + "] " + e.err.Error() }
+func (e *classifiedError) Unwrap() error { return e.err }
+
+var classTag = regexp.MustCompile(`\[(refused|reset|eof|timeout|other)\]`)
+
+// Classify returns the class of one vegeta result from its status code and its error string.
+func Classify(code uint16, errText string) string {
+	if m := classTag.FindStringSubmatch(errText); m != nil {
+		return m[1]
+	}
+	switch {
+	case code >= 500:
+		return ClassHTTP5xx
+	case code >= 400:
+		return ClassHTTP4xx
+	case code >= 200 && code < 400 && errText == "":
+		return ClassNone
+	case code == 0 && errText == "":
+		return ClassNone
+	}
+	// An error the transport did not see (vegeta's own), or an unexpected status such as 1xx.
+	return ClassOther
+}
+
+// CodeLabel is the code label: the HTTP status, or 0 when no response came.
+func CodeLabel(code uint16) string { return strconv.Itoa(int(code)) }
+
+// classifyingTransport bounds each request by timeout, headers and body together, and tags every transport error,
+// those of reading the body included, with its class. It keeps the timeout itself rather than leaving it to
+// http.Client, whose timer races the context and then reports a plain cancellation.
+type classifyingTransport struct {
+	next    http.RoundTripper
+	timeout time.Duration
+}
+
+func (t classifyingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := req.Context(), context.CancelFunc(func() {})
+	if t.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, t.timeout)
+	}
+	resp, err := t.next.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, &classifiedError{class: classifyRequestError(ctx, err), err: err}
+	}
+	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel}
+	return resp, nil
+}
+
+// classifyRequestError also looks at the request's context: when the client's timeout cancels a request, the
+// transport reports a cancellation, not a timeout.
+func classifyRequestError(ctx context.Context, err error) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ClassTimeout
+	}
+	return classifyError(err)
+}
+
+type classifyingBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (b classifyingBody) Close() error {
+	defer b.cancel()
+	return b.ReadCloser.Close()
+}
+
+func (b classifyingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		return n, &classifiedError{class: classifyRequestError(b.ctx, err), err: err}
+	}
+	return n, err
+}
