@@ -26,6 +26,16 @@ func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 // MarshalText writes the duration for JSON output.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
+// UnmarshalText reads what MarshalText wrote.
+func (d *Duration) UnmarshalText(text []byte) error {
+	parsed, err := time.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	*d = Duration(parsed)
+	return nil
+}
+
 // IntOrPercent is a count or a percentage such as "25%", as Kubernetes' rolling update fields take.
 type IntOrPercent string
 

@@ -1,0 +1,260 @@
+package analysis
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/rollout-lab/rollout-lab/load"
+)
+
+// Report is everything a run's reports are written from.
+type Report struct {
+	Plan        string    `json:"plan"`
+	Description string    `json:"description,omitempty"`
+	Partial     bool      `json:"partial"`
+	Runs        []CaseRun `json:"runs"`
+}
+
+// labels of the Markdown tables, by language.
+type labels struct {
+	condition, preStop, graceful, replicas, cpuLoad, maxRPS                 string
+	total, ok, errors, errorClass, errorRate, mean, p50, p90, p99           string
+	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader string
+	on, off, none, drain, partial                                           string
+}
+
+var labelsByLang = map[string]labels{
+	"ja": {
+		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
+		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps",
+		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorRate: "エラー率",
+		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
+		rolloutSeconds: "ロールアウト時間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
+		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース",
+		on: "あり", off: "なし", none: "なし", drain: "drain %s", partial: "**途中で中断された実行です。終わったところまでの結果です。**",
+	},
+	"en": {
+		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
+		cpuLoad: "CPU load (load)", maxRPS: "Max rps",
+		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorRate: "Error rate",
+		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
+		rolloutSeconds: "Rollout duration (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
+		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case",
+		on: "on", off: "off", none: "none", drain: "drain %s", partial: "**This run was interrupted: results cover what finished.**",
+	},
+}
+
+// Languages are the report languages.
+var Languages = []string{"ja", "en"}
+
+func labelsFor(lang string) (labels, error) {
+	l, ok := labelsByLang[lang]
+	if !ok {
+		return labels{}, fmt.Errorf("report language %q: want one of %s", lang, strings.Join(Languages, ", "))
+	}
+	return l, nil
+}
+
+// column is one run as the tables show it.
+func (r CaseRun) column() string {
+	if r.Run == "" || r.Run == "1" {
+		return r.Case
+	}
+	return r.Case + " #" + r.Run
+}
+
+func (l labels) shutdown(c Conditions) string {
+	switch c.Shutdown {
+	case "graceful":
+		return l.on
+	case "immediate":
+		return l.off
+	case "drain":
+		return fmt.Sprintf(l.drain, c.DrainDelay)
+	}
+	return c.Shutdown
+}
+
+func (l labels) preStopSleep(c Conditions) string {
+	if c.PreStopAction == "httpGet" {
+		return "httpGet"
+	}
+	if c.PreStopSleep == 0 {
+		return l.none
+	}
+	return fmt.Sprintf("%gs", c.PreStopSleep.Seconds())
+}
+
+func formatCount(n uint64) string { return strconv.FormatUint(n, 10) }
+
+func formatRate(r float64) string { return strconv.FormatFloat(r*100, 'f', 2, 64) + "%" }
+
+func formatMs(ms float64) string { return strconv.FormatFloat(ms, 'f', 1, 64) }
+
+func formatNumber(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+// errorClassesSeen are the error classes with a count in any run, in the fixed report order.
+func errorClassesSeen(runs []CaseRun) []string {
+	var seen []string
+	for _, class := range load.ErrorClasses {
+		for _, r := range runs {
+			if r.Whole.ByClass[class] > 0 {
+				seen = append(seen, class)
+				break
+			}
+		}
+	}
+	return seen
+}
+
+type row struct {
+	label  string
+	values func(CaseRun) string
+}
+
+func (l labels) rows(runs []CaseRun) []row {
+	rows := []row{
+		{l.preStop, func(r CaseRun) string { return l.preStopSleep(r.Conditions) }},
+		{l.graceful, func(r CaseRun) string { return l.shutdown(r.Conditions) }},
+		{l.replicas, func(r CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) }},
+		{l.cpuLoad, func(r CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) }},
+		{l.maxRPS, func(r CaseRun) string { return formatNumber(r.Conditions.MaxRPS) }},
+		{l.total, func(r CaseRun) string { return formatCount(r.Whole.Total) }},
+		{l.ok, func(r CaseRun) string { return formatCount(r.Whole.OK) }},
+		{l.errors, func(r CaseRun) string { return formatCount(r.Whole.Errors) }},
+	}
+	for _, class := range errorClassesSeen(runs) {
+		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
+	}
+	rows = append(rows,
+		row{l.errorRate, func(r CaseRun) string { return formatRate(r.Whole.ErrorRate) }},
+		row{l.mean, func(r CaseRun) string { return formatMs(r.Whole.MeanMs) }},
+		row{l.p50, func(r CaseRun) string { return formatMs(r.Whole.P50Ms) }},
+		row{l.p90, func(r CaseRun) string { return formatMs(r.Whole.P90Ms) }},
+		row{l.p99, func(r CaseRun) string { return formatMs(r.Whole.P99Ms) }},
+	)
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.During != nil }) {
+		during := func(f func(CaseRun) string) func(CaseRun) string {
+			return func(r CaseRun) string {
+				if r.During == nil {
+					return "-"
+				}
+				return f(r)
+			}
+		}
+		rows = append(rows,
+			row{l.rolloutSeconds, during(func(r CaseRun) string {
+				return strconv.FormatFloat(r.Rollout.End.Sub(r.Rollout.Start).Seconds(), 'f', 1, 64)
+			})},
+			row{l.rolloutErrors, during(func(r CaseRun) string { return formatCount(r.During.Errors) })},
+			row{l.rolloutErrorRate, during(func(r CaseRun) string { return formatRate(r.During.ErrorRate) })},
+			row{l.rolloutP99, during(func(r CaseRun) string { return formatMs(r.During.P99Ms) })},
+		)
+	}
+	return rows
+}
+
+func escapeCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// WriteMarkdown writes the article layout: one column per case run, conditions then outcomes.
+func WriteMarkdown(w io.Writer, rep Report, lang string) error {
+	l, err := labelsFor(lang)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "## %s\n\n", rep.Plan)
+	if rep.Description != "" {
+		fmt.Fprintf(&b, "%s\n\n", rep.Description)
+	}
+	if rep.Partial {
+		fmt.Fprintf(&b, "%s\n\n", l.partial)
+	}
+	b.WriteString("| " + l.condition)
+	for _, r := range rep.Runs {
+		b.WriteString(" | " + escapeCell(r.column()))
+	}
+	b.WriteString(" |\n|---" + strings.Repeat("|--:", len(rep.Runs)) + "|\n")
+	for _, row := range l.rows(rep.Runs) {
+		b.WriteString("| " + row.label)
+		for _, r := range rep.Runs {
+			b.WriteString(" | " + row.values(r))
+		}
+		b.WriteString(" |\n")
+	}
+	_, err = io.WriteString(w, b.String())
+	return err
+}
+
+// WriteMarkdownLong writes one row per case run, for plans with many cases.
+func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
+	l, err := labelsFor(lang)
+	if err != nil {
+		return err
+	}
+	rows := l.rows(rep.Runs)
+	var b strings.Builder
+	b.WriteString("| " + l.caseHeader)
+	for _, row := range rows {
+		b.WriteString(" | " + row.label)
+	}
+	b.WriteString(" |\n|---" + strings.Repeat("|--:", len(rows)) + "|\n")
+	for _, r := range rep.Runs {
+		b.WriteString("| " + escapeCell(r.column()))
+		for _, row := range rows {
+			b.WriteString(" | " + row.values(r))
+		}
+		b.WriteString(" |\n")
+	}
+	_, err = io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes the whole report, series included.
+func WriteJSON(w io.Writer, rep Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// WriteCSV writes one row per case run with every count and latency, machine-readable (English column names).
+func WriteCSV(w io.Writer, rep Report) error {
+	cw := csv.NewWriter(w)
+	header := []string{"plan", "case", "run", "prestop_sleep_seconds", "prestop_action", "shutdown", "replicas", "cpu_load", "max_rps",
+		"planned", "total", "ok_2xx", "errors"}
+	for _, class := range load.ErrorClasses {
+		header = append(header, "errors_"+class)
+	}
+	header = append(header, "error_rate", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+		"rollout_seconds", "rollout_errors", "rollout_error_rate", "rollout_p99_ms")
+	if err := cw.Write(header); err != nil {
+		return err
+	}
+	for _, r := range rep.Runs {
+		c := r.Conditions
+		record := []string{rep.Plan, r.Case, r.Run, formatNumber(c.PreStopSleep.Seconds()), c.PreStopAction, c.Shutdown,
+			strconv.Itoa(c.Replicas), strconv.Itoa(c.CPULoad), formatNumber(c.MaxRPS), strconv.FormatInt(c.Planned, 10),
+			formatCount(r.Whole.Total), formatCount(r.Whole.OK), formatCount(r.Whole.Errors)}
+		for _, class := range load.ErrorClasses {
+			record = append(record, formatCount(r.Whole.ByClass[class]))
+		}
+		record = append(record, formatNumber(r.Whole.ErrorRate), formatNumber(r.Whole.MeanMs), formatNumber(r.Whole.P50Ms),
+			formatNumber(r.Whole.P90Ms), formatNumber(r.Whole.P99Ms))
+		if r.During != nil {
+			record = append(record, formatNumber(r.Rollout.End.Sub(r.Rollout.Start).Seconds()), formatCount(r.During.Errors),
+				formatNumber(r.During.ErrorRate), formatNumber(r.During.P99Ms))
+		} else {
+			record = append(record, "", "", "", "")
+		}
+		if err := cw.Write(record); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}

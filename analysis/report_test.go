@@ -1,0 +1,153 @@
+package analysis
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"gonum.org/v1/plot"
+
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", "golden", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./analysis -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file (go test ./analysis -update rewrites it):\n%s", name, got)
+	}
+}
+
+func fixtureReport() Report {
+	start := time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
+	run := func(name string, sleep time.Duration, shutdown string, refused, reset uint64) CaseRun {
+		total := uint64(24060)
+		errors := refused + reset
+		seconds := []float64{0, 1, 2, 3, 4, 5}
+		r := CaseRun{
+			Case: name, Run: "1",
+			Conditions: Conditions{PreStopSleep: plan.Duration(sleep), PreStopAction: "exec", Shutdown: shutdown, GracePeriod: plan.Duration(time.Minute),
+				Replicas: 8, CPULoad: 640, MaxRPS: 200, Planned: 24060},
+			Phases: map[string]time.Time{load.PhaseLoadStart: start, load.PhaseLoadEnd: start.Add(5 * time.Second),
+				load.PhaseRolloutStart: start.Add(2 * time.Second), load.PhaseRolloutComplete: start.Add(4 * time.Second)},
+			Load:    Window{Start: start.Add(-time.Second), End: start.Add(6 * time.Second)},
+			Rollout: &Window{Start: start.Add(2 * time.Second), End: start.Add(4500 * time.Millisecond)},
+			Whole: Outcome{Total: total, OK: total - errors, Errors: errors, ErrorRate: float64(errors) / float64(total),
+				ByClass: map[string]uint64{load.ClassNone: total - errors, load.ClassRefused: refused, load.ClassReset: reset},
+				ByCode:  map[string]uint64{"200": total - errors, "0": errors}, MeanMs: 12.3456, P50Ms: 9.8, P90Ms: 20.1, P99Ms: 48.25},
+			During: &Outcome{Total: 1000, OK: 1000 - errors, Errors: errors, ErrorRate: float64(errors) / 1000, P99Ms: 61},
+			Series: Series{Seconds: seconds,
+				RateByClass: map[string]Points{load.ClassNone: {10, 50, 100, 90, 100, 60}, load.ClassRefused: {0, 0, float64(refused), 0, 0, 0}},
+				P50Ms:       Points{9, 9.5, 10, math.NaN(), 9.9, 9.1}, P99Ms: Points{20, 30, 60, 55, 40, 21}},
+		}
+		if refused == 0 {
+			delete(r.Series.RateByClass, load.ClassRefused)
+		}
+		return r
+	}
+	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture", Runs: []CaseRun{
+		run("cowweb-ru-gs", 0, "graceful", 37, 2),
+		run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),
+		run("cowweb-ru-slp8", 8*time.Second, "immediate", 0, 11),
+	}}
+}
+
+func TestMarkdownGolden(t *testing.T) {
+	for _, lang := range Languages {
+		var article, long bytes.Buffer
+		if err := WriteMarkdown(&article, fixtureReport(), lang); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteMarkdownLong(&long, fixtureReport(), lang); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "article."+lang+".md", article.Bytes())
+		golden(t, "long."+lang+".md", long.Bytes())
+	}
+	if err := WriteMarkdown(&bytes.Buffer{}, fixtureReport(), "fr"); err == nil {
+		t.Error("unknown language accepted")
+	}
+}
+
+func TestCSVAndJSONGolden(t *testing.T) {
+	var csvOut, jsonOut bytes.Buffer
+	if err := WriteCSV(&csvOut, fixtureReport()); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "report.csv", csvOut.Bytes())
+	if err := WriteJSON(&jsonOut, fixtureReport()); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "report.json", jsonOut.Bytes())
+	var back Report
+	if err := json.Unmarshal(jsonOut.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if p := back.Runs[0].Series.P50Ms; !math.IsNaN(p[3]) || p[2] != 10 || back.Runs[0].Whole.ByClass[load.ClassRefused] != 37 {
+		t.Errorf("round trip: %v %v", p, back.Runs[0].Whole.ByClass)
+	}
+}
+
+func TestChartsGolden(t *testing.T) {
+	rep := fixtureReport()
+	for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsChart, "latency": LatencyChart} {
+		p, err := build(rep.Runs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var svg bytes.Buffer
+		if err := WriteChart(&svg, p, "svg"); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, kind+".svg", svg.Bytes())
+	}
+	dir := t.TempDir()
+	files, err := WriteCharts(dir, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(rep.Runs)*2*len(ChartFormats) {
+		t.Errorf("wrote %d chart files: %v", len(files), files)
+	}
+	png, err := os.ReadFile(filepath.Join(dir, "cowweb-ru-gs-requests.png"))
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Errorf("png: %v", err)
+	}
+}
+
+func TestWriteAllWritesEveryReport(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteAll(dir, fixtureReport(), "ja"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"report.md", "report.en.md", "report.json", "report.csv", "charts/cowweb-ru-slp8-latency.svg"} {
+		if info, err := os.Stat(filepath.Join(dir, name)); err != nil || info.Size() == 0 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	if !bytes.Contains(md, []byte("| 総リクエスト数 | 24060 | 24060 | 24060 |")) {
+		t.Errorf("report.md:\n%s", md)
+	}
+}
