@@ -19,6 +19,8 @@ import (
 
 // Conditions are what a case set up: the rows above the outcomes in the article's tables.
 type Conditions struct {
+	// AppKnown is false when the runner did not deploy the app (a bare attack): the app rows are then unknown.
+	AppKnown      bool          `json:"appKnown"`
 	PreStopSleep  plan.Duration `json:"preStopSleep"`
 	PreStopAction string        `json:"preStopAction"`
 	Shutdown      string        `json:"shutdown"`
@@ -32,7 +34,7 @@ type Conditions struct {
 
 // ConditionsOf reads a case's conditions.
 func ConditionsOf(c plan.Case) Conditions {
-	cond := Conditions{PreStopSleep: c.App.PreStop.Sleep, PreStopAction: c.App.PreStop.Action, Shutdown: c.App.Shutdown,
+	cond := Conditions{AppKnown: true, PreStopSleep: c.App.PreStop.Sleep, PreStopAction: c.App.PreStop.Action, Shutdown: c.App.Shutdown,
 		DrainDelay: c.App.DrainDelay, GracePeriod: c.App.TerminationGracePeriod, Replicas: c.App.Replicas, Planned: c.Requests}
 	if c.App.Slow {
 		cond.CPULoad = c.App.Load

@@ -15,6 +15,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/results"
 )
 
 // Chart sizes: wide enough for a 3-minute run at one point per second.
@@ -190,7 +191,7 @@ func WriteCharts(dir string, rep Report) ([]string, error) {
 			}
 			for _, format := range ChartFormats {
 				path := filepath.Join(dir, chartFileName(r, kind, format))
-				if err := writeFileAtomic(path, func(w io.Writer) error { return WriteChart(w, p, format) }); err != nil {
+				if err := results.WriteAtomic(path, 0o644, func(w io.Writer) error { return WriteChart(w, p, format) }); err != nil {
 					return files, err
 				}
 				files = append(files, path)
@@ -198,27 +199,6 @@ func WriteCharts(dir string, rep Report) ([]string, error) {
 		}
 	}
 	return files, nil
-}
-
-// writeFileAtomic writes through a temporary file and a rename, so a reader never sees half a file.
-func writeFileAtomic(path string, write func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // WriteAll writes report.md (article layout, the plan's language, then the long layout), the other language's
@@ -247,7 +227,7 @@ func WriteAll(dir string, rep Report, lang string) error {
 		}
 	}
 	for name, write := range files {
-		if err := writeFileAtomic(filepath.Join(dir, name), write); err != nil {
+		if err := results.WriteAtomic(filepath.Join(dir, name), 0o644, write); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}

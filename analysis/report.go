@@ -118,11 +118,19 @@ type row struct {
 }
 
 func (l labels) rows(runs []CaseRun) []row {
+	app := func(f func(CaseRun) string) func(CaseRun) string {
+		return func(r CaseRun) string {
+			if !r.Conditions.AppKnown {
+				return "-"
+			}
+			return f(r)
+		}
+	}
 	rows := []row{
-		{l.preStop, func(r CaseRun) string { return l.preStopSleep(r.Conditions) }},
-		{l.graceful, func(r CaseRun) string { return l.shutdown(r.Conditions) }},
-		{l.replicas, func(r CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) }},
-		{l.cpuLoad, func(r CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) }},
+		{l.preStop, app(func(r CaseRun) string { return l.preStopSleep(r.Conditions) })},
+		{l.graceful, app(func(r CaseRun) string { return l.shutdown(r.Conditions) })},
+		{l.replicas, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) })},
+		{l.cpuLoad, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) })},
 		{l.maxRPS, func(r CaseRun) string { return formatNumber(r.Conditions.MaxRPS) }},
 		{l.total, func(r CaseRun) string { return formatCount(r.Whole.Total) }},
 		{l.ok, func(r CaseRun) string { return formatCount(r.Whole.OK) }},

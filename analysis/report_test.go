@@ -47,7 +47,7 @@ func fixtureReport() Report {
 		seconds := []float64{0, 1, 2, 3, 4, 5}
 		r := CaseRun{
 			Case: name, Run: "1",
-			Conditions: Conditions{PreStopSleep: plan.Duration(sleep), PreStopAction: "exec", Shutdown: shutdown, GracePeriod: plan.Duration(time.Minute),
+			Conditions: Conditions{AppKnown: true, PreStopSleep: plan.Duration(sleep), PreStopAction: "exec", Shutdown: shutdown, GracePeriod: plan.Duration(time.Minute),
 				Replicas: 8, CPULoad: 640, MaxRPS: 200, Planned: 24060},
 			Phases: map[string]time.Time{load.PhaseLoadStart: start, load.PhaseLoadEnd: start.Add(5 * time.Second),
 				load.PhaseRolloutStart: start.Add(2 * time.Second), load.PhaseRolloutComplete: start.Add(4 * time.Second)},

@@ -1,0 +1,300 @@
+// Package experiment runs load against a target with its metrics in Prometheus and writes the results directory:
+// what `runner attack` does now and `runner apply` builds on.
+package experiment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/results"
+)
+
+// MetricsJob is the scrape job of the runner's own metrics (the attacker's).
+const MetricsJob = "rollout-lab"
+
+// Kinds of results directory.
+const (
+	KindAttack = "attack"
+	KindApply  = "apply"
+)
+
+// quietHandler passes on only records at or above a level: the embedded Prometheus logs much at info.
+type quietHandler struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h quietHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return quietHandler{h.Handler.WithAttrs(attrs), h.min}
+}
+
+func (h quietHandler) WithGroup(name string) slog.Handler {
+	return quietHandler{h.Handler.WithGroup(name), h.min}
+}
+
+// Config is what a session needs; clients and sinks are injected here so tests can swap them.
+type Config struct {
+	Plan       *plan.Plan
+	PlanSource string // the plan file, hashed into the provenance; empty for plans built from flags
+	Kind       string // attack or apply
+	// ResultsRoot is where results/<plan>/<time>/ is created.
+	ResultsRoot string
+	// PrometheusURL, when set, is an external Prometheus that scrapes MetricsListen; otherwise one is embedded.
+	PrometheusURL   string
+	PrometheusToken string
+	// MetricsListen is where the runner serves its metrics; default 127.0.0.1:0.
+	MetricsListen  string
+	ScrapeInterval time.Duration
+	Provenance     results.Provenance
+	Logger         *slog.Logger
+}
+
+// Session is a started experiment: metrics served, Prometheus scraping them, a results directory open.
+type Session struct {
+	cfg      Config
+	Dir      string
+	Manifest *results.Manifest
+	Registry *prometheus.Registry
+	Metrics  *load.Metrics
+	API      promv1.API
+	prom     *embedprom.Server
+	metrics  *http.Server
+	logger   *slog.Logger
+}
+
+// Start creates the results directory, serves the metrics and starts (or connects to) Prometheus.
+func Start(cfg Config) (_ *Session, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ScrapeInterval <= 0 {
+		cfg.ScrapeInterval = time.Second
+	}
+	if cfg.MetricsListen == "" {
+		cfg.MetricsListen = "127.0.0.1:0"
+	}
+	started := time.Now().UTC()
+	dir, err := results.Create(cfg.ResultsRoot, cfg.Plan.Name, started)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{cfg: cfg, Dir: dir, logger: cfg.Logger, Registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if cfg.PlanSource != "" {
+		if cfg.Provenance.PlanHash, err = results.HashFile(cfg.PlanSource); err != nil {
+			return nil, err
+		}
+		data, err := os.ReadFile(cfg.PlanSource)
+		if err != nil {
+			return nil, err
+		}
+		if err := results.WriteFileAtomic(filepath.Join(dir, results.PlanFile), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	s.Manifest = &results.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance,
+		Prometheus: results.PrometheusInfo{Embedded: cfg.PrometheusURL == "", URL: cfg.PrometheusURL, ScrapeInterval: cfg.ScrapeInterval}}
+	if err := s.Manifest.Save(dir); err != nil {
+		return nil, err
+	}
+	s.Metrics = load.NewMetrics(s.Registry)
+	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		return nil, fmt.Errorf("serve metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.metrics.Serve(ln) }()
+	cfg.Logger.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+
+	if cfg.PrometheusURL != "" {
+		if s.API, err = embedprom.NewClient(cfg.PrometheusURL, cfg.PrometheusToken); err != nil {
+			return nil, err
+		}
+		cfg.Logger.Info("using an external Prometheus; it must scrape the metrics address above", "url", cfg.PrometheusURL)
+		return s, nil
+	}
+	s.prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, results.TSDBDir), ScrapeInterval: cfg.ScrapeInterval,
+		Logger: slog.New(quietHandler{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "prometheus")})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.prom.WriteToken(filepath.Join(dir, results.TokenFile)); err != nil {
+		return nil, err
+	}
+	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: ln.Addr().String()}}); err != nil {
+		return nil, err
+	}
+	if s.API, err = s.prom.Client(); err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, results.TokenFile))
+	return s, nil
+}
+
+// Prometheus is the embedded server, nil with an external one.
+func (s *Session) Prometheus() *embedprom.Server { return s.prom }
+
+// Attack runs one case's load against url (through dial when set) and records the run.
+func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, dial load.DialFunc, progress func(load.Progress)) (results.RunRecord, error) {
+	labels := load.Labels{Plan: s.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
+	opts, err := load.OptionsFromPlan(url, c.Load, labels)
+	if err != nil {
+		return results.RunRecord{}, err
+	}
+	opts.Dial, opts.Progress = dial, progress
+	summary, err := load.Attack(ctx, opts, s.Metrics)
+	record := results.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()}
+	if err != nil {
+		return record, err
+	}
+	s.Manifest.Runs = append(s.Manifest.Runs, record)
+	return record, s.Manifest.Save(s.Dir)
+}
+
+// FinalScrape waits until Prometheus holds every sample up to t.
+func (s *Session) FinalScrape(ctx context.Context, t time.Time) error {
+	if s.prom != nil {
+		return s.prom.WaitForScrape(ctx, MetricsJob, t)
+	}
+	// An external Prometheus scrapes on its own schedule: give it two intervals.
+	select {
+	case <-time.After(2 * s.cfg.ScrapeInterval):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Finish marks the run complete (or partial), writes the reports and returns them.
+func (s *Session) Finish(ctx context.Context, partial bool) (analysis.Report, error) {
+	s.Manifest.Finished = time.Now().UTC()
+	s.Manifest.Partial = partial
+	if err := s.Manifest.Save(s.Dir); err != nil {
+		return analysis.Report{}, err
+	}
+	return WriteReports(ctx, s.Dir, s.Manifest, s.API, s.Manifest.Finished)
+}
+
+// Close stops serving metrics and closes Prometheus (its TSDB cleanly).
+func (s *Session) Close() error {
+	var errs []error
+	if s.prom != nil {
+		errs = append(errs, s.prom.Close())
+	}
+	if s.metrics != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, s.metrics.Shutdown(shutdownCtx))
+		cancel()
+	}
+	return errors.Join(errs...)
+}
+
+// WriteReports analyses every run of a manifest and writes the reports into dir.
+func WriteReports(ctx context.Context, dir string, m *results.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
+	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial}
+	for _, r := range m.Runs {
+		c, ok := m.Case(r.Labels.Case)
+		if !ok {
+			return rep, fmt.Errorf("run of case %q: no such case in the plan", r.Labels.Case)
+		}
+		cond := analysis.ConditionsOf(c)
+		// A bare attack deploys nothing: whatever the plan says of the app is not what answered.
+		cond.AppKnown = m.Kind != KindAttack
+		caseRun, err := analysis.Analyze(ctx, api, analysis.FromLabels(r.Labels), cond,
+			analysis.Options{ScrapeInterval: m.Prometheus.ScrapeInterval, Drain: r.Drain, Now: now})
+		if err != nil {
+			return rep, err
+		}
+		if caseRun.Whole.Total != r.Summary.Completed {
+			return rep, fmt.Errorf("case %s run %s: Prometheus counted %d requests, the attacker %d: metrics are incomplete",
+				r.Labels.Case, r.Labels.Run, caseRun.Whole.Total, r.Summary.Completed)
+		}
+		rep.Runs = append(rep.Runs, caseRun)
+	}
+	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang)
+}
+
+// Regenerate rewrites every report of a results directory from its stored TSDB (or the external Prometheus it used).
+func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis.Report, error) {
+	m, err := results.Load(dir)
+	if err != nil {
+		return analysis.Report{}, err
+	}
+	var api promv1.API
+	switch {
+	case prometheusURL != "":
+		api, err = embedprom.NewClient(prometheusURL, token)
+	case m.Prometheus.Embedded:
+		var prom *embedprom.Server
+		prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, results.TSDBDir), ReadOnly: true})
+		if err == nil {
+			defer prom.Close()
+			api, err = prom.Client()
+		}
+	default:
+		api, err = embedprom.NewClient(m.Prometheus.URL, token)
+	}
+	if err != nil {
+		return analysis.Report{}, err
+	}
+	now := m.Finished
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return WriteReports(ctx, dir, m, api, now)
+}
+
+// PlanFromFlags builds a plan for an attack given by flags, through the plan format so it gets the same defaults
+// and validation.
+func PlanFromFlags(name string, load map[string]string) (*plan.Plan, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\nrollout: {restart: false}\nload:\n", name)
+	for _, key := range []string{"path", "timeout", "keepAlive", "connections", "workers", "maxWorkers", "startRate", "rate", "duration"} {
+		if v, ok := load[key]; ok {
+			if key == "path" {
+				v = strconv.Quote(v)
+			}
+			fmt.Fprintf(&b, "  %s: %s\n", key, v)
+		}
+	}
+	if stages, ok := load["stages"]; ok {
+		b.WriteString("  stages:\n")
+		for _, stage := range strings.Split(stages, ",") {
+			duration, target, found := strings.Cut(strings.TrimSpace(stage), ":")
+			if !found {
+				return nil, fmt.Errorf("--stages: %q is not DURATION:TARGET (e.g. 60s:200)", stage)
+			}
+			fmt.Fprintf(&b, "    - {duration: %s, target: %s}\n", duration, target)
+		}
+	}
+	return plan.Parse("command line", []byte(b.String()))
+}

@@ -1,0 +1,275 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/results"
+)
+
+type prometheusFlags struct {
+	url       string
+	tokenFile string
+}
+
+func (f *prometheusFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.url, "prometheus-url", "", "query this Prometheus instead of the embedded one (it must scrape the runner's metrics)")
+	cmd.Flags().StringVar(&f.tokenFile, "prometheus-token-file", "", "file holding a bearer token for --prometheus-url")
+}
+
+func (f *prometheusFlags) token() (string, error) {
+	if f.tokenFile == "" {
+		return "", nil
+	}
+	data, err := os.ReadFile(f.tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--prometheus-token-file: %w", err)
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+func newAttackCommand() *cobra.Command {
+	var (
+		url, planFile, caseName, resultsRoot, metricsListen, stages string
+		rate                                                        float64
+		duration, timeout, scrapeInterval                           time.Duration
+		startRate                                                   float64
+		keepAlive                                                   bool
+		connections, workers, maxWorkers                            int
+		prom                                                        prometheusFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "attack --url URL (--rate R --duration D | --stages D:T,... | --plan PLAN --case NAME)",
+		Short: "Send open-model load to a URL, metrics into Prometheus, and write the results directory",
+		Long: `Send open-model HTTP load (arrivals do not wait for responses) to --url and record every outcome as
+Prometheus metrics. The embedded Prometheus scrapes them every scrape interval into results/<name>/<time>/tsdb;
+after the load one more scrape, then the reports: report.md (and report.en.md), report.json, report.csv and charts/.
+
+The schedule comes from flags (--rate with --duration, or --stages with --start-rate) or from a plan's case
+(--plan with --case): the load section of that case.`,
+		Example: `  runner attack --url http://127.0.0.1:8080/say --rate 100 --duration 30s
+  runner attack --url http://127.0.0.1:8080/say --start-rate 1 --stages 60s:200,60s:200,60s:1
+  runner attack --url http://127.0.0.1:8080 --plan plans/quick.yaml --case gs`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if url == "" {
+				return errors.New("--url is required")
+			}
+			var p *plan.Plan
+			var err error
+			source := ""
+			if planFile != "" {
+				if p, err = plan.LoadFile(planFile); err != nil {
+					return err
+				}
+				source = planFile
+				if caseName == "" {
+					return fmt.Errorf("--case is required with --plan; cases of %s: %s", planFile, caseNames(p))
+				}
+			} else {
+				if caseName != "" {
+					return errors.New("--case needs --plan")
+				}
+				flags := map[string]string{}
+				f := cmd.Flags()
+				set := func(flag, key, value string) {
+					if f.Changed(flag) {
+						flags[key] = value
+					}
+				}
+				set("rate", "rate", fmt.Sprint(rate))
+				set("duration", "duration", duration.String())
+				set("start-rate", "startRate", fmt.Sprint(startRate))
+				set("stages", "stages", stages)
+				set("timeout", "timeout", timeout.String())
+				set("keepalive", "keepAlive", fmt.Sprint(keepAlive))
+				set("connections", "connections", fmt.Sprint(connections))
+				set("workers", "workers", fmt.Sprint(workers))
+				set("max-workers", "maxWorkers", fmt.Sprint(maxWorkers))
+				if p, err = experiment.PlanFromFlags("attack", flags); err != nil {
+					return err
+				}
+				caseName = plan.DefaultCaseName
+			}
+			c, ok := findCase(p, caseName)
+			if !ok {
+				return fmt.Errorf("plan %s has no case %q; its cases: %s", p.Name, caseName, caseNames(p))
+			}
+			token, err := prom.token()
+			if err != nil {
+				return err
+			}
+			return runAttack(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), experiment.Config{
+				Plan: p, PlanSource: source, Kind: experiment.KindAttack, ResultsRoot: resultsRoot, PrometheusURL: prom.url, PrometheusToken: token,
+				MetricsListen: metricsListen, ScrapeInterval: scrapeInterval, Logger: slog.Default(),
+				Provenance: provenance(map[string]string{"kind": "none", "url": url}),
+			}, c, url)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&url, "url", "", "the URL to load (GET)")
+	f.Float64Var(&rate, "rate", 0, "constant arrivals per second (with --duration)")
+	f.DurationVar(&duration, "duration", 0, "how long a constant rate lasts")
+	f.Float64Var(&startRate, "start-rate", 0, "arrival rate at the start of --stages")
+	f.StringVar(&stages, "stages", "", "arrival-rate stages DURATION:TARGET,... each moving linearly to its target, e.g. 60s:200,60s:200,60s:1")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "per-request timeout")
+	f.BoolVar(&keepAlive, "keepalive", true, "reuse connections")
+	f.IntVar(&connections, "connections", 10000, "idle connections kept per host")
+	f.IntVar(&workers, "workers", 10, "initial workers")
+	f.IntVar(&maxWorkers, "max-workers", 0, "bound on workers (0: none)")
+	f.StringVar(&planFile, "plan", "", "take the load from this plan ...")
+	f.StringVar(&caseName, "case", "", "... and this case of it")
+	f.StringVar(&resultsRoot, "results", "results", "root of the results directories")
+	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics")
+	f.DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes the metrics")
+	prom.register(cmd)
+	return cmd
+}
+
+func findCase(p *plan.Plan, name string) (plan.Case, bool) {
+	for _, c := range p.Cases {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return plan.Case{}, false
+}
+
+func caseNames(p *plan.Plan) string {
+	names := make([]string, len(p.Cases))
+	for i, c := range p.Cases {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+func provenance(target map[string]string) results.Provenance {
+	info := ReadBuildInfo()
+	p := results.NewProvenance(info.Version, info.Libraries)
+	p.Target = target
+	return p
+}
+
+func runAttack(ctx context.Context, out, errOut io.Writer, cfg experiment.Config, c plan.Case, url string) error {
+	session, err := experiment.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer session.Close()
+	fmt.Fprintf(errOut, "attack %s: %d requests over %s, results in %s\n", url, c.Requests, c.Load.TotalDuration(), session.Dir)
+	progress := newProgressPrinter(errOut)
+	record, attackErr := session.Attack(ctx, c, 1, url, nil, progress.print)
+	progress.done()
+	interrupted := ctx.Err() != nil
+	// The final scrape and the reports run even after Ctrl-C, so what was gathered is kept.
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := session.FinalScrape(finishCtx, record.Summary.End); err != nil {
+		return errors.Join(attackErr, err)
+	}
+	rep, err := session.Finish(finishCtx, interrupted || attackErr != nil)
+	if err != nil {
+		return errors.Join(attackErr, err)
+	}
+	if err := session.Close(); err != nil {
+		return errors.Join(attackErr, err)
+	}
+	writeSummary(out, record.Summary)
+	if len(rep.Runs) == 1 {
+		w := rep.Runs[0].Whole
+		fmt.Fprintf(out, "Prometheus: %d requests, %d 2xx, error rate %.2f%%, p99 %.1f ms\n", w.Total, w.OK, w.ErrorRate*100, w.P99Ms)
+	}
+	fmt.Fprintf(out, "report: %s\n", session.Dir+"/report.md")
+	if interrupted {
+		return errors.Join(attackErr, errors.New("interrupted: the results directory is marked partial"))
+	}
+	return attackErr
+}
+
+func writeSummary(out io.Writer, s load.Summary) {
+	fmt.Fprintf(out, "sent %d of %d planned in %s; completed %d: %d ok", s.Sent, s.Planned, s.End.Sub(s.Start).Round(time.Millisecond), s.Completed, s.ByClass[load.ClassNone])
+	for _, class := range load.ErrorClasses {
+		if n := s.ByClass[class]; n > 0 {
+			fmt.Fprintf(out, ", %d %s", n, class)
+		}
+	}
+	fmt.Fprintf(out, "\nlatency mean %s p50 %s p90 %s p99 %s max %s\n", s.Mean.Round(time.Microsecond), s.P50.Round(time.Microsecond),
+		s.P90.Round(time.Microsecond), s.P99.Round(time.Microsecond), s.Max.Round(time.Microsecond))
+}
+
+// progressPrinter shows one live line on a terminal, and a line every 10 s elsewhere (logs, CI).
+type progressPrinter struct {
+	w     io.Writer
+	tty   bool
+	last  time.Time
+	wrote bool
+}
+
+func newProgressPrinter(w io.Writer) *progressPrinter {
+	f, ok := w.(*os.File)
+	return &progressPrinter{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (p *progressPrinter) print(pr load.Progress) {
+	classes := make([]string, 0, len(pr.Errors))
+	for class, n := range pr.Errors {
+		classes = append(classes, fmt.Sprintf("%s %d", class, n))
+	}
+	sort.Strings(classes)
+	errs := "no errors"
+	if len(classes) > 0 {
+		errs = strings.Join(classes, ", ")
+	}
+	line := fmt.Sprintf("%6s  sent %d/%d  rate %.1f/s  2xx %d  %s  p99 %s", pr.Elapsed.Round(time.Second), pr.Sent, pr.Planned, pr.Rate, pr.OK, errs, pr.P99.Round(100*time.Microsecond))
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", line)
+		p.wrote = true
+		return
+	}
+	if time.Since(p.last) >= 10*time.Second {
+		p.last = time.Now()
+		fmt.Fprintln(p.w, line)
+	}
+}
+
+func (p *progressPrinter) done() {
+	if p.wrote {
+		fmt.Fprintln(p.w)
+	}
+}
+
+func newReportCommand() *cobra.Command {
+	var prom prometheusFlags
+	cmd := &cobra.Command{
+		Use:   "report RESULTS_DIR",
+		Short: "Regenerate every report of a results directory from its stored TSDB, running nothing",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			token, err := prom.token()
+			if err != nil {
+				return err
+			}
+			rep, err := experiment.Regenerate(cmd.Context(), args[0], prom.url, token)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d run(s) of plan %s: %s/report.md, report.json, report.csv, charts/\n", len(rep.Runs), rep.Plan, args[0])
+			return nil
+		},
+	}
+	prom.register(cmd)
+	return cmd
+}
