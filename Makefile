@@ -6,7 +6,7 @@ LDFLAGS  := -X $(MODULE)/runner/cli.Version=$(VERSION) -X $(MODULE)/cowweb/app.V
 FUZZTIME ?= 60s
 PLAN     ?= plans/l640-rep8-rps200.yaml
 
-.PHONY: build test lint fuzz run clean
+.PHONY: build test lint fuzz run clean bench
 
 build: bin/runner bin/cowweb
 
@@ -38,3 +38,12 @@ run: bin/runner
 
 clean:
 	rm -rf bin
+
+VEGETA := $(shell $(GO) env GOPATH)/bin/vegeta
+
+$(VEGETA):
+	$(GO) install github.com/tsenart/vegeta/v12@v12.13.0
+
+# Performance figures (printed, not asserted): planned vs sent, runner vs vegeta max rate, Prometheus overhead.
+bench: build $(VEGETA)
+	$(GO) run ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA)

@@ -15,7 +15,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/rollout-lab/rollout-lab/load"
-	"github.com/rollout-lab/rollout-lab/results"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // Chart sizes: wide enough for a 3-minute run at one point per second.
@@ -191,7 +191,7 @@ func WriteCharts(dir string, rep Report) ([]string, error) {
 			}
 			for _, format := range ChartFormats {
 				path := filepath.Join(dir, chartFileName(r, kind, format))
-				if err := results.WriteAtomic(path, 0o644, func(w io.Writer) error { return WriteChart(w, p, format) }); err != nil {
+				if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return WriteChart(w, p, format) }); err != nil {
 					return files, err
 				}
 				files = append(files, path)
@@ -227,7 +227,7 @@ func WriteAll(dir string, rep Report, lang string) error {
 		}
 	}
 	for name, write := range files {
-		if err := results.WriteAtomic(filepath.Join(dir, name), 0o644, write); err != nil {
+		if err := rundir.WriteAtomic(filepath.Join(dir, name), 0o644, write); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}

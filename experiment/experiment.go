@@ -24,7 +24,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
-	"github.com/rollout-lab/rollout-lab/results"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // MetricsJob is the scrape job of the runner's own metrics (the attacker's).
@@ -67,7 +67,7 @@ type Config struct {
 	// MetricsListen is where the runner serves its metrics; default 127.0.0.1:0.
 	MetricsListen  string
 	ScrapeInterval time.Duration
-	Provenance     results.Provenance
+	Provenance     rundir.Provenance
 	Logger         *slog.Logger
 }
 
@@ -75,7 +75,7 @@ type Config struct {
 type Session struct {
 	cfg      Config
 	Dir      string
-	Manifest *results.Manifest
+	Manifest *rundir.Manifest
 	Registry *prometheus.Registry
 	Metrics  *load.Metrics
 	API      promv1.API
@@ -96,7 +96,7 @@ func Start(cfg Config) (_ *Session, err error) {
 		cfg.MetricsListen = "127.0.0.1:0"
 	}
 	started := time.Now().UTC()
-	dir, err := results.Create(cfg.ResultsRoot, cfg.Plan.Name, started)
+	dir, err := rundir.Create(cfg.ResultsRoot, cfg.Plan.Name, started)
 	if err != nil {
 		return nil, err
 	}
@@ -107,19 +107,19 @@ func Start(cfg Config) (_ *Session, err error) {
 		}
 	}()
 	if cfg.PlanSource != "" {
-		if cfg.Provenance.PlanHash, err = results.HashFile(cfg.PlanSource); err != nil {
+		if cfg.Provenance.PlanHash, err = rundir.HashFile(cfg.PlanSource); err != nil {
 			return nil, err
 		}
 		data, err := os.ReadFile(cfg.PlanSource)
 		if err != nil {
 			return nil, err
 		}
-		if err := results.WriteFileAtomic(filepath.Join(dir, results.PlanFile), data, 0o644); err != nil {
+		if err := rundir.WriteFileAtomic(filepath.Join(dir, rundir.PlanFile), data, 0o644); err != nil {
 			return nil, err
 		}
 	}
-	s.Manifest = &results.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance,
-		Prometheus: results.PrometheusInfo{Embedded: cfg.PrometheusURL == "", URL: cfg.PrometheusURL, ScrapeInterval: cfg.ScrapeInterval}}
+	s.Manifest = &rundir.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance,
+		Prometheus: rundir.PrometheusInfo{Embedded: cfg.PrometheusURL == "", URL: cfg.PrometheusURL, ScrapeInterval: cfg.ScrapeInterval}}
 	if err := s.Manifest.Save(dir); err != nil {
 		return nil, err
 	}
@@ -142,12 +142,12 @@ func Start(cfg Config) (_ *Session, err error) {
 		cfg.Logger.Info("using an external Prometheus; it must scrape the metrics address above", "url", cfg.PrometheusURL)
 		return s, nil
 	}
-	s.prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, results.TSDBDir), ScrapeInterval: cfg.ScrapeInterval,
+	s.prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, rundir.TSDBDir), ScrapeInterval: cfg.ScrapeInterval,
 		Logger: slog.New(quietHandler{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "prometheus")})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.prom.WriteToken(filepath.Join(dir, results.TokenFile)); err != nil {
+	if err := s.prom.WriteToken(filepath.Join(dir, rundir.TokenFile)); err != nil {
 		return nil, err
 	}
 	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: ln.Addr().String()}}); err != nil {
@@ -156,7 +156,7 @@ func Start(cfg Config) (_ *Session, err error) {
 	if s.API, err = s.prom.Client(); err != nil {
 		return nil, err
 	}
-	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, results.TokenFile))
+	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, rundir.TokenFile))
 	return s, nil
 }
 
@@ -164,15 +164,15 @@ func Start(cfg Config) (_ *Session, err error) {
 func (s *Session) Prometheus() *embedprom.Server { return s.prom }
 
 // Attack runs one case's load against url (through dial when set) and records the run.
-func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, dial load.DialFunc, progress func(load.Progress)) (results.RunRecord, error) {
+func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, dial load.DialFunc, progress func(load.Progress)) (rundir.RunRecord, error) {
 	labels := load.Labels{Plan: s.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
 	opts, err := load.OptionsFromPlan(url, c.Load, labels)
 	if err != nil {
-		return results.RunRecord{}, err
+		return rundir.RunRecord{}, err
 	}
 	opts.Dial, opts.Progress = dial, progress
 	summary, err := load.Attack(ctx, opts, s.Metrics)
-	record := results.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()}
+	record := rundir.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()}
 	if err != nil {
 		return record, err
 	}
@@ -219,7 +219,7 @@ func (s *Session) Close() error {
 }
 
 // WriteReports analyses every run of a manifest and writes the reports into dir.
-func WriteReports(ctx context.Context, dir string, m *results.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
+func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
 	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial}
 	for _, r := range m.Runs {
 		c, ok := m.Case(r.Labels.Case)
@@ -245,7 +245,7 @@ func WriteReports(ctx context.Context, dir string, m *results.Manifest, api prom
 
 // Regenerate rewrites every report of a results directory from its stored TSDB (or the external Prometheus it used).
 func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis.Report, error) {
-	m, err := results.Load(dir)
+	m, err := rundir.Load(dir)
 	if err != nil {
 		return analysis.Report{}, err
 	}
@@ -255,7 +255,7 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 		api, err = embedprom.NewClient(prometheusURL, token)
 	case m.Prometheus.Embedded:
 		var prom *embedprom.Server
-		prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, results.TSDBDir), ReadOnly: true})
+		prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, rundir.TSDBDir), ReadOnly: true})
 		if err == nil {
 			defer prom.Close()
 			api, err = prom.Client()

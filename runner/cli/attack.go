@@ -17,7 +17,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
-	"github.com/rollout-lab/rollout-lab/results"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 type prometheusFlags struct {
@@ -156,9 +156,9 @@ func caseNames(p *plan.Plan) string {
 	return strings.Join(names, ", ")
 }
 
-func provenance(target map[string]string) results.Provenance {
+func provenance(target map[string]string) rundir.Provenance {
 	info := ReadBuildInfo()
-	p := results.NewProvenance(info.Version, info.Libraries)
+	p := rundir.NewProvenance(info.Version, info.Libraries)
 	p.Target = target
 	return p
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
-	"github.com/rollout-lab/rollout-lab/results"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // startCowweb runs the real cowweb server in this process on a loopback port.
@@ -61,14 +61,14 @@ func TestAttackThenReportFromTheStoredTSDB(t *testing.T) {
 		}
 	}
 	dir := onlyDir(t, filepath.Join(root, "attack", "*"))
-	m, err := results.Load(dir)
+	m, err := rundir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Partial || len(m.Runs) != 1 || m.Runs[0].Summary.Completed != 100 || m.Provenance.Version == "" {
 		t.Errorf("manifest: partial %v runs %+v", m.Partial, m.Runs)
 	}
-	if info, err := os.Stat(filepath.Join(dir, results.TokenFile)); err != nil || info.Mode().Perm() != 0o600 {
+	if info, err := os.Stat(filepath.Join(dir, rundir.TokenFile)); err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("token file: %v %v", info, err)
 	}
 	before := map[string][]byte{}
@@ -113,7 +113,7 @@ func TestInterruptedAttackKeepsPartialResults(t *testing.T) {
 		t.Errorf("exit %d: %s", code, errOut.String())
 	}
 	dir := onlyDir(t, filepath.Join(root, "attack", "*"))
-	m, err := results.Load(dir)
+	m, err := rundir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,309 @@
+// Command bench prints rollout-lab's performance figures side by side: `make bench` builds what it needs and runs it.
+//
+//  1. planned vs sent for a ramp/hold/ramp profile (goal: equal);
+//  2. the highest rate `runner attack` sustains, with all its metrics and the embedded Prometheus, against plain
+//     `vegeta attack` of the same version, on the same loopback servers (cowweb without and with --slow --load 640);
+//  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+func main() {
+	runner := flag.String("runner", "bin/runner", "the runner binary")
+	cowweb := flag.String("cowweb", "bin/cowweb", "the cowweb binary")
+	vegeta := flag.String("vegeta", "vegeta", "the vegeta binary (v12.13.0)")
+	step := flag.Duration("step", 3*time.Second, "length of each rate step")
+	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
+	flag.Parse()
+	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration) error {
+	fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
+	if err := plannedVsSent(); err != nil {
+		return err
+	}
+	fmt.Println("\n== 2. highest sustained rate: runner attack (all metrics, embedded Prometheus) vs vegeta attack v12.13.0")
+	fmt.Printf("   each step %s; sustained = throughput ≥ 97%% of the rate with ≥ 99%% success\n", step)
+	for _, target := range []struct {
+		name  string
+		args  []string
+		rates []int
+	}{
+		{"cowweb (trivial /say)", nil, []int{1000, 2000, 3000, 4000, 6000, 8000, 10000}},
+		{"cowweb --slow --load 640", []string{"--slow", "--load", "640"}, []int{250, 500, 750, 1000, 1250, 1500, 2000}},
+	} {
+		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.rates, step); err != nil {
+			return err
+		}
+	}
+	fmt.Println("\n== 3. embedded Prometheus overhead")
+	return prometheusOverhead(scrapeFor)
+}
+
+func plannedVsSent() error {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	l := plan.Load{StartRate: 1, Stages: []plan.Stage{{Duration: plan.Duration(5 * time.Second), Target: 200},
+		{Duration: plan.Duration(5 * time.Second), Target: 200}, {Duration: plan.Duration(5 * time.Second), Target: 1}}}
+	opts, err := load.OptionsFromPlan(srv.URL, l, load.Labels{Plan: "bench", Case: "ramp", Run: "1"})
+	if err != nil {
+		return err
+	}
+	opts.Timeout, opts.KeepAlive, opts.Connections, opts.Workers = 5*time.Second, true, 100, 10
+	s, err := load.Attack(context.Background(), opts, load.NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		return err
+	}
+	verdict := "EQUAL"
+	if s.Sent != uint64(l.Requests()) || s.Completed != s.Sent {
+		verdict = "DIFFERENT"
+	}
+	fmt.Printf("   planned %d (plan) / %d (pacer), sent %d, completed %d in %s: %s\n", l.Requests(), s.Planned, s.Sent, s.Completed,
+		s.End.Sub(s.Start).Round(time.Millisecond), verdict)
+	return nil
+}
+
+// startCowweb runs the cowweb binary on a free loopback port.
+func startCowweb(binary string, args []string) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(binary, append([]string{"serve", "--listen", addr}, args...)...)
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}
+	for i := 0; i < 100; i++ {
+		if conn, err := net.Dial("tcp", addr); err == nil {
+			conn.Close()
+			return "http://" + addr + "/say?m=bench", stop, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	return "", nil, fmt.Errorf("cowweb did not start on %s", addr)
+}
+
+type stepResult struct {
+	throughput, success float64
+}
+
+func (r stepResult) sustained(rate int) bool {
+	return r.throughput >= 0.97*float64(rate) && r.success >= 0.99
+}
+
+var runnerSummary = regexp.MustCompile(`sent (\d+) of (\d+) planned in ([^;]+); completed (\d+): (\d+) ok`)
+
+func runnerStep(runner, url string, rate int, step time.Duration, results string) (stepResult, error) {
+	out, err := exec.Command(runner, "attack", "--url", url, "--rate", strconv.Itoa(rate), "--duration", step.String(),
+		"--timeout", "5s", "--results", results).Output()
+	m := runnerSummary.FindStringSubmatch(string(out))
+	if m == nil {
+		return stepResult{}, fmt.Errorf("runner attack at %d/s: %v\n%s", rate, err, out)
+	}
+	planned, _ := strconv.ParseFloat(m[2], 64)
+	elapsed, _ := time.ParseDuration(m[3])
+	ok, _ := strconv.ParseFloat(m[5], 64)
+	return stepResult{throughput: ok / elapsed.Seconds(), success: ok / planned}, nil
+}
+
+func vegetaStep(vegeta, url string, rate int, step time.Duration) (stepResult, error) {
+	attack := exec.Command(vegeta, "attack", "-rate", strconv.Itoa(rate), "-duration", step.String(), "-timeout", "5s")
+	attack.Stdin = strings.NewReader("GET " + url + "\n")
+	report := exec.Command(vegeta, "report", "-type", "json")
+	pipe, err := attack.StdoutPipe()
+	if err != nil {
+		return stepResult{}, err
+	}
+	report.Stdin = pipe
+	var out strings.Builder
+	report.Stdout = &out
+	if err := report.Start(); err != nil {
+		return stepResult{}, err
+	}
+	if err := attack.Run(); err != nil {
+		return stepResult{}, fmt.Errorf("vegeta attack: %w", err)
+	}
+	if err := report.Wait(); err != nil {
+		return stepResult{}, fmt.Errorf("vegeta report: %w", err)
+	}
+	var r struct {
+		Throughput float64 `json:"throughput"`
+		Success    float64 `json:"success"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
+		return stepResult{}, fmt.Errorf("vegeta report: %w: %s", err, out.String())
+	}
+	return stepResult{throughput: r.Throughput, success: r.Success}, nil
+}
+
+func compareRates(runner, cowweb, vegeta, name string, args []string, rates []int, step time.Duration) error {
+	url, stop, err := startCowweb(cowweb, args)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	results, err := os.MkdirTemp("", "rollout-lab-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(results)
+	fmt.Printf("   %s\n   %8s  %22s  %22s\n", name, "rate/s", "runner thr/s (ok %)", "vegeta thr/s (ok %)")
+	// Highest sustained counts only an unbroken run of sustained steps from the lowest rate.
+	bestRunner, bestVegeta := 0, 0
+	runnerBroke, vegetaBroke := false, false
+	for _, rate := range rates {
+		r, err := runnerStep(runner, url, rate, step, results)
+		if err != nil {
+			return err
+		}
+		v, err := vegetaStep(vegeta, url, rate, step)
+		if err != nil {
+			return err
+		}
+		mark := func(s stepResult) string {
+			if s.sustained(rate) {
+				return " "
+			}
+			return "✗"
+		}
+		fmt.Printf("   %8d  %14.0f (%5.1f)%s  %14.0f (%5.1f)%s\n", rate, r.throughput, r.success*100, mark(r), v.throughput, v.success*100, mark(v))
+		runnerBroke = runnerBroke || !r.sustained(rate)
+		vegetaBroke = vegetaBroke || !v.sustained(rate)
+		if !runnerBroke {
+			bestRunner = rate
+		}
+		if !vegetaBroke {
+			bestVegeta = rate
+		}
+		if runnerBroke && vegetaBroke {
+			break
+		}
+	}
+	ratio := 0.0
+	if bestVegeta > 0 {
+		ratio = float64(bestRunner) / float64(bestVegeta)
+	}
+	fmt.Printf("   highest sustained: runner %d/s, vegeta %d/s, ratio %.2f (goal ≥ 0.95)\n\n", bestRunner, bestVegeta, ratio)
+	return nil
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// prometheusOverhead scrapes the series of a three-case run every second and runs the report queries, in this
+// process with nothing else running, and reports the CPU this costs.
+func prometheusOverhead(scrapeFor time.Duration) error {
+	reg := prometheus.NewRegistry()
+	m := load.NewMetrics(reg)
+	cases := []string{"cowweb-ru-gs", "cowweb-ru-gs-slp5", "cowweb-ru-gs-slp8"}
+	start := time.Now()
+	for _, c := range cases {
+		l := load.Labels{Plan: "bench", Case: c, Run: "1"}
+		m.MarkPhase(l, load.PhaseLoadStart, start)
+		for i, class := range load.Classes {
+			for j := 0; j < 1000; j++ {
+				m.Requests.WithLabelValues(l.Plan, l.Case, l.Run, load.CodeLabel(200), class).Inc()
+				m.Latency.WithLabelValues(l.Plan, l.Case, l.Run, class).Observe(float64(j%200+i) / 1000)
+			}
+		}
+		m.Sent.WithLabelValues(l.Plan, l.Case, l.Run).Add(8000)
+	}
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	dir, err := os.MkdirTemp("", "rollout-lab-bench-tsdb")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	prom, err := embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, "tsdb"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	defer prom.Close()
+	before := cpuSeconds()
+	if err := prom.SetTargets("bench", []embedprom.Target{{Address: strings.TrimPrefix(srv.URL, "http://")}}); err != nil {
+		return err
+	}
+	time.Sleep(scrapeFor)
+	scrapeCPU := cpuSeconds() - before
+	series, _ := countSeries(srv.URL)
+	fmt.Printf("   scraping %d series every 1 s for %s: %.3f CPU s, %.3f CPU s per minute of load (exporter side included)\n",
+		series, scrapeFor, scrapeCPU, scrapeCPU*float64(time.Minute)/float64(scrapeFor))
+	for _, c := range cases {
+		m.MarkPhase(load.Labels{Plan: "bench", Case: c, Run: "1"}, load.PhaseLoadEnd, time.Now())
+	}
+	if err := prom.WaitForScrape(context.Background(), "bench", time.Now()); err != nil {
+		return err
+	}
+	api, err := prom.Client()
+	if err != nil {
+		return err
+	}
+	before = cpuSeconds()
+	queryStart := time.Now()
+	for _, c := range cases {
+		if _, err := analysis.Analyze(context.Background(), api, analysis.Selector{Plan: "bench", Case: c, Run: "1"}, analysis.Conditions{}, analysis.Options{}); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("   report queries for %d cases over %s of data: %.3f CPU s, %s wall\n", len(cases), scrapeFor, cpuSeconds()-before,
+		time.Since(queryStart).Round(time.Millisecond))
+	return nil
+}
+
+func countSeries(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n := 0
+	scanner := bufio.NewScanner(io.LimitReader(resp.Body, 64<<20))
+	for scanner.Scan() {
+		if line := scanner.Text(); line != "" && !strings.HasPrefix(line, "#") {
+			n++
+		}
+	}
+	return n, scanner.Err()
+}
