@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
+	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
@@ -143,5 +144,41 @@ func TestAttackRejectsBadFlags(t *testing.T) {
 		if code != ExitError || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %q", c.args, code, errOut, c.want)
 		}
+	}
+}
+
+// With --prometheus-url the same queries go to an external Prometheus that scrapes the runner's metrics address.
+func TestAttackWithAnExternalPrometheus(t *testing.T) {
+	url := startCowweb(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ln.Addr().String()
+	ln.Close()
+	external, err := embedprom.Start(embedprom.Options{Dir: t.TempDir(), ScrapeInterval: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer external.Close()
+	if err := external.SetTargets("runner", []embedprom.Target{{Address: metricsAddr}}); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := external.WriteToken(tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	code, out, errOut := run(t, "attack", "--url", url+"/say", "--rate", "40", "--duration", "2s", "--results", root,
+		"--metrics-listen", metricsAddr, "--scrape-interval", "250ms", "--prometheus-url", external.URL(), "--prometheus-token-file", tokenFile)
+	if code != ExitOK || !strings.Contains(out, "Prometheus: 80 requests, 80 2xx") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	dir := onlyDir(t, filepath.Join(root, "attack", "*"))
+	if _, err := os.Stat(filepath.Join(dir, rundir.TSDBDir)); !os.IsNotExist(err) {
+		t.Errorf("an embedded TSDB was written although Prometheus is external: %v", err)
+	}
+	if code, out, errOut := run(t, "report", dir, "--prometheus-token-file", tokenFile); code != ExitOK {
+		t.Errorf("report from the external Prometheus: %d %s %s", code, out, errOut)
 	}
 }
