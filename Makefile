@@ -2,7 +2,10 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 MODULE   := github.com/rollout-lab/rollout-lab
-LDFLAGS  := -X $(MODULE)/runner/cli.Version=$(VERSION) -X $(MODULE)/cowweb/app.Version=$(VERSION)
+# The lab's apiserver reports the Kubernetes version it is built from only when stamped.
+K8S_LDFLAGS := -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean
+LDFLAGS  := -X $(MODULE)/runner/cli.Version=$(VERSION) -X $(MODULE)/cowweb/app.Version=$(VERSION) $(K8S_LDFLAGS)
 FUZZTIME ?= 60s
 PLAN     ?= plans/l640-rep8-rps200.yaml
 
@@ -20,7 +23,7 @@ FORCE:
 
 # The whole suite, end-to-end tests included.
 test:
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -timeout 30m -ldflags "$(K8S_LDFLAGS)" ./...
 
 lint:
 	$(GO) vet ./...

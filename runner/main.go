@@ -7,10 +7,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/rollout-lab/rollout-lab/cowweb/app"
 	"github.com/rollout-lab/rollout-lab/runner/cli"
 )
 
 func main() {
+	// The lab runs the cowweb image as this same binary, so an installed runner needs nothing else.
+	if len(os.Args) > 1 && os.Args[1] == cli.CowwebSubcommand {
+		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, os.Args[1:], cli.Streams{Out: os.Stdout, Err: os.Stderr})
 	stop()

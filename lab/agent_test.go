@@ -1,0 +1,305 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+var cowwebBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lab-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cowwebBinary = filepath.Join(dir, "cowweb")
+	if out, err := exec.Command("go", "build", "-o", cowwebBinary, "../cowweb").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build cowweb: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the lab's Pod network needs root")
+	}
+}
+
+func cowwebDeployment(name string, replicas int32, preStopSleep int, shutdown string) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	c := corev1.Container{
+		Name: "cowweb", Image: "ghcr.io/hhiroshell/cowweb-go/cowweb:v1.1.1", Command: []string{"./cowweb"},
+		Args:  []string{"serve", "--port=8080", "--shutdown-gracefully=" + fmt.Sprint(shutdown == "graceful")},
+		Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		Env:   []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
+			InitialDelaySeconds: 1, PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 3},
+	}
+	if preStopSleep > 0 {
+		c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", fmt.Sprintf("sleep %d", preStopSleep)}}}}
+	}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](10), Containers: []corev1.Container{c}},
+			},
+		},
+	}
+}
+
+func readyPods(ctx context.Context, l *Lab, ns, app string) ([]corev1.Pod, error) {
+	pods, err := l.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		return nil, err
+	}
+	var ready []corev1.Pod
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+				ready = append(ready, p)
+			}
+		}
+	}
+	return ready, nil
+}
+
+// restart does what `kubectl rollout restart` does.
+func restart(ctx context.Context, l *Lab, ns, name string) error {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
+	_, err := l.Client.AppsV1().Deployments(ns).Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	return err
+}
+
+func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary},
+		Images: map[string][]string{"example/ignores-sigterm": {"/bin/sh"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.Down(); err != nil {
+			t.Error(err)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); len(out) > 0 {
+			t.Errorf("network namespaces left: %s", out)
+		}
+	}()
+	events, unsubscribe := l.Agent.Events.Subscribe(10000)
+	defer unsubscribe()
+
+	ns := "default"
+	if _, err := l.Client.AppsV1().Deployments(ns).Create(ctx, cowwebDeployment("web", 4, 1, "graceful"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var before []corev1.Pod
+	eventually(t, "4 Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
+		before, err = readyPods(ctx, l, ns, "web")
+		return len(before) == 4, err
+	})
+	nodes := map[string]bool{}
+	for _, p := range before {
+		nodes[p.Spec.NodeName] = true
+		if p.Status.PodIP == "" || p.Status.PodIP[:7] != "198.18." {
+			t.Errorf("pod %s IP %q", p.Name, p.Status.PodIP)
+		}
+	}
+	if len(nodes) != 2 {
+		t.Errorf("pods on nodes %v, want both", nodes)
+	}
+
+	// The Service answers through the dataplane.
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}}}
+	if _, err := l.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: l.Dataplane.Dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	eventually(t, "the Service answers through the dataplane", 30*time.Second, func(ctx context.Context) (bool, error) {
+		resp, err := client.Get("http://web.default.svc:80/say?m=hi")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, nil
+	})
+
+	// While the rollout runs, route a new connection every few ms and remember where each went.
+	type routed struct {
+		at         time.Duration
+		node, addr string
+	}
+	var routes []routed
+	stopRouting := make(chan struct{})
+	routingDone := make(chan struct{})
+	go func() {
+		defer close(routingDone)
+		for {
+			select {
+			case <-stopRouting:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			addr, node, err := l.Dataplane.Route("web.default:80")
+			if err == nil {
+				host, _, _ := net.SplitHostPort(addr)
+				routes = append(routes, routed{at: time.Since(l.Agent.Events.start), node: node, addr: host})
+			}
+		}
+	}()
+	if err := restart(ctx, l, ns, "web"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "all 4 Pods replaced and Ready", 90*time.Second, func(ctx context.Context) (bool, error) {
+		pods, err := readyPods(ctx, l, ns, "web")
+		if err != nil || len(pods) != 4 {
+			return false, err
+		}
+		for _, p := range pods {
+			for _, old := range before {
+				if p.UID == old.UID {
+					return false, nil
+				}
+			}
+		}
+		all, err := l.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		return err == nil && len(all.Items) == 4, err
+	})
+
+	close(stopRouting)
+	<-routingDone
+
+	// Every old Pod went through deletion → preStop → SIGTERM right after the hook → exit → removal.
+	byPod := map[string]map[string]Event{}
+	serviceOut := map[[2]string]time.Duration{} // node, pod IP → when that node stopped routing to it
+	timeout := time.After(5 * time.Second)
+collect:
+	for {
+		select {
+		case e := <-events:
+			if byPod[e.Pod] == nil {
+				byPod[e.Pod] = map[string]Event{}
+			}
+			byPod[e.Pod][e.Type] = e
+			if e.Type == EventServiceOut {
+				serviceOut[[2]string{e.Node, e.PodIP}] = e.Since
+			}
+		case <-timeout:
+			break collect
+		default:
+			if len(events) == 0 {
+				break collect
+			}
+		}
+	}
+	for _, old := range before {
+		ev := byPod[old.Name]
+		for _, step := range []string{EventDeletionSeen, EventPreStopStart, EventPreStopEnd, EventSIGTERM, EventContainerExited, EventPodRemoved} {
+			if _, ok := ev[step]; !ok {
+				t.Errorf("pod %s: no %s event (%v)", old.Name, step, ev)
+			}
+		}
+		if len(ev) == 0 {
+			continue
+		}
+		hook := ev[EventPreStopEnd].Since - ev[EventPreStopStart].Since
+		if hook < 900*time.Millisecond || hook > 2*time.Second {
+			t.Errorf("pod %s: preStop sleep 1 took %v", old.Name, hook)
+		}
+		if gap := ev[EventSIGTERM].Since - ev[EventPreStopEnd].Since; gap < 0 || gap > 100*time.Millisecond {
+			t.Errorf("pod %s: SIGTERM %v after preStop end, want within 100 ms", old.Name, gap)
+		}
+		if _, killed := ev[EventSIGKILL]; killed {
+			t.Errorf("pod %s: graceful cowweb was SIGKILLed", old.Name)
+		}
+		if code := ev[EventContainerExited].ExitCode; code == nil || *code != 0 {
+			t.Errorf("pod %s: exit code %v, want 0 after a graceful shutdown", old.Name, code)
+		}
+	}
+
+	// No new connection went to a Pod on a node after that node's service-out.
+	outs := 0
+	for _, old := range before {
+		for _, node := range l.Agent.Nodes {
+			out, ok := serviceOut[[2]string{node, old.Status.PodIP}]
+			if !ok {
+				t.Errorf("no service-out of %s on %s", old.Name, node)
+				continue
+			}
+			outs++
+			for _, r := range routes {
+				if r.node == node && r.addr == old.Status.PodIP && r.at > out {
+					t.Errorf("%s routed to %s %v after its service-out", node, old.Name, r.at-out)
+				}
+			}
+		}
+	}
+	t.Logf("%d routes during the rollout, %d service-outs", len(routes), outs)
+
+	// A container that ignores SIGTERM is killed when the grace period ends.
+	stubborn := cowwebDeployment("stubborn", 1, 0, "graceful")
+	stubborn.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To[int64](2)
+	stubborn.Spec.Template.Spec.Containers[0].Image = "example/ignores-sigterm"
+	stubborn.Spec.Template.Spec.Containers[0].Command = []string{"sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"}
+	stubborn.Spec.Template.Spec.Containers[0].Args = nil
+	stubborn.Spec.Template.Spec.Containers[0].ReadinessProbe = nil
+	if _, err := l.Client.AppsV1().Deployments(ns).Create(ctx, stubborn, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	eventually(t, "stubborn Pod Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
+		pods, err := readyPods(ctx, l, ns, "stubborn")
+		if len(pods) == 1 {
+			pod = pods[0]
+		}
+		return len(pods) == 1, err
+	})
+	if err := l.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var seen, sigkill time.Duration
+	deadline := time.After(15 * time.Second)
+	for sigkill == 0 {
+		select {
+		case e := <-events:
+			if e.Pod != pod.Name {
+				continue
+			}
+			switch e.Type {
+			case EventDeletionSeen:
+				seen = e.Since
+			case EventSIGKILL:
+				sigkill = e.Since
+			}
+		case <-deadline:
+			t.Fatal("no SIGKILL for a container that ignores SIGTERM")
+		}
+	}
+	if d := sigkill - seen; d < 1900*time.Millisecond || d > 2300*time.Millisecond {
+		t.Errorf("SIGKILL %v after the deletion, want the 2 s grace period", d)
+	}
+}

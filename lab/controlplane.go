@@ -1,0 +1,421 @@
+// Package lab is rollout-lab's embedded Kubernetes: etcd, kube-apiserver, kube-controller-manager and
+// kube-scheduler from k8s.io/kubernetes v1.37.2, all in the runner's process, on loopback, with TLS, client
+// certificates and RBAC.
+package lab
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/server/v3/embed"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/apimachinery/pkg/util/wait"
+	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	basecompatibility "k8s.io/component-base/compatibility"
+	"k8s.io/component-base/configz"
+	"k8s.io/klog/v2"
+	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	apiserveroptions "k8s.io/kubernetes/cmd/kube-apiserver/app/options"
+	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kcmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	scheduleroptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+)
+
+// KubernetesVersion is the release the lab's components come from.
+const KubernetesVersion = "v1.37.2"
+
+// Controllers the lab's controller-manager runs: what Deployments, Services and namespaces need.
+var Controllers = []string{"deployment-controller", "replicaset-controller", "endpointslice-controller", "garbage-collector-controller",
+	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "root-ca-certificate-publisher-controller"}
+
+// ServiceClusterIPRange is the Services' virtual address range.
+const ServiceClusterIPRange = "10.96.0.0/16"
+
+// running makes the lab one per process: client-go keeps process-wide informer names, so two would collide.
+var running sync.Mutex
+
+// ErrAlreadyRunning is returned by StartControlPlane while another lab runs in this process.
+var ErrAlreadyRunning = errors.New("a lab is already running in this process; stop it first (run labs in separate processes)")
+
+// ControlPlane is a running etcd, apiserver, controller-manager and scheduler.
+type ControlPlane struct {
+	Dir        string
+	Kubeconfig string
+	Config     *rest.Config
+	Client     kubernetes.Interface
+	Server     string // https://127.0.0.1:PORT
+	pki        *pki
+	etcd       *embed.Etcd
+	cancel     context.CancelFunc
+	done       []chan error
+	klogFile   *os.File
+	logger     *slog.Logger
+	stopOnce   sync.Once
+	stopErr    error
+}
+
+// StartControlPlane starts the components with their state, certificates, logs and kubeconfig under dir.
+func StartControlPlane(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlane, err error) {
+	if !running.TryLock() {
+		return nil, ErrAlreadyRunning
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cp := &ControlPlane{Dir: dir, logger: logger}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := cp.redirectKlog(); err != nil {
+		return nil, err
+	}
+	if cp.pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cp.cancel = cancel
+
+	start := time.Now()
+	etcdURL, err := cp.startEtcd()
+	if err != nil {
+		return nil, err
+	}
+	logger.Debug("etcd ready", "took", time.Since(start))
+	if err := cp.startAPIServer(runCtx, etcdURL); err != nil {
+		return nil, err
+	}
+	if err := cp.writeKubeconfig(); err != nil {
+		return nil, err
+	}
+	if err := cp.waitHealthy(ctx); err != nil {
+		return nil, err
+	}
+	logger.Debug("apiserver ready", "took", time.Since(start))
+	if err := cp.startControllerManager(runCtx); err != nil {
+		return nil, err
+	}
+	if err := cp.startScheduler(runCtx); err != nil {
+		return nil, err
+	}
+	logger.Info("lab control plane up", "server", cp.Server, "kubeconfig", cp.Kubeconfig, "took", time.Since(start).Round(time.Millisecond))
+	return cp, nil
+}
+
+// redirectKlog sends the components' klog output to a file of the lab: klog is process-wide.
+func (cp *ControlPlane) redirectKlog() error {
+	f, err := os.OpenFile(filepath.Join(cp.Dir, "components.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cp.klogFile = f
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for name, value := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL", "v": "0"} {
+		if err := fs.Set(name, value); err != nil {
+			return err
+		}
+	}
+	klog.SetOutput(f)
+	return nil
+}
+
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (cp *ControlPlane) startEtcd() (string, error) {
+	clientPort, err := freeLoopbackPort()
+	if err != nil {
+		return "", err
+	}
+	peerPort, err := freeLoopbackPort()
+	if err != nil {
+		return "", err
+	}
+	client := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(clientPort)}
+	peer := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(peerPort)}
+	cfg := embed.NewConfig()
+	cfg.Name = "rollout-lab"
+	cfg.Dir = filepath.Join(cp.Dir, "etcd")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.ListenMetricsUrls = nil
+	cfg.LogLevel = "warn"
+	cfg.LogOutputs = []string{filepath.Join(cp.Dir, "etcd.log")}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return "", fmt.Errorf("start etcd: %w", err)
+	}
+	cp.etcd = e
+	select {
+	case <-e.Server.ReadyNotify():
+		return client.String(), nil
+	case err := <-e.Err():
+		return "", fmt.Errorf("etcd: %w", err)
+	case <-time.After(30 * time.Second):
+		return "", errors.New("etcd did not become ready in 30 s")
+	}
+}
+
+// componentRegistry gives a component its own feature gates and version, as upstream test servers do, so a
+// second start in the same process does not find the first one's.
+func componentRegistry() (basecompatibility.ComponentGlobalsRegistry, error) {
+	featureGate := utilfeature.DefaultMutableFeatureGate.DeepCopy()
+	effectiveVersion := utilcompatibility.DefaultBuildEffectiveVersion()
+	registry := basecompatibility.NewComponentGlobalsRegistry()
+	if err := registry.Register(basecompatibility.DefaultKubeComponent, effectiveVersion, featureGate); err != nil {
+		return nil, err
+	}
+	return registry, nil
+}
+
+func parseFlags(sets map[string]*pflag.FlagSet, args []string) error {
+	fs := pflag.NewFlagSet("component", pflag.ContinueOnError)
+	for _, set := range sets {
+		fs.AddFlagSet(set)
+	}
+	return fs.Parse(args)
+}
+
+func (cp *ControlPlane) run(ctx context.Context, name string, run func() error) {
+	done := make(chan error, 1)
+	cp.done = append(cp.done, done)
+	go func() {
+		err := run()
+		if err != nil && ctx.Err() == nil {
+			cp.logger.Error("lab component stopped", "component", name, "err", err)
+		}
+		done <- err
+	}()
+}
+
+func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) error {
+	registry, err := componentRegistry()
+	if err != nil {
+		return err
+	}
+	s := apiserveroptions.NewServerRunOptions()
+	s.GenericServerRunOptions.ComponentGlobalsRegistry = registry
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	s.SecureServing.Listener, s.SecureServing.BindPort = ln, port
+	p := cp.pki
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--endpoint-reconciler-type=none",
+		"--tls-cert-file=" + p.ServingCertFile, "--tls-private-key-file=" + p.ServingKeyFile,
+		"--client-ca-file=" + p.CAFile,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + p.ServiceAccountKey, "--service-account-signing-key-file=" + p.ServiceAccountKey,
+		"--service-cluster-ip-range=" + ServiceClusterIPRange,
+		"--authorization-mode=RBAC",
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--cert-dir=" + filepath.Join(cp.Dir, "pki"),
+	}
+	if err := parseFlags(s.Flags().FlagSets, args); err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver flags: %w", err)
+	}
+	if err := registry.Set(); err != nil {
+		ln.Close()
+		return err
+	}
+	completed, err := s.Complete(ctx)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver options: %w", err)
+	}
+	if errs := completed.Validate(); len(errs) > 0 {
+		ln.Close()
+		return fmt.Errorf("apiserver options: %w", utilerrors.NewAggregate(errs))
+	}
+	config, err := apiserverapp.NewConfig(completed)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver config: %w", err)
+	}
+	completedConfig, err := config.Complete()
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver config: %w", err)
+	}
+	server, err := apiserverapp.CreateServerChain(completedConfig)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver: %w", err)
+	}
+	prepared, err := server.PrepareRun()
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("apiserver: %w", err)
+	}
+	cp.Server = fmt.Sprintf("https://127.0.0.1:%d", port)
+	cp.run(ctx, "kube-apiserver", func() error { return prepared.Run(ctx) })
+	return nil
+}
+
+func (cp *ControlPlane) writeKubeconfig() error {
+	p := cp.pki
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["rollout-lab"] = &clientcmdapi.Cluster{Server: cp.Server, CertificateAuthorityData: p.caPEM}
+	cfg.AuthInfos["rollout-lab-admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: p.adminCertPEM, ClientKeyData: p.adminKeyPEM}
+	cfg.Contexts["rollout-lab"] = &clientcmdapi.Context{Cluster: "rollout-lab", AuthInfo: "rollout-lab-admin", Namespace: "default"}
+	cfg.CurrentContext = "rollout-lab"
+	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, cp.Kubeconfig); err != nil {
+		return err
+	}
+	// It holds the admin's key.
+	if err := os.Chmod(cp.Kubeconfig, 0o600); err != nil {
+		return err
+	}
+	restConfig, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restConfig.QPS, restConfig.Burst = 200, 400
+	cp.Config = restConfig
+	cp.Client, err = kubernetes.NewForConfig(restConfig)
+	return err
+}
+
+func (cp *ControlPlane) waitHealthy(ctx context.Context) error {
+	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, done := range cp.done {
+			select {
+			case err := <-done:
+				return false, fmt.Errorf("apiserver exited: %v", err)
+			default:
+			}
+		}
+		status := 0
+		cp.Client.CoreV1().RESTClient().Get().AbsPath("/readyz").Do(ctx).StatusCode(&status)
+		return status == 200, nil
+	})
+}
+
+func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
+	registry, err := componentRegistry()
+	if err != nil {
+		return err
+	}
+	s, err := kcmoptions.NewKubeControllerManagerOptions()
+	if err != nil {
+		return err
+	}
+	s.ComponentGlobalsRegistry = registry
+	all, disabled, aliases := kcmapp.KnownControllers(), kcmapp.ControllersDisabledByDefault(), kcmapp.ControllerAliases()
+	sets := s.Flags(all, disabled, aliases)
+	controllers := ""
+	for i, c := range Controllers {
+		if i > 0 {
+			controllers += ","
+		}
+		controllers += c
+	}
+	if err := parseFlags(sets.FlagSets, []string{
+		"--kubeconfig=" + cp.Kubeconfig, "--leader-elect=false", "--secure-port=0",
+		"--controllers=" + controllers,
+		"--service-account-private-key-file=" + cp.pki.ServiceAccountKey, "--root-ca-file=" + cp.pki.CAFile,
+	}); err != nil {
+		return fmt.Errorf("controller-manager flags: %w", err)
+	}
+	s.ParsedFlags = &sets
+	if err := registry.Set(); err != nil {
+		return err
+	}
+	config, err := s.Config(ctx, all, disabled, aliases)
+	if err != nil {
+		return fmt.Errorf("controller-manager config: %w", err)
+	}
+	cp.run(ctx, "kube-controller-manager", func() error { return kcmapp.Run(ctx, config.Complete()) })
+	return nil
+}
+
+func (cp *ControlPlane) startScheduler(ctx context.Context) error {
+	registry, err := componentRegistry()
+	if err != nil {
+		return err
+	}
+	opts := scheduleroptions.NewOptions()
+	opts.ComponentGlobalsRegistry = registry
+	if err := parseFlags(opts.Flags.FlagSets, []string{"--kubeconfig=" + cp.Kubeconfig, "--leader-elect=false", "--secure-port=0"}); err != nil {
+		return fmt.Errorf("scheduler flags: %w", err)
+	}
+	if err := registry.Set(); err != nil {
+		return err
+	}
+	cc, sched, err := schedulerapp.Setup(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	cp.run(ctx, "kube-scheduler", func() error { return schedulerapp.Run(ctx, cc, sched) })
+	return nil
+}
+
+// Stop stops the components and etcd and waits for them; stopping twice is harmless.
+func (cp *ControlPlane) Stop() error {
+	cp.stopOnce.Do(func() {
+		var errs []error
+		if cp.cancel != nil {
+			cp.cancel()
+		}
+		for _, done := range cp.done {
+			// What a component returns once its context is cancelled is its way of stopping (the controller-manager
+			// says "finished without leader elect"), not a failure.
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				errs = append(errs, errors.New("a lab component did not stop in 30 s"))
+			}
+		}
+		if cp.etcd != nil {
+			cp.etcd.Close()
+		}
+		// The components register their configuration process-wide; the next lab registers it again.
+		configz.Delete(kcmapp.ConfigzName)
+		configz.Delete("componentconfig")
+		if cp.klogFile != nil {
+			klog.Flush()
+			klog.SetOutput(os.Stderr)
+			errs = append(errs, cp.klogFile.Close())
+		}
+		cp.stopErr = errors.Join(errs...)
+		running.Unlock()
+	})
+	return cp.stopErr
+}

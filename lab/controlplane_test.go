@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+)
+
+func eventually(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func readyNode(name string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+// markReady sets the Node Ready and lifts the not-ready taint the admission put on it, as a kubelet and the
+// node lifecycle controller would.
+func markReady(ctx context.Context, c kubernetes.Interface, name string) error {
+	node, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	node.Spec.Taints = nil
+	if node, err = c.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), Reason: "Test"}}
+	node.Status.Allocatable = corev1.ResourceList{corev1.ResourcePods: *resourceQuantity("110")}
+	node.Status.Capacity = node.Status.Allocatable
+	_, err = c.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	return err
+}
+
+func TestControlPlaneRunsDeploymentsAndServicesAndRestarts(t *testing.T) {
+	ctx := context.Background()
+	start := time.Now()
+	cp, err := StartControlPlane(ctx, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("control plane up in %v", time.Since(start))
+	defer cp.Stop()
+
+	if _, err := StartControlPlane(ctx, t.TempDir(), nil); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("second lab in the process: %v", err)
+	}
+	info, err := os.Stat(cp.Kubeconfig)
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("kubeconfig %v mode %v", err, info.Mode())
+	}
+	version, err := cp.Client.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if version.GitVersion != KubernetesVersion {
+		t.Errorf("apiserver reports %s, want %s (built without make's -ldflags?)", version.GitVersion, KubernetesVersion)
+	}
+
+	c := cp.Client
+	if _, err := c.CoreV1().Nodes().Create(ctx, readyNode("lab-node-1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := markReady(ctx, c, "lab-node-1"); err != nil {
+		t.Fatal(err)
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cp-test"}}
+	if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app": "web"}
+	deploy := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "cp-test"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](2),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "example/web:1", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
+			},
+		},
+	}
+	if _, err := c.AppsV1().Deployments("cp-test").Create(ctx, deploy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "cp-test"},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromString("http")}}}}
+	if _, err := c.CoreV1().Services("cp-test").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The deployment and replicaset controllers create the Pods; the scheduler binds them to the Node.
+	eventually(t, "2 Pods scheduled", 30*time.Second, func(ctx context.Context) (bool, error) {
+		pods, err := c.CoreV1().Pods("cp-test").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		scheduled := 0
+		for _, p := range pods.Items {
+			if p.Spec.NodeName == "lab-node-1" {
+				scheduled++
+			}
+		}
+		return scheduled == 2, nil
+	})
+	// The endpointslice controller makes the Service's slice.
+	eventually(t, "EndpointSlice of the Service", 30*time.Second, func(ctx context.Context) (bool, error) {
+		slices, err := c.DiscoveryV1().EndpointSlices("cp-test").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=web"})
+		return err == nil && len(slices.Items) == 1, err
+	})
+	// The serviceaccount controller gives the namespace its default ServiceAccount.
+	eventually(t, "default ServiceAccount", 30*time.Second, func(ctx context.Context) (bool, error) {
+		_, err := c.CoreV1().ServiceAccounts("cp-test").Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+
+	stopStart := time.Now()
+	if err := cp.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stopped in %v", time.Since(stopStart))
+	if _, err := cp.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err == nil {
+		t.Error("the apiserver still answers after Stop")
+	}
+
+	// A second lab in the same process, after the first stopped.
+	again, err := StartControlPlane(ctx, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Stop()
+	if _, err := again.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	}
+}

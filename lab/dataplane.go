@@ -1,0 +1,305 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// EventServiceOut is recorded when a node's proxy stops sending new connections to a Pod.
+const EventServiceOut = "service_out"
+
+// ServiceOutModel is how long a node's proxy takes to program an EndpointSlice change, on top of the
+// EndpointSlice controller's own (real) latency.
+//
+// Default: uniform between 0 and 1 s. kube-proxy (iptables and nftables modes) batches changes and resyncs no more
+// often than --iptables-min-sync-period / --nftables-min-sync-period, whose default is 1 s; a change therefore
+// lands on each node after a wait between 0 and that period (plus the short programming time itself), independently
+// per node. This is not tuned to any expected result.
+type ServiceOutModel struct {
+	Min, Max time.Duration
+}
+
+// DefaultServiceOutModel is kube-proxy's default min-sync-period behaviour.
+var DefaultServiceOutModel = ServiceOutModel{Min: 0, Max: time.Second}
+
+func (m ServiceOutModel) draw(r *rand.Rand) time.Duration {
+	if m.Max <= m.Min {
+		return m.Min
+	}
+	return m.Min + time.Duration(r.Int64N(int64(m.Max-m.Min)))
+}
+
+// Dataplane is the lab's kube-proxy: each node has its own view of the EndpointSlices, updated after the model's
+// delay; a connection picks its node (spread like an external load balancer) and then a ready endpoint from that
+// node's view when it opens, as iptables/nftables DNAT does, and stays on it.
+type Dataplane struct {
+	client   kubernetes.Interface
+	nodes    []string
+	model    ServiceOutModel
+	recorder *Recorder
+	mu       sync.Mutex
+	rng      *rand.Rand
+	services map[string]*corev1.Service                       // ns/name
+	views    map[string]map[string]*discoveryv1.EndpointSlice // node → ns/slice → slice
+	applyAt  map[string]time.Time                             // node → when its last change lands
+	next     int
+	factory  informers.SharedInformerFactory
+	stop     chan struct{}
+	timers   sync.WaitGroup
+}
+
+// StartDataplane watches Services and EndpointSlices and keeps each node's view.
+func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder) (*Dataplane, error) {
+	d := &Dataplane{client: client, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
+		stop: make(chan struct{})}
+	for _, n := range nodes {
+		d.views[n] = map[string]*discoveryv1.EndpointSlice{}
+	}
+	d.factory = informers.NewSharedInformerFactory(client, 0)
+	svcInformer := d.factory.Core().V1().Services().Informer()
+	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { d.setService(obj, false) },
+		UpdateFunc: func(_, obj any) { d.setService(obj, false) },
+		DeleteFunc: func(obj any) { d.setService(obj, true) },
+	}); err != nil {
+		return nil, err
+	}
+	sliceInformer := d.factory.Discovery().V1().EndpointSlices().Informer()
+	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { d.sliceChanged(obj, false) },
+		UpdateFunc: func(_, obj any) { d.sliceChanged(obj, false) },
+		DeleteFunc: func(obj any) { d.sliceChanged(obj, true) },
+	}); err != nil {
+		return nil, err
+	}
+	d.factory.Start(d.stop)
+	d.factory.WaitForCacheSync(d.stop)
+	return d, nil
+}
+
+func unwrap(obj any) any {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return tomb.Obj
+	}
+	return obj
+}
+
+func (d *Dataplane) setService(obj any, deleted bool) {
+	svc, ok := unwrap(obj).(*corev1.Service)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if deleted {
+		delete(d.services, svc.Namespace+"/"+svc.Name)
+		return
+	}
+	d.services[svc.Namespace+"/"+svc.Name] = svc
+}
+
+// sliceChanged schedules the change on every node after its own delay, keeping each node's changes in order.
+func (d *Dataplane) sliceChanged(obj any, deleted bool) {
+	slice, ok := unwrap(obj).(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	key := slice.Namespace + "/" + slice.Name
+	seen := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, node := range d.nodes {
+		at := seen.Add(d.model.draw(d.rng))
+		if last := d.applyAt[node]; at.Before(last) {
+			at = last
+		}
+		d.applyAt[node] = at
+		node, slice := node, slice
+		d.timers.Add(1)
+		go func() {
+			defer d.timers.Done()
+			select {
+			case <-time.After(time.Until(at)):
+			case <-d.stop:
+				return
+			}
+			d.apply(node, key, slice, deleted, seen)
+		}()
+	}
+}
+
+func readyEndpoint(e discoveryv1.Endpoint) bool {
+	return e.Conditions.Ready == nil || *e.Conditions.Ready
+}
+
+func (d *Dataplane) apply(node, key string, slice *discoveryv1.EndpointSlice, deleted bool, seen time.Time) {
+	d.mu.Lock()
+	old := d.views[node][key]
+	if deleted {
+		delete(d.views[node], key)
+	} else {
+		d.views[node][key] = slice
+	}
+	d.mu.Unlock()
+	if old == nil || d.recorder == nil {
+		return
+	}
+	stillReady := map[string]bool{}
+	if !deleted {
+		for _, e := range slice.Endpoints {
+			if readyEndpoint(e) && len(e.Addresses) > 0 {
+				stillReady[e.Addresses[0]] = true
+			}
+		}
+	}
+	for _, e := range old.Endpoints {
+		if !readyEndpoint(e) || len(e.Addresses) == 0 || stillReady[e.Addresses[0]] {
+			continue
+		}
+		ev := Event{Type: EventServiceOut, Node: node, PodIP: e.Addresses[0],
+			Message: fmt.Sprintf("programmed %s after the EndpointSlice change", time.Since(seen).Round(time.Millisecond))}
+		if e.TargetRef != nil {
+			ev.Namespace, ev.Pod, ev.UID = e.TargetRef.Namespace, e.TargetRef.Name, string(e.TargetRef.UID)
+		}
+		d.recorder.Record(ev)
+	}
+}
+
+// Stop ends the watches.
+func (d *Dataplane) Stop() {
+	select {
+	case <-d.stop:
+		return
+	default:
+	}
+	close(d.stop)
+	d.factory.Shutdown()
+	d.timers.Wait()
+}
+
+// lookup finds a Service by "name.namespace[.svc[.cluster.local]]" or its cluster IP.
+func (d *Dataplane) lookup(host string) (*corev1.Service, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, svc := range d.services {
+		if svc.Spec.ClusterIP == host {
+			return svc, nil
+		}
+	}
+	parts := strings.Split(strings.TrimSuffix(strings.TrimSuffix(host, ".cluster.local"), ".svc"), ".")
+	if len(parts) == 2 {
+		if svc, ok := d.services[parts[1]+"/"+parts[0]]; ok {
+			return svc, nil
+		}
+	}
+	return nil, fmt.Errorf("lab dataplane: no Service %s", host)
+}
+
+// Route picks the node for a new connection and the endpoint in its view: pod address and node, or an error
+// that reads like kube-proxy's REJECT (connection refused) when the node knows no ready endpoint.
+func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", err
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return "", "", err
+	}
+	svc, err := d.lookup(host)
+	if err != nil {
+		return "", "", err
+	}
+	var portName string
+	found := false
+	for _, p := range svc.Spec.Ports {
+		if int(p.Port) == port {
+			portName, found = p.Name, true
+		}
+	}
+	if !found {
+		return "", "", fmt.Errorf("lab dataplane: Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	node = d.nodes[d.next%len(d.nodes)]
+	d.next++
+	var candidates []string
+	for _, slice := range d.views[node] {
+		if slice.Namespace != svc.Namespace || slice.Labels[discoveryv1.LabelServiceName] != svc.Name {
+			continue
+		}
+		target := 0
+		for _, p := range slice.Ports {
+			if p.Name != nil && *p.Name == portName && p.Port != nil {
+				target = int(*p.Port)
+			}
+		}
+		if target == 0 {
+			continue
+		}
+		for _, e := range slice.Endpoints {
+			if readyEndpoint(e) && len(e.Addresses) > 0 {
+				candidates = append(candidates, net.JoinHostPort(e.Addresses[0], strconv.Itoa(target)))
+			}
+		}
+	}
+	if len(candidates) == 0 {
+		return "", node, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	}
+	return candidates[d.rng.IntN(len(candidates))], node, nil
+}
+
+// Dial is the load generator's dialer: a Service address is routed as kube-proxy would on the chosen node.
+func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	endpoint, _, err := d.Route(addr)
+	if err != nil {
+		return nil, err
+	}
+	return (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, endpoint)
+}
+
+// Forward listens on a loopback port and forwards each connection to the Service as the dataplane routes it.
+func (d *Dataplane) Forward(ctx context.Context, service string, port int) (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	target := net.JoinHostPort(service, strconv.Itoa(port))
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				upstream, err := d.Dial(ctx, "tcp", target)
+				if err != nil {
+					return
+				}
+				defer upstream.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(upstream, conn); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(conn, upstream); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return ln, nil
+}

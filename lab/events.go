@@ -1,0 +1,101 @@
+package lab
+
+import (
+	"encoding/json"
+	"os"
+	"sync"
+	"time"
+)
+
+// Lifecycle steps the node agent records.
+const (
+	EventPodCreated      = "created"
+	EventContainerStart  = "started"
+	EventPodReady        = "ready"
+	EventPodNotReady     = "not_ready"
+	EventDeletionSeen    = "deletion_seen"
+	EventPreStopStart    = "prestop_start"
+	EventPreStopEnd      = "prestop_end"
+	EventSIGTERM         = "sigterm"
+	EventSIGKILL         = "sigkill"
+	EventContainerExited = "exited"
+	EventPodRemoved      = "removed"
+	EventRestarted       = "restarted"
+)
+
+// Event is one step in a Pod's life as the node agent saw it.
+type Event struct {
+	Time time.Time `json:"time"`
+	// Since is the monotonic time since the agent started, for ordering events exactly.
+	Since     time.Duration `json:"sinceAgentStart"`
+	Type      string        `json:"type"`
+	Namespace string        `json:"namespace"`
+	Pod       string        `json:"pod"`
+	UID       string        `json:"uid"`
+	Node      string        `json:"node"`
+	PodIP     string        `json:"podIP,omitempty"`
+	Container string        `json:"container,omitempty"`
+	ExitCode  *int          `json:"exitCode,omitempty"`
+	Signal    string        `json:"signal,omitempty"`
+	Message   string        `json:"message,omitempty"`
+}
+
+// Recorder keeps events in a JSON-lines file and hands them to subscribers.
+type Recorder struct {
+	start time.Time
+	mu    sync.Mutex
+	file  *os.File
+	enc   *json.Encoder
+	subs  map[int]chan Event
+	next  int
+}
+
+// NewRecorder appends events to path.
+func NewRecorder(path string) (*Recorder, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &Recorder{start: time.Now(), file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}}, nil
+}
+
+// Record stamps and stores an event.
+func (r *Recorder) Record(e Event) Event {
+	now := time.Now()
+	e.Time, e.Since = now, now.Sub(r.start)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_ = r.enc.Encode(e)
+	for _, ch := range r.subs {
+		select {
+		case ch <- e:
+		default: // a subscriber that does not keep up loses events rather than stalling Pods
+		}
+	}
+	return e
+}
+
+// Subscribe returns a channel of every event from now on and a function that ends the subscription.
+func (r *Recorder) Subscribe(buffer int) (<-chan Event, func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id := r.next
+	r.next++
+	ch := make(chan Event, buffer)
+	r.subs[id] = ch
+	return ch, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if _, ok := r.subs[id]; ok {
+			delete(r.subs, id)
+			close(ch)
+		}
+	}
+}
+
+// Close closes the file.
+func (r *Recorder) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.file.Close()
+}

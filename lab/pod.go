@@ -1,0 +1,704 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/kubernetes/third_party/forked/golang/expansion"
+	"k8s.io/utils/ptr"
+)
+
+// minKillDelay is what the kubelet grants after SIGTERM when the preStop hook used up the grace period.
+const minKillDelay = 2 * time.Second
+
+// podWorker runs one Pod: its network, its containers, their probes, and its termination.
+type podWorker struct {
+	agent     *Agent
+	pod       *corev1.Pod // as first seen; spec does not change
+	key       string
+	ip        net.IP
+	started   time.Time
+	mu        sync.Mutex
+	ctrs      []*containerRunner
+	ready     bool
+	terminate chan *corev1.Pod // the Pod with its deletion, or nil for at once
+	termOnce  sync.Once
+	killed    chan struct{}
+	killOnce  sync.Once
+}
+
+type containerRunner struct {
+	spec        corev1.Container
+	mu          sync.Mutex
+	cmd         *exec.Cmd
+	exited      chan struct{}
+	exitCode    int
+	signal      string
+	startedAt   time.Time
+	restarts    int32
+	ready       bool
+	startupOK   bool
+	lastState   *corev1.ContainerStateTerminated
+	waitReason  string
+	waitMessage string
+}
+
+func newPodWorker(a *Agent, pod *corev1.Pod) *podWorker {
+	return &podWorker{agent: a, pod: pod.DeepCopy(), key: pod.Namespace + "/" + pod.Name,
+		terminate: make(chan *corev1.Pod, 1), killed: make(chan struct{})}
+}
+
+func (w *podWorker) record(eventType string, container string, mutate func(*Event)) {
+	e := Event{Type: eventType, Namespace: w.pod.Namespace, Pod: w.pod.Name, UID: string(w.pod.UID), Node: w.pod.Spec.NodeName,
+		PodIP: podIPString(w.ip), Container: container}
+	if mutate != nil {
+		mutate(&e)
+	}
+	w.agent.Events.Record(e)
+}
+
+func (w *podWorker) requestTermination(pod *corev1.Pod) {
+	w.termOnce.Do(func() { w.terminate <- pod })
+}
+
+// kill ends everything at once (agent stop).
+func (w *podWorker) kill() {
+	w.killOnce.Do(func() { close(w.killed) })
+	w.requestTermination(nil)
+}
+
+func (w *podWorker) run() {
+	w.started = time.Now()
+	w.record(EventPodCreated, "", nil)
+	ip, err := w.agent.opts.Network.Setup(w.key)
+	if err != nil {
+		w.agent.logger.Error("pod network", "pod", w.key, "err", err)
+		w.updateStatus()
+		<-w.terminate
+		w.remove()
+		return
+	}
+	w.ip = ip
+	ctx, stopProbes := context.WithCancel(w.agent.ctx)
+	for _, spec := range w.pod.Spec.Containers {
+		c := &containerRunner{spec: spec, startupOK: spec.StartupProbe == nil}
+		w.ctrs = append(w.ctrs, c)
+		w.startContainer(c)
+	}
+	w.updateStatus()
+	for _, c := range w.ctrs {
+		go w.supervise(ctx, c)
+		go w.probeLoop(ctx, c)
+	}
+	deleted := <-w.terminate
+	stopProbes()
+	w.shutdown(deleted)
+	w.remove()
+}
+
+func (w *podWorker) env(c corev1.Container) []string {
+	values := map[string]string{}
+	var order []string
+	set := func(k, v string) {
+		if _, ok := values[k]; !ok {
+			order = append(order, k)
+		}
+		values[k] = v
+	}
+	field := map[string]string{"status.podIP": podIPString(w.ip), "status.podIPs": podIPString(w.ip), "metadata.name": w.pod.Name,
+		"metadata.namespace": w.pod.Namespace, "metadata.uid": string(w.pod.UID), "spec.nodeName": w.pod.Spec.NodeName,
+		"status.hostIP": gatewayAddress, "spec.serviceAccountName": w.pod.Spec.ServiceAccountName}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			set(e.Name, field[e.ValueFrom.FieldRef.FieldPath])
+		case e.ValueFrom != nil:
+			// Secrets, ConfigMaps and resources are not modelled; the variable is left empty, as the docs say.
+			set(e.Name, "")
+		default:
+			// $(VAR) refers to variables defined before this one, as the kubelet expands them.
+			set(e.Name, expansion.Expand(e.Value, expansion.MappingFuncFor(values)))
+		}
+	}
+	out := []string{"PATH=" + os.Getenv("PATH"), "HOME=/tmp", "HOSTNAME=" + w.pod.Name}
+	for _, k := range order {
+		out = append(out, k+"="+values[k])
+	}
+	return out
+}
+
+func (w *podWorker) startContainer(c *containerRunner) {
+	argv, err := w.agent.resolveArgv(c.spec)
+	if err == nil {
+		mapping := expansion.MappingFuncFor(envMap(w.env(c.spec)))
+		for i := range argv {
+			argv[i] = expansion.Expand(argv[i], mapping)
+		}
+	}
+	var cmd *exec.Cmd
+	if err == nil {
+		cmd, err = w.agent.opts.Network.Command(w.key, argv)
+	}
+	var logFile *os.File
+	if err == nil {
+		logFile, err = os.OpenFile(filepath.Join(w.agent.opts.StateDir, "logs", fmt.Sprintf("%s_%s_%s.log", w.pod.Namespace, w.pod.Name, c.spec.Name)),
+			os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	}
+	if err == nil {
+		cmd.Env = w.env(c.spec)
+		cmd.Dir = c.spec.WorkingDir
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		// Its own process group, so a signal for the container reaches what it started.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		err = cmd.Start()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		if logFile != nil {
+			logFile.Close()
+		}
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		w.agent.logger.Warn("container", "pod", w.key, "container", c.spec.Name, "err", err)
+		return
+	}
+	c.cmd, c.exited, c.startedAt, c.ready = cmd, make(chan struct{}), time.Now(), false
+	c.waitReason, c.waitMessage = "", ""
+	exited := c.exited
+	go func() {
+		err := cmd.Wait()
+		logFile.Close()
+		c.mu.Lock()
+		c.exitCode, c.signal = exitStatus(cmd, err)
+		c.mu.Unlock()
+		close(exited)
+	}()
+	w.record(EventContainerStart, c.spec.Name, func(e *Event) { e.Message = fmt.Sprintf("pid %d", cmd.Process.Pid) })
+}
+
+func envMap(env []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range env {
+		for i := 0; i < len(kv); i++ {
+			if kv[i] == '=' {
+				m[kv[:i]] = kv[i+1:]
+				break
+			}
+		}
+	}
+	return m
+}
+
+func exitStatus(cmd *exec.Cmd, err error) (int, string) {
+	if cmd.ProcessState == nil {
+		return -1, ""
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), ws.Signal().String()
+	}
+	return cmd.ProcessState.ExitCode(), ""
+}
+
+// supervise restarts a container that exits while the Pod runs, with the kubelet's back-off (10 s doubling to 5 min).
+func (w *podWorker) supervise(ctx context.Context, c *containerRunner) {
+	backoff := 10 * time.Second
+	for {
+		c.mu.Lock()
+		exited := c.exited
+		c.mu.Unlock()
+		if exited == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-exited:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		code, signal := c.exitCode, c.signal
+		c.lastState = &corev1.ContainerStateTerminated{ExitCode: int32(code), Signal: 0, Reason: exitReason(code),
+			StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
+		c.ready = false
+		c.mu.Unlock()
+		w.record(EventContainerExited, c.spec.Name, func(e *Event) { e.ExitCode, e.Signal = &code, signal })
+		w.updateStatus()
+		policy := w.pod.Spec.RestartPolicy
+		if policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && code == 0) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Minute)
+		c.mu.Lock()
+		c.restarts++
+		c.mu.Unlock()
+		w.startContainer(c)
+		w.record(EventRestarted, c.spec.Name, nil)
+		w.updateStatus()
+	}
+}
+
+func exitReason(code int) string {
+	if code == 0 {
+		return "Completed"
+	}
+	return "Error"
+}
+
+func (c *containerRunner) running() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exited == nil {
+		return false
+	}
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// probe runs one check of a probe against the container.
+func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunner) bool {
+	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	switch {
+	case p.HTTPGet != nil:
+		port, err := resolvePort(p.HTTPGet.Port, c.spec)
+		if err != nil {
+			return false
+		}
+		scheme := "http"
+		if p.HTTPGet.Scheme == corev1.URISchemeHTTPS {
+			scheme = "https"
+		}
+		url := fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(podIPString(w.ip), strconv.Itoa(port)), p.HTTPGet.Path)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false
+		}
+		req.Header.Set("User-Agent", "kube-probe/1.37")
+		resp, err := probeClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode >= 200 && resp.StatusCode < 400
+	case p.TCPSocket != nil:
+		port, err := resolvePort(p.TCPSocket.Port, c.spec)
+		if err != nil {
+			return false
+		}
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", net.JoinHostPort(podIPString(w.ip), strconv.Itoa(port)))
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	case p.Exec != nil:
+		cmd, err := w.agent.opts.Network.Command(w.key, p.Exec.Command)
+		if err != nil {
+			return false
+		}
+		cmd.Env = w.env(c.spec)
+		return runWithContext(ctx, cmd) == nil
+	}
+	return true
+}
+
+// probeClient never keeps connections: each probe opens one, as the kubelet's do.
+var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func runWithContext(ctx context.Context, cmd *exec.Cmd) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return ctx.Err()
+	}
+}
+
+func resolvePort(port intstr.IntOrString, c corev1.Container) (int, error) {
+	if port.Type == intstr.Int {
+		return port.IntValue(), nil
+	}
+	for _, p := range c.Ports {
+		if p.Name == port.StrVal {
+			return int(p.ContainerPort), nil
+		}
+	}
+	return 0, fmt.Errorf("container %s has no port named %q", c.Name, port.StrVal)
+}
+
+// probeState counts consecutive results against a probe's thresholds.
+type probeState struct {
+	probe              *corev1.Probe
+	successes, failure int32
+	result             bool // readiness starts false, liveness true
+}
+
+func (s *probeState) observe(ok bool) (changed bool) {
+	if ok {
+		s.successes++
+		s.failure = 0
+		if !s.result && s.successes >= max(s.probe.SuccessThreshold, 1) {
+			s.result = true
+			return true
+		}
+		return false
+	}
+	s.failure++
+	s.successes = 0
+	if s.result && s.failure >= max(s.probe.FailureThreshold, 1) {
+		s.result = false
+		return true
+	}
+	return false
+}
+
+// probeLoop runs a container's startup, readiness and liveness probes at the kubelet's cadence.
+func (w *podWorker) probeLoop(ctx context.Context, c *containerRunner) {
+	spec := c.spec
+	var readiness, liveness, startup *probeState
+	if spec.ReadinessProbe != nil {
+		readiness = &probeState{probe: spec.ReadinessProbe}
+	}
+	if spec.LivenessProbe != nil {
+		liveness = &probeState{probe: spec.LivenessProbe, result: true}
+	}
+	if spec.StartupProbe != nil {
+		startup = &probeState{probe: spec.StartupProbe}
+	}
+	next := map[*probeState]time.Time{}
+	for _, s := range []*probeState{readiness, liveness, startup} {
+		if s != nil {
+			next[s] = time.Now().Add(time.Duration(s.probe.InitialDelaySeconds) * time.Second)
+		}
+	}
+	if readiness == nil {
+		// Without a readiness probe a running container is ready.
+		c.mu.Lock()
+		c.ready = true
+		c.mu.Unlock()
+		w.readinessChanged()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		c.mu.Lock()
+		startupOK := c.startupOK
+		c.mu.Unlock()
+		for s, due := range next {
+			if now.Before(due) || (s != startup && !startupOK) {
+				continue
+			}
+			next[s] = now.Add(time.Duration(max(s.probe.PeriodSeconds, 1)) * time.Second)
+			if !c.running() {
+				continue
+			}
+			ok := w.probe(ctx, s.probe, c)
+			if ctx.Err() != nil {
+				return
+			}
+			changed := s.observe(ok)
+			switch s {
+			case startup:
+				if changed && s.result {
+					c.mu.Lock()
+					c.startupOK = true
+					c.mu.Unlock()
+					w.updateStatus()
+				}
+			case readiness:
+				c.mu.Lock()
+				c.ready = s.result
+				c.mu.Unlock()
+				if changed {
+					w.readinessChanged()
+				}
+			case liveness:
+				if changed && !s.result {
+					// The kubelet kills a container that fails liveness; supervise restarts it.
+					c.mu.Lock()
+					cmd := c.cmd
+					c.mu.Unlock()
+					if cmd != nil && cmd.Process != nil {
+						_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+					}
+					s.result, s.failure = true, 0
+				}
+			}
+		}
+	}
+}
+
+func (w *podWorker) allReady() bool {
+	for _, c := range w.ctrs {
+		c.mu.Lock()
+		ok := c.ready && c.exited != nil
+		c.mu.Unlock()
+		if !ok || !c.running() {
+			return false
+		}
+	}
+	return len(w.ctrs) > 0
+}
+
+func (w *podWorker) readinessChanged() {
+	ready := w.allReady()
+	w.mu.Lock()
+	changed := ready != w.ready
+	w.ready = ready
+	w.mu.Unlock()
+	if !changed {
+		return
+	}
+	if ready {
+		w.record(EventPodReady, "", nil)
+	} else {
+		w.record(EventPodNotReady, "", nil)
+	}
+	w.updateStatus()
+}
+
+// updateStatus writes the Pod's status as a kubelet reports it.
+func (w *podWorker) updateStatus() {
+	w.mu.Lock()
+	podReady := w.ready
+	w.mu.Unlock()
+	status := corev1.PodStatus{Phase: corev1.PodRunning, HostIP: gatewayAddress, HostIPs: []corev1.HostIP{{IP: gatewayAddress}},
+		StartTime: ptrTime(w.started), QOSClass: corev1.PodQOSBestEffort}
+	if w.ip == nil {
+		status.Phase = corev1.PodPending
+	} else {
+		status.PodIP = w.ip.String()
+		status.PodIPs = []corev1.PodIP{{IP: w.ip.String()}}
+	}
+	allRunning := w.ip != nil
+	for _, c := range w.ctrs {
+		c.mu.Lock()
+		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: c.spec.Image, RestartCount: c.restarts,
+			Ready: c.ready, Started: ptr.To(c.startupOK && c.exited != nil), ContainerID: "rollout-lab://" + w.key + "/" + c.spec.Name}
+		running := false
+		if c.exited != nil {
+			select {
+			case <-c.exited:
+				cs.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: exitReason(c.exitCode), StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
+				cs.Ready = false
+			default:
+				running = true
+				cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.startedAt)}
+			}
+		} else {
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waitReason, Message: c.waitMessage}
+		}
+		if c.lastState != nil {
+			cs.LastTerminationState.Terminated = c.lastState
+		}
+		c.mu.Unlock()
+		allRunning = allRunning && running
+		status.ContainerStatuses = append(status.ContainerStatuses, cs)
+	}
+	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
+		s := corev1.ConditionFalse
+		if ok {
+			s = corev1.ConditionTrue
+		}
+		return corev1.PodCondition{Type: t, Status: s, LastTransitionTime: metav1.Now()}
+	}
+	status.Conditions = []corev1.PodCondition{
+		cond(corev1.PodReadyToStartContainers, w.ip != nil), cond(corev1.PodInitialized, true),
+		cond(corev1.ContainersReady, podReady && allRunning), cond(corev1.PodReady, podReady && allRunning), cond(corev1.PodScheduled, true),
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		current, err := w.agent.client.CoreV1().Pods(w.pod.Namespace).Get(context.Background(), w.pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if current.UID != w.pod.UID {
+			return nil
+		}
+		// Keep transition times of conditions that did not change.
+		for i, c := range status.Conditions {
+			for _, old := range current.Status.Conditions {
+				if old.Type == c.Type && old.Status == c.Status {
+					status.Conditions[i].LastTransitionTime = old.LastTransitionTime
+				}
+			}
+		}
+		current.Status = status
+		_, err = w.agent.client.CoreV1().Pods(w.pod.Namespace).UpdateStatus(context.Background(), current, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil && !apierrors.IsNotFound(err) {
+		w.agent.logger.Warn("pod status", "pod", w.key, "err", err)
+	}
+}
+
+// shutdown carries out the Pod's termination as the kubelet does: readiness off, preStop, SIGTERM, and SIGKILL
+// when the grace period (counted from when the deletion was seen, preStop included) ends — at least 2 s after
+// SIGTERM when the hook overran.
+func (w *podWorker) shutdown(deleted *corev1.Pod) {
+	seen := time.Now()
+	grace := time.Duration(0)
+	if deleted != nil {
+		if deleted.DeletionGracePeriodSeconds != nil {
+			grace = time.Duration(*deleted.DeletionGracePeriodSeconds) * time.Second
+		}
+		w.record(EventDeletionSeen, "", func(e *Event) { e.Message = "grace period " + grace.String() })
+	}
+	select {
+	case <-w.killed:
+		grace = 0
+	default:
+	}
+	killAt := seen.Add(grace)
+	w.mu.Lock()
+	w.ready = false
+	w.mu.Unlock()
+	for _, c := range w.ctrs {
+		c.mu.Lock()
+		c.ready = false
+		c.mu.Unlock()
+	}
+	if deleted != nil {
+		w.updateStatus()
+	}
+	var wg sync.WaitGroup
+	for _, c := range w.ctrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.stopContainer(c, grace > 0, killAt)
+		}()
+	}
+	wg.Wait()
+}
+
+func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time.Time) {
+	if !c.running() {
+		return
+	}
+	if hook := c.spec.Lifecycle; graceful && hook != nil && hook.PreStop != nil {
+		w.record(EventPreStopStart, c.spec.Name, nil)
+		ctx, cancel := context.WithDeadline(w.agent.ctx, killAt)
+		err := w.runHook(ctx, hook.PreStop, c)
+		cancel()
+		w.record(EventPreStopEnd, c.spec.Name, func(e *Event) {
+			if err != nil {
+				e.Message = err.Error()
+			}
+		})
+	}
+	c.mu.Lock()
+	cmd, exited := c.cmd, c.exited
+	c.mu.Unlock()
+	if running := c.running(); running {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		w.record(EventSIGTERM, c.spec.Name, nil)
+		if min := time.Now().Add(minKillDelay); graceful && killAt.Before(min) {
+			killAt = min
+		}
+		select {
+		case <-exited:
+		case <-time.After(time.Until(killAt)):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			w.record(EventSIGKILL, c.spec.Name, nil)
+			<-exited
+		}
+	} else {
+		<-exited
+	}
+	c.mu.Lock()
+	code, signal := c.exitCode, c.signal
+	c.mu.Unlock()
+	w.record(EventContainerExited, c.spec.Name, func(e *Event) { e.ExitCode, e.Signal = &code, signal })
+}
+
+func (w *podWorker) runHook(ctx context.Context, h *corev1.LifecycleHandler, c *containerRunner) error {
+	switch {
+	case h.Exec != nil:
+		cmd, err := w.agent.opts.Network.Command(w.key, h.Exec.Command)
+		if err != nil {
+			return err
+		}
+		cmd.Env = w.env(c.spec)
+		return runWithContext(ctx, cmd)
+	case h.Sleep != nil:
+		select {
+		case <-time.After(time.Duration(h.Sleep.Seconds) * time.Second):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	case h.HTTPGet != nil:
+		ok := w.probe(ctx, &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: h.HTTPGet}, TimeoutSeconds: int32(max(time.Until(deadlineOf(ctx)).Seconds(), 1))}, c)
+		if !ok {
+			return fmt.Errorf("preStop httpGet %s failed", h.HTTPGet.Path)
+		}
+	}
+	return nil
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return time.Now().Add(time.Minute)
+	}
+	return d
+}
+
+// remove tears down the network and deletes the Pod object with grace period 0, as the kubelet does at the end.
+func (w *podWorker) remove() {
+	if err := w.agent.opts.Network.Teardown(w.key); err != nil {
+		w.agent.logger.Warn("pod network teardown", "pod", w.key, "err", err)
+	}
+	select {
+	case <-w.killed:
+		return // the agent is stopping: the Pod object stays for the next agent or for cleanup
+	default:
+	}
+	err := w.agent.client.CoreV1().Pods(w.pod.Namespace).Delete(context.Background(), w.pod.Name,
+		metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0), Preconditions: &metav1.Preconditions{UID: &w.pod.UID}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		w.agent.logger.Warn("pod delete", "pod", w.key, "err", err)
+	}
+	w.record(EventPodRemoved, "", nil)
+}

@@ -1,0 +1,156 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+)
+
+// labState is what a running `runner lab up` leaves in its directory for `lab status` and `lab down`.
+type labState struct {
+	PID        int    `json:"pid"`
+	Server     string `json:"server"`
+	Kubeconfig string `json:"kubeconfig"`
+	Nodes      int    `json:"nodes"`
+}
+
+const labStateFile = "lab.json"
+
+// CowwebSubcommand makes the runner binary play the cowweb image in the lab: `runner cowweb serve ...`.
+const CowwebSubcommand = "cowweb"
+
+func newLabCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "The embedded Kubernetes: a real control plane in one process, Pods as local processes",
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", ".lab", "the lab's state directory (certificates, etcd, logs, kubeconfig)")
+	var nodes int
+	up := &cobra.Command{
+		Use:   "up",
+		Short: "Start the lab in the foreground until Ctrl-C; kubectl and helm work with the kubeconfig it prints",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return err
+			}
+			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Logger: slog.Default()})
+			if err != nil {
+				return err
+			}
+			defer l.Down()
+			state := labState{PID: os.Getpid(), Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
+			data, _ := json.MarshalIndent(state, "", "  ")
+			if err := os.WriteFile(filepath.Join(abs, labStateFile), data, 0o644); err != nil {
+				return err
+			}
+			defer os.Remove(filepath.Join(abs, labStateFile))
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s)\n", lab.KubernetesVersion, l.Server, nodes)
+			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nCtrl-C (or runner lab down) stops it.\n", l.Kubeconfig)
+			<-cmd.Context().Done()
+			fmt.Fprintln(out, "lab stopping")
+			return l.Down()
+		},
+	}
+	up.Flags().IntVar(&nodes, "nodes", 3, "Nodes the node agent runs")
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Stop a lab started with `runner lab up` and remove what a crashed one left (network namespaces, bridge)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			state, err := readLabState(dir)
+			if err == nil {
+				if err := syscall.Kill(state.PID, syscall.SIGTERM); err == nil {
+					for i := 0; i < 300 && syscall.Kill(state.PID, 0) == nil; i++ {
+						time.Sleep(100 * time.Millisecond)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "stopped the lab of process %d\n", state.PID)
+				}
+			}
+			if os.Geteuid() == 0 {
+				if err := lab.CleanStaleNetwork(); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running lab: server, kubeconfig, Nodes and Pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			state, err := readLabState(dir)
+			if err != nil {
+				return err
+			}
+			config, err := clientcmd.BuildConfigFromFlags("", state.Kubeconfig)
+			if err != nil {
+				return err
+			}
+			client, err := kubernetes.NewForConfig(config)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "lab of process %d: %s\nkubeconfig: %s\n", state.PID, state.Server, state.Kubeconfig)
+			nodeList, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, n := range nodeList.Items {
+				fmt.Fprintf(out, "node %s\n", n.Name)
+			}
+			pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, p := range pods.Items {
+				fmt.Fprintf(out, "pod %s/%s %s %s on %s\n", p.Namespace, p.Name, p.Status.Phase, p.Status.PodIP, p.Spec.NodeName)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(up, down, status)
+	return cmd
+}
+
+func readLabState(dir string) (labState, error) {
+	var s labState
+	data, err := os.ReadFile(filepath.Join(dir, labStateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("no lab is running from %s (runner lab up --dir %s starts one)", dir, dir)
+	}
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", filepath.Join(dir, labStateFile), err)
+	}
+	if s.PID <= 0 {
+		return s, fmt.Errorf("%s: no process id", filepath.Join(dir, labStateFile))
+	}
+	return s, nil
+}
