@@ -71,7 +71,11 @@ func cowwebDeployment(name string, replicas int32, preStopSleep int, shutdown st
 }
 
 func readyPods(ctx context.Context, l *Lab, ns, app string) ([]corev1.Pod, error) {
-	pods, err := l.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	selector := ""
+	if app != "" {
+		selector = "app=" + app
+	}
+	pods, err := l.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
 		return nil, err
 	}
