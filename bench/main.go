@@ -61,7 +61,7 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration) error {
 		rates []int
 	}{
 		{"cowweb (trivial /say)", nil, []int{1000, 2000, 3000, 4000, 6000, 8000, 10000}},
-		{"cowweb --slow --load 640", []string{"--slow", "--load", "640"}, []int{250, 500, 750, 1000, 1250, 1500, 2000}},
+		{"cowweb --slow --load 640", []string{"--slow", "--load", "640"}, []int{100, 200, 300, 350, 400, 450, 500, 600}},
 	} {
 		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.rates, step); err != nil {
 			return err

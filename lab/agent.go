@@ -33,7 +33,9 @@ type AgentOptions struct {
 	Network Network
 	// StateDir holds container logs and events.jsonl.
 	StateDir string
-	Logger   *slog.Logger
+	// Metrics, when set, receive every recorded event.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Agent is the lab's kubelet: it registers Nodes and runs the Pods bound to them as local processes.
@@ -70,6 +72,7 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	if err != nil {
 		return nil, err
 	}
+	events.metrics = opts.Metrics
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a := &Agent{opts: opts, client: client, Events: events, logger: opts.Logger, ctx: runCtx, cancel: cancel, pods: map[types.UID]*podWorker{}}
 	for i := 1; i <= opts.Nodes; i++ {

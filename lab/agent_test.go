@@ -17,6 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 var cowwebBinary string
@@ -100,7 +104,9 @@ func restart(ctx context.Context, l *Lab, ns, name string) error {
 func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary},
+	reg := prometheus.NewRegistry()
+	metrics := NewMetrics(reg)
+	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary}, Metrics: metrics,
 		Images: map[string][]string{"example/ignores-sigterm": {"/bin/sh"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -263,6 +269,24 @@ collect:
 		}
 	}
 	t.Logf("%d routes during the rollout, %d service-outs", len(routes), outs)
+	// The metrics count the same steps, and the measured deletion → service-out latency of every Pod and node.
+	if got := testutil.ToFloat64(metrics.Events.WithLabelValues(EventSIGTERM)); got != 4 {
+		t.Errorf("sigterm events counted %v, want 4", got)
+	}
+	var observed uint64
+	for _, node := range l.Agent.Nodes {
+		h := &dto.Metric{}
+		if err := metrics.ServiceOut.WithLabelValues(node).(prometheus.Histogram).Write(h); err != nil {
+			t.Fatal(err)
+		}
+		observed += h.GetHistogram().GetSampleCount()
+		if sum := h.GetHistogram().GetSampleSum(); sum <= 0 || sum > 4*2.5 {
+			t.Errorf("node %s: service-out latencies sum to %v s for 4 Pods, want each within the model's 0–1 s plus the controller's", node, sum)
+		}
+	}
+	if observed != uint64(outs) {
+		t.Errorf("service-out latency observed %d times, events %d", observed, outs)
+	}
 
 	// A container that ignores SIGTERM is killed when the grace period ends.
 	stubborn := cowwebDeployment("stubborn", 1, 0, "graceful")

@@ -56,19 +56,31 @@ type Dataplane struct {
 	services map[string]*corev1.Service                       // ns/name
 	views    map[string]map[string]*discoveryv1.EndpointSlice // node → ns/slice → slice
 	applyAt  map[string]time.Time                             // node → when its last change lands
+	queues   map[string]chan sliceChange                      // node → its changes, in the order they land
 	next     int
 	factory  informers.SharedInformerFactory
 	stop     chan struct{}
-	timers   sync.WaitGroup
+	workers  sync.WaitGroup
+}
+
+// sliceChange is an EndpointSlice change waiting for a node's proxy to program it.
+type sliceChange struct {
+	at, seen time.Time
+	key      string
+	slice    *discoveryv1.EndpointSlice
+	deleted  bool
 }
 
 // StartDataplane watches Services and EndpointSlices and keeps each node's view.
 func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder) (*Dataplane, error) {
 	d := &Dataplane{client: client, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
-		stop: make(chan struct{})}
+		queues: map[string]chan sliceChange{}, stop: make(chan struct{})}
 	for _, n := range nodes {
 		d.views[n] = map[string]*discoveryv1.EndpointSlice{}
+		d.queues[n] = make(chan sliceChange, 4096)
+		d.workers.Add(1)
+		go d.program(n)
 	}
 	d.factory = informers.NewSharedInformerFactory(client, 0)
 	svcInformer := d.factory.Core().V1().Services().Informer()
@@ -113,13 +125,13 @@ func (d *Dataplane) setService(obj any, deleted bool) {
 	d.services[svc.Namespace+"/"+svc.Name] = svc
 }
 
-// sliceChanged schedules the change on every node after its own delay, keeping each node's changes in order.
+// sliceChanged queues the change on every node after its own delay. A node never programs a change before an
+// earlier one, as one kube-proxy syncs the whole state in order.
 func (d *Dataplane) sliceChanged(obj any, deleted bool) {
 	slice, ok := unwrap(obj).(*discoveryv1.EndpointSlice)
 	if !ok {
 		return
 	}
-	key := slice.Namespace + "/" + slice.Name
 	seen := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -129,17 +141,25 @@ func (d *Dataplane) sliceChanged(obj any, deleted bool) {
 			at = last
 		}
 		d.applyAt[node] = at
-		node, slice := node, slice
-		d.timers.Add(1)
-		go func() {
-			defer d.timers.Done()
+		d.queues[node] <- sliceChange{at: at, seen: seen, key: slice.Namespace + "/" + slice.Name, slice: slice, deleted: deleted}
+	}
+}
+
+// program is a node's proxy: it applies the node's changes one after another, each at its time.
+func (d *Dataplane) program(node string) {
+	defer d.workers.Done()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case c := <-d.queues[node]:
 			select {
-			case <-time.After(time.Until(at)):
+			case <-time.After(time.Until(c.at)):
 			case <-d.stop:
 				return
 			}
-			d.apply(node, key, slice, deleted, seen)
-		}()
+			d.apply(node, c.key, c.slice, c.deleted, c.seen)
+		}
 	}
 }
 
@@ -189,7 +209,7 @@ func (d *Dataplane) Stop() {
 	}
 	close(d.stop)
 	d.factory.Shutdown()
-	d.timers.Wait()
+	d.workers.Wait()
 }
 
 // lookup finds a Service by "name.namespace[.svc[.cluster.local]]" or its cluster IP.

@@ -38,16 +38,20 @@ type Event struct {
 	ExitCode  *int          `json:"exitCode,omitempty"`
 	Signal    string        `json:"signal,omitempty"`
 	Message   string        `json:"message,omitempty"`
+	// SinceDeletion is, for service_out, the time since the node agent saw the Pod's deletion.
+	SinceDeletion time.Duration `json:"sinceDeletion,omitempty"`
 }
 
 // Recorder keeps events in a JSON-lines file and hands them to subscribers.
 type Recorder struct {
-	start time.Time
-	mu    sync.Mutex
-	file  *os.File
-	enc   *json.Encoder
-	subs  map[int]chan Event
-	next  int
+	start    time.Time
+	metrics  *Metrics
+	deletion map[string]time.Time // Pod UID → when its deletion was seen
+	mu       sync.Mutex
+	file     *os.File
+	enc      *json.Encoder
+	subs     map[int]chan Event
+	next     int
 }
 
 // NewRecorder appends events to path.
@@ -56,7 +60,7 @@ func NewRecorder(path string) (*Recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Recorder{start: time.Now(), file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}}, nil
+	return &Recorder{start: time.Now(), file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}, deletion: map[string]time.Time{}}, nil
 }
 
 // Record stamps and stores an event.
@@ -65,6 +69,15 @@ func (r *Recorder) Record(e Event) Event {
 	e.Time, e.Since = now, now.Sub(r.start)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	switch e.Type {
+	case EventDeletionSeen:
+		r.deletion[e.UID] = now
+	case EventServiceOut:
+		if seen, ok := r.deletion[e.UID]; ok {
+			e.SinceDeletion = now.Sub(seen)
+		}
+	}
+	r.metrics.observe(e)
 	_ = r.enc.Encode(e)
 	for _, ch := range r.subs {
 		select {

@@ -23,7 +23,9 @@ type Options struct {
 	Images map[string][]string
 	// ServiceOut is the per-node proxy programming delay; zero value: DefaultServiceOutModel.
 	ServiceOut *ServiceOutModel
-	Logger     *slog.Logger
+	// Metrics, when set, get the lab's lifecycle metrics.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Lab is a running lab: control plane, node agent and Pod network.
@@ -64,13 +66,17 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		return l, err
 	}
 	l.Agent, err = StartAgent(ctx, l.Client, AgentOptions{Nodes: opts.Nodes, Images: images, Network: l.Network,
-		StateDir: filepath.Join(opts.Dir, "agent"), Logger: opts.Logger.With("component", "node-agent")})
+		StateDir: filepath.Join(opts.Dir, "agent"), Metrics: opts.Metrics, Logger: opts.Logger.With("component", "node-agent")})
 	if err != nil {
 		return l, err
 	}
 	model := DefaultServiceOutModel
 	if opts.ServiceOut != nil {
 		model = *opts.ServiceOut
+	}
+	if opts.Metrics != nil {
+		opts.Metrics.ModelBound.WithLabelValues("min").Set(model.Min.Seconds())
+		opts.Metrics.ModelBound.WithLabelValues("max").Set(model.Max.Seconds())
 	}
 	l.Dataplane, err = StartDataplane(l.Client, l.Agent.Nodes, model, l.Agent.Events)
 	return l, err

@@ -6,8 +6,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // The lab's Pod network: a bridge on the host and a network namespace per Pod joined to it by a veth pair.
@@ -92,6 +94,14 @@ func CleanStaleNetwork() error {
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
 		if strings.HasPrefix(name, netnsPrefix) {
+			// Processes of a crashed lab may still run in it; deleting the namespace would not stop them.
+			if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+				for _, field := range strings.Fields(string(pids)) {
+					if pid, err := strconv.Atoi(field); err == nil {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
 			if err := ipCommand("netns", "del", name); err != nil {
 				return err
 			}

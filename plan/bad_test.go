@@ -73,6 +73,10 @@ var badPlans = []struct {
 	{"matrix without params", "name: a\n" + okLoad + "matrix: {name: x}\n", []string{"bad.yaml:3:9: matrix: the matrix needs params"}},
 	{"helm values not a mapping", "name: a\n" + okLoad + "app: {values: [1, 2]}\n", []string{"app.values: want a mapping of Helm values, got a list"}},
 	{"too many requests", "name: a\nload: {rate: 100000, duration: 2h}\n", []string{"load: sends 720000000 requests, more than the 100000000"}},
+	{"zero lab nodes", "name: a\n" + okLoad + "lab: {nodes: 0}\n", []string{"bad.yaml:3:14: lab.nodes: must be between 1 and 20, got 0"}},
+	{"service-out max below min", "name: a\n" + okLoad + "lab: {serviceOut: {min: 2s, max: 1s}}\n", []string{"lab.serviceOut.max: must not be less than min (2s), got 1s"}},
+	{"lab image without command", "name: a\n" + okLoad + "lab: {images: {example/app: []}}\n", []string{"lab.images.example/app: give the command"}},
+	{"lab image command not a list", "name: a\n" + okLoad + "lab: {images: {example/app: /bin/app}}\n", []string{`lab.images.example/app: want a list, got the string "/bin/app"`}},
 	{"several errors at once", "name: a\n" + okLoad + "app:\n  replicas: -1\n  load: -5\nrepeats: 0\n", []string{
 		"bad.yaml:4:13: app.replicas", "bad.yaml:5:9: app.load", "bad.yaml:6:10: repeats"}},
 }

@@ -50,6 +50,7 @@ var (
 	durationType     = reflect.TypeFor[Duration]()
 	intOrPercentType = reflect.TypeFor[IntOrPercent]()
 	rawValuesType    = reflect.TypeFor[map[string]any]()
+	imagesType       = reflect.TypeFor[map[string][]string]()
 )
 
 func resolveAlias(n *yaml.Node) *yaml.Node {
@@ -104,6 +105,19 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 			return
 		}
 		v.SetString(n.Value)
+		return
+	case imagesType:
+		if n.Kind != yaml.MappingNode {
+			d.errorAt(n, path, "want a mapping of image to command, got %s", describe(n))
+			return
+		}
+		m := map[string][]string{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			var argv []string
+			d.decode(n.Content[i+1], reflect.ValueOf(&argv).Elem(), join(path, n.Content[i].Value), loc)
+			m[n.Content[i].Value] = argv
+		}
+		v.Set(reflect.ValueOf(m))
 		return
 	case rawValuesType:
 		if n.Kind != yaml.MappingNode {

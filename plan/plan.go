@@ -28,6 +28,7 @@ type Plan struct {
 	Name        string `yaml:"name" json:"name"`
 	Description string `yaml:"description,omitempty" json:"description,omitempty"`
 	Target      Target `yaml:"target" json:"target"`
+	Lab         Lab    `yaml:"lab" json:"lab"`
 	Repeats     int    `yaml:"repeats" json:"repeats"`
 	Report      Report `yaml:"report" json:"report"`
 	Cases       []Case `yaml:"cases" json:"cases"`
@@ -51,6 +52,7 @@ const (
 	maxDuration = 24 * time.Hour
 	maxRepeats  = 100
 	maxCases    = 1000
+	maxNodes    = 20
 	maxNameLen  = 53 // Helm's release name limit; the plan's name is the release name.
 )
 
@@ -85,7 +87,7 @@ func Parse(file string, data []byte) (*Plan, error) {
 	topLoc := located{}
 	d.decode(merged, reflect.ValueOf(&top).Elem(), "", topLoc)
 
-	p := &Plan{Source: file, Name: top.Name, Description: top.Description, Target: top.Target, Repeats: top.Repeats, Report: top.Report}
+	p := &Plan{Source: file, Name: top.Name, Description: top.Description, Target: top.Target, Lab: top.Lab, Repeats: top.Repeats, Report: top.Report}
 	d.validateTop(p, topLoc)
 
 	base := settingsNode(merged)

@@ -86,6 +86,9 @@ func TestDefaultsFillWhatThePlanLeavesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.Cases[0]
+	if p.Lab.Nodes != 3 || p.Lab.ServiceOut.Max.D() != time.Second || p.Lab.ServiceOut.Min != 0 {
+		t.Errorf("lab defaults: %+v", p.Lab)
+	}
 	if p.Target.Kind != "lab" || p.Repeats != 1 || p.Report.Lang != "ja" || c.Name != DefaultCaseName {
 		t.Errorf("plan defaults: %+v", p)
 	}

@@ -60,6 +60,7 @@ type Spec struct {
 	Name        string `yaml:"name"`
 	Description string `yaml:"description,omitempty"`
 	Target      Target `yaml:"target"`
+	Lab         Lab    `yaml:"lab"`
 	Repeats     int    `yaml:"repeats"`
 	Report      Report `yaml:"report"`
 	Settings    `yaml:",inline"`
@@ -85,6 +86,23 @@ type Target struct {
 	Kubeconfig string `yaml:"kubeconfig,omitempty"`
 	// Namespace holds the release; default the plan's name.
 	Namespace string `yaml:"namespace,omitempty"`
+}
+
+// Lab configures the embedded lab (target kind lab).
+type Lab struct {
+	// Nodes is how many Nodes the lab's node agent runs.
+	Nodes int `yaml:"nodes"`
+	// ServiceOut is each node's proxy programming delay after an EndpointSlice change: uniform between min and max
+	// (equal for a fixed delay). Default 0–1 s: kube-proxy's default min-sync-period.
+	ServiceOut ServiceOut `yaml:"serviceOut"`
+	// Images maps an image (or its repository) to the local command that plays it.
+	Images map[string][]string `yaml:"images,omitempty"`
+}
+
+// ServiceOut is a uniform delay range.
+type ServiceOut struct {
+	Min Duration `yaml:"min"`
+	Max Duration `yaml:"max"`
 }
 
 // App is the cowweb Deployment: what the chart is given.

@@ -80,6 +80,12 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	}
 	v.check(p.Repeats >= 1 && p.Repeats <= maxRepeats, "repeats", "must be between 1 and %d, got %d", maxRepeats, p.Repeats)
 	v.oneOf(p.Report.Lang, "report.lang", "ja", "en")
+	v.check(p.Lab.Nodes >= 1 && p.Lab.Nodes <= maxNodes, "lab.nodes", "must be between 1 and %d, got %d", maxNodes, p.Lab.Nodes)
+	v.check(p.Lab.ServiceOut.Min >= 0, "lab.serviceOut.min", "must not be negative, got %s", p.Lab.ServiceOut.Min)
+	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
+	for image, argv := range p.Lab.Images {
+		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
+	}
 }
 
 // validateCase checks a case and returns the number of requests its load sends.
