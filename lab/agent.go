@@ -152,7 +152,8 @@ func (a *Agent) setNodeStatus(n *corev1.Node) {
 	resources := corev1.ResourceList{corev1.ResourcePods: *resourceQuantity("250"), corev1.ResourceCPU: *resourceQuantity("64"),
 		corev1.ResourceMemory: *resourceQuantity("256Gi"), corev1.ResourceEphemeralStorage: *resourceQuantity("1Ti")}
 	n.Status.Capacity, n.Status.Allocatable = resources, resources
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: gatewayAddress}, {Type: corev1.NodeHostName, Address: n.Name}}
+	// No Hostname address: the apiserver would look the name up in DNS.
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: a.opts.Network.HostIP().String()}}
 	n.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: KubernetesVersion, OperatingSystem: "linux", Architecture: "amd64",
 		ContainerRuntimeVersion: "rollout-lab://processes"}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "LabAgentReady",

@@ -41,6 +41,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+var _, podNetwork, _ = net.ParseCIDR(podNetworkCIDR)
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -115,8 +117,8 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 		if err := l.Down(); err != nil {
 			t.Error(err)
 		}
-		if out, _ := exec.Command("ip", "netns", "list").Output(); len(out) > 0 {
-			t.Errorf("network namespaces left: %s", out)
+		if left, err := Namespaces(os.Getpid()); err != nil || len(left) > 0 {
+			t.Errorf("network namespaces left: %v %v", left, err)
 		}
 	}()
 	events, unsubscribe := l.Agent.Events.Subscribe(10000)
@@ -134,7 +136,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 	nodes := map[string]bool{}
 	for _, p := range before {
 		nodes[p.Spec.NodeName] = true
-		if p.Status.PodIP == "" || p.Status.PodIP[:7] != "198.18." {
+		if ip := net.ParseIP(p.Status.PodIP); ip == nil || !podNetwork.Contains(ip) {
 			t.Errorf("pod %s IP %q", p.Name, p.Status.PodIP)
 		}
 	}
@@ -151,6 +153,22 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{DialContext: l.Dataplane.Dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	eventually(t, "the Service answers through the dataplane", 30*time.Second, func(ctx context.Context) (bool, error) {
 		resp, err := client.Get("http://web.default.svc:80/say?m=hi")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, nil
+	})
+
+	// People reach it on a loopback port that forwards the same way.
+	var forward string
+	eventually(t, "a loopback port for the Service", 10*time.Second, func(context.Context) (bool, error) {
+		forward = l.Dataplane.Forwards()["default/web:80"]
+		return forward != "", nil
+	})
+	// Every node's proxy learns the endpoints within the model's delay; until then a node may refuse.
+	eventually(t, "an answer through the loopback port", 10*time.Second, func(context.Context) (bool, error) {
+		resp, err := http.Get("http://" + forward + "/say?m=forwarded")
 		if err != nil {
 			return false, nil
 		}

@@ -236,6 +236,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) erro
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(port),
 		"--endpoint-reconciler-type=none",
+		"--kubelet-preferred-address-types=InternalIP",
 		"--tls-cert-file=" + p.ServingCertFile, "--tls-private-key-file=" + p.ServingKeyFile,
 		"--client-ca-file=" + p.CAFile,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",

@@ -57,6 +57,7 @@ type Dataplane struct {
 	views    map[string]map[string]*discoveryv1.EndpointSlice // node → ns/slice → slice
 	applyAt  map[string]time.Time                             // node → when its last change lands
 	queues   map[string]chan sliceChange                      // node → its changes, in the order they land
+	forwards map[string]net.Listener                          // "ns/name:port" → loopback listener, for people
 	next     int
 	factory  informers.SharedInformerFactory
 	stop     chan struct{}
@@ -75,7 +76,7 @@ type sliceChange struct {
 func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder) (*Dataplane, error) {
 	d := &Dataplane{client: client, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
-		queues: map[string]chan sliceChange{}, stop: make(chan struct{})}
+		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
 	for _, n := range nodes {
 		d.views[n] = map[string]*discoveryv1.EndpointSlice{}
 		d.queues[n] = make(chan sliceChange, 4096)
@@ -116,13 +117,48 @@ func (d *Dataplane) setService(obj any, deleted bool) {
 	if !ok {
 		return
 	}
+	key := svc.Namespace + "/" + svc.Name
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if deleted {
-		delete(d.services, svc.Namespace+"/"+svc.Name)
-		return
+		delete(d.services, key)
+	} else {
+		d.services[key] = svc
 	}
-	d.services[svc.Namespace+"/"+svc.Name] = svc
+	// Every Service port also gets a loopback port that forwards the same way, for curl and browsers.
+	wanted := map[string]bool{}
+	if !deleted {
+		for _, p := range svc.Spec.Ports {
+			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = true
+		}
+	}
+	for name, ln := range d.forwards {
+		if strings.HasPrefix(name, key+":") && !wanted[name] {
+			ln.Close()
+			delete(d.forwards, name)
+		}
+	}
+	for name := range wanted {
+		if _, ok := d.forwards[name]; ok {
+			continue
+		}
+		port, _ := strconv.Atoi(name[strings.LastIndex(name, ":")+1:])
+		ln, err := d.forward(svc.Name+"."+svc.Namespace, port)
+		if err == nil {
+			d.forwards[name] = ln
+		}
+	}
+}
+
+// Forwards lists the loopback address of every Service port ("namespace/name:port" → "127.0.0.1:PORT").
+func (d *Dataplane) Forwards() map[string]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]string{}
+	for name, ln := range d.forwards {
+		out[name] = ln.Addr().String()
+	}
+	return out
 }
 
 // sliceChanged queues the change on every node after its own delay. A node never programs a change before an
@@ -210,6 +246,12 @@ func (d *Dataplane) Stop() {
 	close(d.stop)
 	d.factory.Shutdown()
 	d.workers.Wait()
+	d.mu.Lock()
+	for name, ln := range d.forwards {
+		ln.Close()
+		delete(d.forwards, name)
+	}
+	d.mu.Unlock()
 }
 
 // lookup finds a Service by "name.namespace[.svc[.cluster.local]]" or its cluster IP.
@@ -294,8 +336,8 @@ func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, e
 	return (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, endpoint)
 }
 
-// Forward listens on a loopback port and forwards each connection to the Service as the dataplane routes it.
-func (d *Dataplane) Forward(ctx context.Context, service string, port int) (net.Listener, error) {
+// forward listens on a loopback port and forwards each connection to the Service as the dataplane routes it.
+func (d *Dataplane) forward(service string, port int) (net.Listener, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -309,7 +351,7 @@ func (d *Dataplane) Forward(ctx context.Context, service string, port int) (net.
 			}
 			go func() {
 				defer conn.Close()
-				upstream, err := d.Dial(ctx, "tcp", target)
+				upstream, err := d.Dial(context.Background(), "tcp", target)
 				if err != nil {
 					return
 				}

@@ -13,16 +13,18 @@ import (
 )
 
 // The lab's Pod network: a bridge on the host and a network namespace per Pod joined to it by a veth pair.
-// Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarks), so they never clash with a real network.
-// Only the lab's own bridge, veths and namespaces are created or touched; everything is named with the prefixes
-// below so a crashed run's leftovers are recognised and removed at the next start.
+// Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarks), so they never clash with a real network;
+// each lab (one per process) takes a /20 of it. Only the lab's own bridge, veths and namespaces are created or
+// touched, all named after the owning process id, so a crashed lab's leftovers are recognised and removed at the
+// next start while another process's running lab is left alone.
 const (
-	BridgeName      = "rlab0"
+	bridgePrefix    = "rlab"
 	netnsPrefix     = "rlab-"
-	hostVethPrefix  = "rlv"
 	podNetworkCIDR  = "198.18.0.0/15"
-	gatewayAddress  = "198.18.0.1"
-	podPrefixLength = 15
+	blockBits       = 12 // a /20 per lab: 4094 Pod addresses
+	blocks          = 1 << (17 - blockBits)
+	podPrefixLength = 32 - blockBits
+	networkLockFile = "/run/rollout-lab-network.lock"
 )
 
 // Network gives each Pod its own address and a way to run processes there.
@@ -33,16 +35,44 @@ type Network interface {
 	Command(podKey string, argv []string) (*exec.Cmd, error)
 	// Teardown removes the Pod's network.
 	Teardown(podKey string) error
+	// HostIP is the node's address as Pods see it.
+	HostIP() net.IP
 	// Close removes everything the network made.
 	Close() error
 }
 
+// Namespaces lists the Pod network namespaces of the lab run by process pid.
+func Namespaces(pid int) ([]string, error) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if owner, ok := ownerOf(name); ok && owner == pid && strings.HasPrefix(name, netnsPrefix) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+// BridgeName is the bridge of the lab run by process pid.
+func BridgeName(pid int) string { return fmt.Sprintf("%s%d", bridgePrefix, pid) }
+
+// HostIP is the bridge's address, the Pods' gateway.
+func (n *NetnsNetwork) HostIP() net.IP { return n.Gateway }
+
 // NetnsNetwork is the root-only Network: real namespaces, any unmodified app binding 0.0.0.0:PORT runs.
 type NetnsNetwork struct {
-	mu     sync.Mutex
-	next   uint32 // next host number in the range
-	pods   map[string]podNet
-	closed bool
+	Bridge  string
+	Gateway net.IP
+	base    uint32 // first address of the lab's block
+	owner   int
+	mu      sync.Mutex
+	next    uint32 // next host number in the block
+	pods    map[string]podNet
+	closed  bool
 }
 
 type podNet struct {
@@ -61,7 +91,11 @@ func ipCommand(args ...string) error {
 	return nil
 }
 
-// NewNetnsNetwork removes a previous run's leftovers, then creates the bridge.
+func ipv4(v uint32) net.IP { return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)) }
+
+func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+
+// NewNetnsNetwork removes leftovers of dead labs, then creates this process's bridge on a free block.
 func NewNetnsNetwork() (*NetnsNetwork, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("the lab's Pod network needs root (network namespaces and a bridge); run as root")
@@ -69,23 +103,68 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("the lab's Pod network needs the ip command (Debian package iproute2): %w", err)
 	}
+	lock, err := os.OpenFile(networkLockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	// Labs starting at once in several processes must not pick the same block.
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, err
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 	if err := CleanStaleNetwork(); err != nil {
 		return nil, err
 	}
-	for _, args := range [][]string{
-		{"link", "add", BridgeName, "type", "bridge"},
-		{"addr", "add", fmt.Sprintf("%s/%d", gatewayAddress, podPrefixLength), "dev", BridgeName},
-		{"link", "set", BridgeName, "up"},
-	} {
-		if err := ipCommand(args...); err != nil {
-			_ = ipCommand("link", "del", BridgeName)
-			return nil, err
+	used := map[string]bool{}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipnet, ok := a.(*net.IPNet); ok {
+				used[ipnet.IP.String()] = true
+			}
 		}
 	}
-	return &NetnsNetwork{next: 2, pods: map[string]podNet{}}, nil
+	owner := os.Getpid()
+	first := uint32(198)<<24 | uint32(18)<<16
+	for i := 0; i < blocks; i++ {
+		block := uint32((owner + i) % blocks)
+		base := first + block<<blockBits
+		gateway := ipv4(base + 1)
+		if used[gateway.String()] {
+			continue
+		}
+		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner, next: 2, pods: map[string]podNet{}}
+		for _, args := range [][]string{
+			{"link", "add", n.Bridge, "type", "bridge"},
+			{"addr", "add", fmt.Sprintf("%s/%d", gateway, podPrefixLength), "dev", n.Bridge},
+			{"link", "set", n.Bridge, "up"},
+		} {
+			if err := ipCommand(args...); err != nil {
+				_ = ipCommand("link", "del", n.Bridge)
+				return nil, err
+			}
+		}
+		return n, nil
+	}
+	return nil, fmt.Errorf("every block of %s is in use by other labs", podNetworkCIDR)
 }
 
-// CleanStaleNetwork removes the namespaces and bridge a previous lab left (after a crash, say).
+// ownerOf reads the process id from a lab's bridge (rlab<pid>) or namespace (rlab-<pid>-<n>) name.
+func ownerOf(name string) (int, bool) {
+	switch {
+	case strings.HasPrefix(name, netnsPrefix):
+		pid, _, ok := strings.Cut(strings.TrimPrefix(name, netnsPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		return n, ok && err == nil
+	case strings.HasPrefix(name, bridgePrefix):
+		n, err := strconv.Atoi(strings.TrimPrefix(name, bridgePrefix))
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// CleanStaleNetwork removes the namespaces, processes and bridges that labs of dead processes left (after a crash,
+// say); those of running labs stay.
 func CleanStaleNetwork() error {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -93,31 +172,34 @@ func CleanStaleNetwork() error {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if strings.HasPrefix(name, netnsPrefix) {
-			// Processes of a crashed lab may still run in it; deleting the namespace would not stop them.
-			if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
-				for _, field := range strings.Fields(string(pids)) {
-					if pid, err := strconv.Atoi(field); err == nil {
-						_ = syscall.Kill(pid, syscall.SIGKILL)
-					}
+		pid, ok := ownerOf(name)
+		if !ok || !strings.HasPrefix(name, netnsPrefix) || alive(pid) {
+			continue
+		}
+		// Processes of a crashed lab may still run in it; deleting the namespace would not stop them.
+		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+			for _, field := range strings.Fields(string(pids)) {
+				if pid, err := strconv.Atoi(field); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
 			}
-			if err := ipCommand("netns", "del", name); err != nil {
+		}
+		if err := ipCommand("netns", "del", name); err != nil {
+			return err
+		}
+	}
+	interfaces, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	for _, iface := range interfaces {
+		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && !alive(pid) {
+			if err := ipCommand("link", "del", iface.Name); err != nil {
 				return err
 			}
 		}
 	}
-	if _, err := net.InterfaceByName(BridgeName); err == nil {
-		return ipCommand("link", "del", BridgeName)
-	}
 	return nil
-}
-
-func hostIP(n uint32) net.IP {
-	base := net.ParseIP("198.18.0.0").To4()
-	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	v += n
-	return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 }
 
 // Setup creates the Pod's namespace, its veth pair on the bridge, its address and default route.
@@ -130,18 +212,19 @@ func (n *NetnsNetwork) Setup(podKey string) (net.IP, error) {
 	id := n.next
 	n.next++
 	n.mu.Unlock()
-	if id >= 1<<17-1 {
-		return nil, fmt.Errorf("pod network %s is exhausted", podNetworkCIDR)
+	if id >= 1<<blockBits-1 {
+		return nil, fmt.Errorf("the lab's Pod addresses are exhausted")
 	}
-	p := podNet{ns: fmt.Sprintf("%s%d", netnsPrefix, id), veth: fmt.Sprintf("%s%d", hostVethPrefix, id), ip: hostIP(id)}
+	p := podNet{ns: fmt.Sprintf("%s%d-%d", netnsPrefix, n.owner, id),
+		veth: "rv" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatInt(int64(id), 36), ip: ipv4(n.base + id)}
 	steps := [][]string{
 		{"netns", "add", p.ns},
 		{"link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.ns},
-		{"link", "set", p.veth, "master", BridgeName, "up"},
+		{"link", "set", p.veth, "master", n.Bridge, "up"},
 		{"-n", p.ns, "addr", "add", fmt.Sprintf("%s/%d", p.ip, podPrefixLength), "dev", "eth0"},
 		{"-n", p.ns, "link", "set", "eth0", "up"},
 		{"-n", p.ns, "link", "set", "lo", "up"},
-		{"-n", p.ns, "route", "add", "default", "via", gatewayAddress},
+		{"-n", p.ns, "route", "add", "default", "via", n.Gateway.String()},
 	}
 	for _, args := range steps {
 		if err := ipCommand(args...); err != nil {
@@ -193,7 +276,7 @@ func (n *NetnsNetwork) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := ipCommand("link", "del", BridgeName); err != nil {
+	if err := ipCommand("link", "del", n.Bridge); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

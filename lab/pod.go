@@ -121,7 +121,7 @@ func (w *podWorker) env(c corev1.Container) []string {
 	}
 	field := map[string]string{"status.podIP": podIPString(w.ip), "status.podIPs": podIPString(w.ip), "metadata.name": w.pod.Name,
 		"metadata.namespace": w.pod.Namespace, "metadata.uid": string(w.pod.UID), "spec.nodeName": w.pod.Spec.NodeName,
-		"status.hostIP": gatewayAddress, "spec.serviceAccountName": w.pod.Spec.ServiceAccountName}
+		"status.hostIP": w.agent.opts.Network.HostIP().String(), "spec.serviceAccountName": w.pod.Spec.ServiceAccountName}
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
@@ -503,7 +503,8 @@ func (w *podWorker) updateStatus() {
 	w.mu.Lock()
 	podReady := w.ready
 	w.mu.Unlock()
-	status := corev1.PodStatus{Phase: corev1.PodRunning, HostIP: gatewayAddress, HostIPs: []corev1.HostIP{{IP: gatewayAddress}},
+	hostIP := w.agent.opts.Network.HostIP().String()
+	status := corev1.PodStatus{Phase: corev1.PodRunning, HostIP: hostIP, HostIPs: []corev1.HostIP{{IP: hostIP}},
 		StartTime: ptrTime(w.started), QOSClass: corev1.PodQOSBestEffort}
 	if w.ip == nil {
 		status.Phase = corev1.PodPending

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"syscall"
 	"time"
 
@@ -17,14 +18,16 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // labState is what a running `runner lab up` leaves in its directory for `lab status` and `lab down`.
 type labState struct {
-	PID        int    `json:"pid"`
-	Server     string `json:"server"`
-	Kubeconfig string `json:"kubeconfig"`
-	Nodes      int    `json:"nodes"`
+	PID        int               `json:"pid"`
+	Server     string            `json:"server"`
+	Kubeconfig string            `json:"kubeconfig"`
+	Nodes      int               `json:"nodes"`
+	Services   map[string]string `json:"services"` // "ns/name:port" → loopback address that forwards to it
 }
 
 const labStateFile = "lab.json"
@@ -59,15 +62,32 @@ func newLabCommand() *cobra.Command {
 			}
 			defer l.Down()
 			state := labState{PID: os.Getpid(), Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
-			data, _ := json.MarshalIndent(state, "", "  ")
-			if err := os.WriteFile(filepath.Join(abs, labStateFile), data, 0o644); err != nil {
+			writeState := func() error {
+				state.Services = l.Dataplane.Forwards()
+				data, _ := json.MarshalIndent(state, "", "  ")
+				return rundir.WriteFileAtomic(filepath.Join(abs, labStateFile), data, 0o644)
+			}
+			if err := writeState(); err != nil {
 				return err
 			}
 			defer os.Remove(filepath.Join(abs, labStateFile))
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s)\n", lab.KubernetesVersion, l.Server, nodes)
-			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nCtrl-C (or runner lab down) stops it.\n", l.Kubeconfig)
-			<-cmd.Context().Done()
+			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nrunner lab status shows the Services' loopback ports; Ctrl-C (or runner lab down) stops the lab.\n", l.Kubeconfig)
+			// Keep the Services' loopback ports in the state file for `runner lab status`.
+			ticker := time.NewTicker(time.Second)
+			defer ticker.Stop()
+		wait:
+			for {
+				select {
+				case <-cmd.Context().Done():
+					break wait
+				case <-ticker.C:
+					if err := writeState(); err != nil {
+						return err
+					}
+				}
+			}
 			fmt.Fprintln(out, "lab stopping")
 			return l.Down()
 		},
@@ -129,6 +149,14 @@ func newLabCommand() *cobra.Command {
 			}
 			for _, p := range pods.Items {
 				fmt.Fprintf(out, "pod %s/%s %s %s on %s\n", p.Namespace, p.Name, p.Status.Phase, p.Status.PodIP, p.Spec.NodeName)
+			}
+			names := make([]string, 0, len(state.Services))
+			for name := range state.Services {
+				names = append(names, name)
+			}
+			sort.Strings(names)
+			for _, name := range names {
+				fmt.Fprintf(out, "service %s → http://%s\n", name, state.Services[name])
 			}
 			return nil
 		},

@@ -1,0 +1,116 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+)
+
+// Ctrl-C on `runner lab up` leaves no process, network namespace, bridge or listening port behind.
+func TestLabUpInterruptedLeavesNothing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"lab", "up", "--dir", dir, "--nodes", "2"}, Streams{Out: &out, Err: &errOut})
+	}()
+
+	var state labState
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		select {
+		case code := <-done:
+			t.Fatalf("lab up exited %d: %s", code, errOut.String())
+		default:
+		}
+		data, err := os.ReadFile(filepath.Join(dir, labStateFile))
+		return err == nil && json.Unmarshal(data, &state) == nil, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	config, err := clientcmd.BuildConfigFromFlags("", state.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := kubernetes.NewForConfigOrDie(config)
+	labels := map[string]string{"app": "cowweb"}
+	deploy := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "cowweb"}, Spec: appsv1.DeploymentSpec{
+		Replicas: ptr.To[int32](2), Selector: &metav1.LabelSelector{MatchLabels: labels},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "cowweb", Image: lab.CowwebImages[0] + ":v1.1.1", Command: []string{"./cowweb"}, Args: []string{"serve", "--port=8080"}}}}}}}
+	if _, err := client.AppsV1().Deployments("default").Create(ctx, deploy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+		running := 0
+		for _, p := range pods.Items {
+			for _, c := range p.Status.ContainerStatuses {
+				if c.State.Running != nil {
+					running++
+				}
+			}
+		}
+		return err == nil && running == 2, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("pgrep", "-f", CowwebSubcommand+" serve --port=8080").Output(); len(strings.Fields(string(out))) != 2 {
+		t.Fatalf("want 2 cowweb processes, got %q", out)
+	}
+
+	cancel() // Ctrl-C
+	select {
+	case code := <-done:
+		if code != ExitOK {
+			t.Errorf("lab up exited %d: %s", code, errOut.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("lab up did not stop")
+	}
+	if out, _ := exec.Command("pgrep", "-f", CowwebSubcommand+" serve --port=8080").Output(); len(out) > 0 {
+		t.Errorf("processes left: %s", out)
+	}
+	if left, err := lab.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
+		t.Errorf("network namespaces left: %v %v", left, err)
+	}
+	if _, err := net.InterfaceByName(lab.BridgeName(os.Getpid())); err == nil {
+		t.Errorf("bridge %s left", lab.BridgeName(os.Getpid()))
+	}
+	if conn, err := net.DialTimeout("tcp", strings.TrimPrefix(state.Server, "https://"), time.Second); err == nil {
+		conn.Close()
+		t.Errorf("the apiserver's port %s still listens", state.Server)
+	}
+	for name, addr := range state.Services {
+		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			conn.Close()
+			t.Errorf("the loopback port of %s still listens", name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, labStateFile)); !os.IsNotExist(err) {
+		t.Errorf("state file left: %v", err)
+	}
+}
