@@ -49,4 +49,4 @@ $(VEGETA):
 
 # Performance figures (printed, not asserted): planned vs sent, runner vs vegeta max rate, Prometheus overhead.
 bench: build $(VEGETA)
-	$(GO) run ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA)
+	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA)

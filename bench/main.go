@@ -29,8 +29,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"helm.sh/helm/v3/pkg/action"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/charts"
 	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
@@ -68,8 +73,78 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration) error {
 		}
 	}
 	fmt.Println("\n== 3. embedded Prometheus overhead")
-	return prometheusOverhead(scrapeFor)
+	if err := prometheusOverhead(scrapeFor); err != nil {
+		return err
+	}
+	fmt.Println("\n== 4. the lab: start, 8 cowweb Pods Ready, stop, memory")
+	return labFigures(cowweb)
 }
+
+// labFigures starts a lab in this process, installs the chart with 8 replicas (readiness delay 1 s) with the
+// Helm SDK, and stops it, timing each step; peak RSS is this process's.
+func labFigures(cowweb string) error {
+	if os.Geteuid() != 0 {
+		fmt.Println("   skipped: the lab needs root")
+		return nil
+	}
+	cowwebPath, err := filepath.Abs(cowweb)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "rollout-lab-bench-lab")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	start := time.Now()
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 3, Cowweb: []string{cowwebPath}})
+	if err != nil {
+		return err
+	}
+	up := time.Since(start)
+	stopped := false
+	defer func() {
+		if !stopped {
+			l.Down()
+		}
+	}()
+	p, err := plan.Parse("bench", []byte("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: 8\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n"))
+	if err != nil {
+		return err
+	}
+	chart, err := charts.Cowweb()
+	if err != nil {
+		return err
+	}
+	flags := genericclioptions.NewConfigFlags(false)
+	flags.KubeConfig, flags.Namespace = &l.Kubeconfig, ptrTo("default")
+	cfg := &action.Configuration{}
+	if err := cfg.Init(flags, "default", "secret", func(string, ...any) {}); err != nil {
+		return err
+	}
+	install := action.NewInstall(cfg)
+	install.ReleaseName, install.Namespace, install.Wait, install.Timeout = "cowweb", "default", true, 2*time.Minute
+	installStart := time.Now()
+	if _, err := install.Run(chart, charts.CowwebValues(p.Cases[0].App)); err != nil {
+		return err
+	}
+	ready := time.Since(installStart)
+	stopStart := time.Now()
+	if err := l.Down(); err != nil {
+		return err
+	}
+	stopped = true
+	stop := time.Since(stopStart)
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	fmt.Printf("   start → API ready: %s (goal < 10 s); → lab up with 3 Nodes: %s\n", l.APIReadyAfter.Round(time.Millisecond), up.Round(time.Millisecond))
+	fmt.Printf("   helm install → 8 cowweb Pods Ready: %s, readiness delay 1 s: %s after it (goal < 3 s)\n", ready.Round(time.Millisecond), (ready - time.Second).Round(time.Millisecond))
+	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB (goal < 1024 MiB)\n", stop.Round(time.Millisecond), ru.Maxrss/1024)
+	return nil
+}
+
+func ptrTo[T any](v T) *T { return &v }
 
 func plannedVsSent() error {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))

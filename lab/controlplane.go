@@ -61,14 +61,16 @@ type ControlPlane struct {
 	Config     *rest.Config
 	Client     kubernetes.Interface
 	Server     string // https://127.0.0.1:PORT
-	pki        *pki
-	etcd       *embed.Etcd
-	cancel     context.CancelFunc
-	done       []chan error
-	klogFile   *os.File
-	logger     *slog.Logger
-	stopOnce   sync.Once
-	stopErr    error
+	// APIReadyAfter is how long the start took until the apiserver answered /readyz.
+	APIReadyAfter time.Duration
+	pki           *pki
+	etcd          *embed.Etcd
+	cancel        context.CancelFunc
+	done          []chan error
+	klogFile      *os.File
+	logger        *slog.Logger
+	stopOnce      sync.Once
+	stopErr       error
 }
 
 // StartControlPlane starts the components with their state, certificates, logs and kubeconfig under dir.
@@ -112,7 +114,8 @@ func StartControlPlane(ctx context.Context, dir string, logger *slog.Logger) (_ 
 	if err := cp.waitHealthy(ctx); err != nil {
 		return nil, err
 	}
-	logger.Debug("apiserver ready", "took", time.Since(start))
+	cp.APIReadyAfter = time.Since(start)
+	logger.Debug("apiserver ready", "took", cp.APIReadyAfter)
 	if err := cp.startControllerManager(runCtx); err != nil {
 		return nil, err
 	}

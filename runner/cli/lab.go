@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,7 +43,11 @@ func newLabCommand() *cobra.Command {
 		Short: "The embedded Kubernetes: a real control plane in one process, Pods as local processes",
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", ".lab", "the lab's state directory (certificates, etcd, logs, kubeconfig)")
-	var nodes int
+	var (
+		nodes                        int
+		images                       []string
+		serviceOutMin, serviceOutMax time.Duration
+	)
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start the lab in the foreground until Ctrl-C; kubectl and helm work with the kubeconfig it prints",
@@ -56,7 +61,19 @@ func newLabCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Logger: slog.Default()})
+			imageMap := map[string][]string{}
+			for _, mapping := range images {
+				image, command, ok := strings.Cut(mapping, "=")
+				if !ok || image == "" || strings.TrimSpace(command) == "" {
+					return fmt.Errorf("--image %q: want IMAGE=COMMAND, e.g. example/app=/usr/local/bin/app", mapping)
+				}
+				imageMap[image] = strings.Fields(command)
+			}
+			if serviceOutMin < 0 || serviceOutMax < serviceOutMin {
+				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max", serviceOutMin, serviceOutMax)
+			}
+			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Images: imageMap,
+				ServiceOut: &lab.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
 			if err != nil {
 				return err
 			}
@@ -93,6 +110,9 @@ func newLabCommand() *cobra.Command {
 		},
 	}
 	up.Flags().IntVar(&nodes, "nodes", 3, "Nodes the node agent runs")
+	up.Flags().StringArrayVar(&images, "image", nil, "IMAGE=COMMAND: run containers of IMAGE (or of that repository) with COMMAND (repeatable)")
+	up.Flags().DurationVar(&serviceOutMin, "service-out-min", lab.DefaultServiceOutModel.Min, "least per-node proxy programming delay")
+	up.Flags().DurationVar(&serviceOutMax, "service-out-max", lab.DefaultServiceOutModel.Max, "greatest per-node proxy programming delay (kube-proxy's default min-sync-period: 1s)")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop a lab started with `runner lab up` and remove what a crashed one left (network namespaces, bridge)",
