@@ -34,10 +34,11 @@ lint:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./plan
 
-# Until the lab exists: validate every plan and show the resolved reference plan.
+# The main job on the embedded lab (root: the lab gives each Pod a network namespace).
+RUN_PLAN ?= plans/quick.yaml
 run: bin/runner
 	bin/runner validate plans/*.yaml
-	bin/runner plan $(PLAN)
+	bin/runner apply $(RUN_PLAN)
 
 clean:
 	rm -rf bin

@@ -327,6 +327,46 @@ func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
 	return candidates[d.rng.IntN(len(candidates))], node, nil
 }
 
+// WaitProgrammed blocks until every node's view holds want ready endpoints of the Service at addr (host:port), so
+// a load that starts after it does not meet a proxy still programming a new Service.
+func (d *Dataplane) WaitProgrammed(ctx context.Context, addr string, want int) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	for {
+		svc, err := d.lookup(host)
+		if err == nil {
+			d.mu.Lock()
+			programmed := 0
+			for _, node := range d.nodes {
+				ready := 0
+				for _, slice := range d.views[node] {
+					if slice.Namespace == svc.Namespace && slice.Labels[discoveryv1.LabelServiceName] == svc.Name {
+						for _, e := range slice.Endpoints {
+							if readyEndpoint(e) {
+								ready++
+							}
+						}
+					}
+				}
+				if ready >= want {
+					programmed++
+				}
+			}
+			d.mu.Unlock()
+			if programmed == len(d.nodes) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the nodes' proxies did not program %s with %d endpoints: %w", addr, want, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Dial is the load generator's dialer: a Service address is routed as kube-proxy would on the chosen node.
 func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	endpoint, _, err := d.Route(addr)

@@ -212,10 +212,11 @@ func writeSummary(out io.Writer, s load.Summary) {
 
 // progressPrinter shows one live line on a terminal, and a line every 10 s elsewhere (logs, CI).
 type progressPrinter struct {
-	w     io.Writer
-	tty   bool
-	last  time.Time
-	wrote bool
+	prefix string
+	w      io.Writer
+	tty    bool
+	last   time.Time
+	wrote  bool
 }
 
 func newProgressPrinter(w io.Writer) *progressPrinter {
@@ -233,7 +234,7 @@ func (p *progressPrinter) print(pr load.Progress) {
 	if len(classes) > 0 {
 		errs = strings.Join(classes, ", ")
 	}
-	line := fmt.Sprintf("%6s  sent %d/%d  rate %.1f/s  2xx %d  %s  p99 %s", pr.Elapsed.Round(time.Second), pr.Sent, pr.Planned, pr.Rate, pr.OK, errs, pr.P99.Round(100*time.Microsecond))
+	line := p.prefix + fmt.Sprintf("%6s  sent %d/%d  rate %.1f/s  2xx %d  %s  p99 %s", pr.Elapsed.Round(time.Second), pr.Sent, pr.Planned, pr.Rate, pr.OK, errs, pr.P99.Round(100*time.Microsecond))
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K%s", line)
 		p.wrote = true

@@ -68,6 +68,6 @@ and the cases to compare. See README.md for the plan format.`,
 	root.SetOut(streams.Out)
 	root.SetErr(streams.Err)
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug details")
-	root.AddCommand(newValidateCommand(), newPlanCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand())
+	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand())
 	return root
 }

@@ -1,0 +1,304 @@
+package experiment
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/storage/driver"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/kubectl/pkg/polymorphichelpers"
+
+	"github.com/rollout-lab/rollout-lab/charts"
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
+)
+
+// ReleaseName is the Helm release of the app; with the chart's naming the Deployment and Service are "cowweb".
+const ReleaseName = "cowweb"
+
+// ApplyConfig is what `runner apply` needs.
+type ApplyConfig struct {
+	Config
+	// Cowweb is the command that plays the cowweb image in the lab (the runner itself: [runner, cowweb]).
+	Cowweb []string
+	// LabDir holds the lab's state; default RESULTS_DIR/lab.
+	LabDir string
+	// Progress, when set, sees the attack's progress with the case and phase.
+	Progress func(caseName string, run int, phase string, p load.Progress)
+}
+
+// ApplyResult is what an apply did.
+type ApplyResult struct {
+	Dir     string
+	Partial bool
+}
+
+// step is one part of apply, with the cleanup that undoes it (kind's create/actions style).
+type step struct {
+	name    string
+	do      func(ctx context.Context) error
+	cleanup func() error
+}
+
+// Apply runs a plan on the lab: for every case and repeat, install the chart, load the Service, restart the
+// Deployment as kubectl does during the load, record the Pods' lifecycle, then write the reports. Every step undoes
+// itself, also when ctx ends (Ctrl-C): then what finished is reported and the run is marked partial.
+func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Kind = KindApply
+	var (
+		session *Session
+		theLab  *lab.Lab
+	)
+	steps := []step{
+		{name: "start Prometheus and the results directory", do: func(context.Context) error {
+			var err error
+			session, err = Start(cfg.Config)
+			if err == nil {
+				result.Dir = session.Dir
+			}
+			return err
+		}, cleanup: func() error { return session.Close() }},
+		{name: "start the lab", do: func(ctx context.Context) error {
+			dir := cfg.LabDir
+			if dir == "" {
+				dir = filepath.Join(session.Dir, "lab")
+			}
+			p := cfg.Plan
+			var err error
+			theLab, err = lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cfg.Cowweb, Images: p.Lab.Images,
+				ServiceOut: &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
+				Metrics:    lab.NewMetrics(session.Registry), Logger: cfg.Logger.With("component", "lab")})
+			if err == nil {
+				session.Manifest.Provenance.Target = map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion,
+					"nodes": fmt.Sprint(p.Lab.Nodes), "serviceOutModel": fmt.Sprintf("uniform %s–%s per node after the EndpointSlice change", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)}
+			}
+			return err
+		}, cleanup: func() error { return theLab.Down() }},
+		{name: "create the namespace", do: func(ctx context.Context) error {
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.Plan.Namespace()}}
+			_, err := theLab.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				return nil
+			}
+			return err
+		}},
+	}
+	var done []step
+	defer func() {
+		// Undo in reverse order, whatever happened; the reports were written by then.
+		for i := len(done) - 1; i >= 0; i-- {
+			if done[i].cleanup == nil {
+				continue
+			}
+			if cerr := done[i].cleanup(); cerr != nil {
+				cfg.Logger.Warn("cleanup", "step", done[i].name, "err", cerr)
+			}
+		}
+	}()
+	for _, s := range steps {
+		cfg.Logger.Debug("apply", "step", s.name)
+		if err := s.do(ctx); err != nil {
+			return result, fmt.Errorf("%s: %w", s.name, err)
+		}
+		done = append(done, s)
+	}
+
+	runner := &caseRunner{cfg: cfg, session: session, lab: theLab}
+	var runErr error
+	for _, c := range cfg.Plan.Cases {
+		for run := 1; run <= cfg.Plan.Repeats && ctx.Err() == nil; run++ {
+			if runErr = runner.run(ctx, c, run); runErr != nil {
+				break
+			}
+		}
+		if runErr != nil || ctx.Err() != nil {
+			break
+		}
+	}
+	result.Partial = runErr != nil || ctx.Err() != nil
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if _, err := session.Finish(finishCtx, result.Partial); err != nil {
+		return result, errors.Join(runErr, err)
+	}
+	if runErr == nil && ctx.Err() != nil {
+		runErr = fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	return result, runErr
+}
+
+type caseRunner struct {
+	cfg     ApplyConfig
+	session *Session
+	lab     *lab.Lab
+}
+
+func (r *caseRunner) helm() (*action.Configuration, error) {
+	flags := genericclioptions.NewConfigFlags(false)
+	ns := r.cfg.Plan.Namespace()
+	flags.KubeConfig, flags.Namespace = &r.lab.Kubeconfig, &ns
+	cfg := &action.Configuration{}
+	return cfg, cfg.Init(flags, ns, "secret", func(format string, args ...any) { r.cfg.Logger.Debug(fmt.Sprintf(format, args...)) })
+}
+
+// install replaces the release with the case's values and waits until every Pod is Ready.
+func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
+	helmCfg, err := r.helm()
+	if err != nil {
+		return err
+	}
+	if _, err := helmCfg.Releases.Last(ReleaseName); err == nil {
+		uninstall := action.NewUninstall(helmCfg)
+		uninstall.Wait, uninstall.Timeout = true, 5*time.Minute
+		if _, err := uninstall.Run(ReleaseName); err != nil {
+			return fmt.Errorf("helm uninstall: %w", err)
+		}
+	} else if !errors.Is(err, driver.ErrReleaseNotFound) {
+		return err
+	}
+	chart, err := charts.Cowweb()
+	if err != nil {
+		return err
+	}
+	values := charts.CowwebValues(c.App)
+	// No load balancer gives a lab Service an address, and helm --wait would wait for one.
+	values["service"] = map[string]any{"type": "ClusterIP", "port": 80}
+	install := action.NewInstall(helmCfg)
+	install.ReleaseName, install.Namespace = ReleaseName, r.cfg.Plan.Namespace()
+	install.Wait, install.Timeout = true, 5*time.Minute
+	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
+		return fmt.Errorf("helm install: %w", err)
+	}
+	return nil
+}
+
+// restart does what `kubectl rollout restart deployment/cowweb` does: patch the restartedAt annotation.
+func (r *caseRunner) restart(ctx context.Context) error {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
+	_, err := r.lab.Client.AppsV1().Deployments(r.cfg.Plan.Namespace()).Patch(ctx, ReleaseName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	return err
+}
+
+// waitRolledOut decides completion exactly as `kubectl rollout status` does, with kubectl's own status viewer.
+func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) error {
+	viewer := &polymorphichelpers.DeploymentStatusViewer{}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := r.lab.Client.AppsV1().Deployments(r.cfg.Plan.Namespace()).Get(ctx, ReleaseName, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(d)
+		if err != nil {
+			return false, err
+		}
+		_, done, err := viewer.Status(&unstructured.Unstructured{Object: content}, 0)
+		return done, err
+	})
+}
+
+func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
+	log := r.cfg.Logger.With("case", c.Name, "run", run)
+	phase := func(p string) {
+		if r.cfg.Progress != nil {
+			r.cfg.Progress(c.Name, run, p, load.Progress{})
+		}
+		log.Info(p)
+	}
+	phase("install")
+	if err := r.install(ctx, c); err != nil {
+		return err
+	}
+	serviceAddr := fmt.Sprintf("%s.%s:80", ReleaseName, r.cfg.Plan.Namespace())
+	programCtx, cancelProgram := context.WithTimeout(ctx, time.Minute)
+	err := r.lab.Dataplane.WaitProgrammed(programCtx, serviceAddr, c.App.Replicas)
+	cancelProgram()
+	if err != nil {
+		return err
+	}
+	events, unsubscribe := r.lab.Agent.Events.Subscribe(100000)
+	var recorded []lab.Event
+	var recordMu sync.Mutex
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for e := range events {
+			recordMu.Lock()
+			recorded = append(recorded, e)
+			recordMu.Unlock()
+		}
+	}()
+	labels := load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
+	url := "http://" + serviceAddr + c.Load.Path
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	attackDone := make(chan error, 1)
+	var record rundir.RunRecord
+	phase("load")
+	go func() {
+		var err error
+		record, err = r.session.Attack(loadCtx, c, run, url, r.lab.Dataplane.Dial, func(p load.Progress) {
+			if r.cfg.Progress != nil {
+				r.cfg.Progress(c.Name, run, "load", p)
+			}
+		})
+		attackDone <- err
+	}()
+	var rolloutErr error
+	if c.Rollout.Restart {
+		select {
+		case <-time.After(c.RolloutAt()):
+			phase("rollout")
+			r.session.Metrics.MarkPhase(labels, load.PhaseRolloutStart, time.Now())
+			if rolloutErr = r.restart(ctx); rolloutErr == nil {
+				if rolloutErr = r.waitRolledOut(ctx, c.Rollout.Timeout.D()); rolloutErr == nil {
+					r.session.Metrics.MarkPhase(labels, load.PhaseRolloutComplete, time.Now())
+					phase("drain")
+				}
+			}
+		case err := <-attackDone:
+			attackDone <- err
+		case <-ctx.Done():
+		}
+	}
+	attackErr := <-attackDone
+	unsubscribe()
+	<-collected
+	if err := r.session.FinalScrape(context.WithoutCancel(ctx), record.Summary.End); err != nil {
+		return err
+	}
+	eventsFile := filepath.Join(r.session.Dir, "cases", c.Name, fmt.Sprintf("run-%d", run), "events.json")
+	if err := os.MkdirAll(filepath.Dir(eventsFile), 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(recorded, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := rundir.WriteFileAtomic(eventsFile, data, 0o644); err != nil {
+		return err
+	}
+	if rolloutErr != nil {
+		return fmt.Errorf("case %s run %d: rollout: %w", c.Name, run, rolloutErr)
+	}
+	return attackErr
+}

@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+func newApplyCommand() *cobra.Command {
+	var resultsRoot string
+	var scrapeInterval time.Duration
+	cmd := &cobra.Command{
+		Use:   "apply PLAN",
+		Short: "Run a plan: install cowweb, load it, restart it during the load, and report per case",
+		Long: `Run every case of a plan on the embedded lab: install the chart with the case's values (Helm SDK), wait for
+every Pod Ready, send the plan's open-model load through the lab's Service dataplane, do what
+` + "`kubectl rollout restart`" + ` does at rollout.at and wait as ` + "`kubectl rollout status`" + ` does, record every Pod's lifecycle,
+and write results/<plan>/<UTC time>/ (report.md, report.json, report.csv, charts/, events per case, the TSDB).
+Ctrl-C stops the load, removes what was installed, stops the lab and writes what finished, marked partial.`,
+		Example: `  runner apply plans/quick.yaml
+  runner apply plans/l640-rep8-rps200.yaml`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := plan.LoadFile(args[0])
+			if err != nil {
+				return err
+			}
+			if p.Target.Kind != "lab" {
+				return fmt.Errorf("%s: target %s is not supported yet; use target kind lab", args[0], p.Target.Kind)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			errOut := cmd.ErrOrStderr()
+			progress := newProgressPrinter(errOut)
+			start := time.Now()
+			result, err := experiment.Apply(cmd.Context(), experiment.ApplyConfig{
+				Config: experiment.Config{Plan: p, PlanSource: args[0], ResultsRoot: resultsRoot, ScrapeInterval: scrapeInterval,
+					Logger: slog.Default(), Provenance: provenance(nil)},
+				Cowweb: []string{self, CowwebSubcommand},
+				Progress: func(caseName string, run int, phase string, pr load.Progress) {
+					if pr.Planned == 0 {
+						return
+					}
+					pr.Elapsed = pr.Elapsed.Round(time.Second)
+					progress.prefix = fmt.Sprintf("[%s #%d %s] ", caseName, run, phase)
+					progress.print(pr)
+				},
+			})
+			progress.done()
+			if result.Dir != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "plan %s: %d case(s) in %s; report: %s/report.md\n", p.Name, len(p.Cases),
+					time.Since(start).Round(time.Second), result.Dir)
+			}
+			if err != nil && result.Partial && result.Dir != "" {
+				return errors.Join(err, fmt.Errorf("the results in %s are partial", result.Dir))
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&resultsRoot, "results", "results", "root of the results directories")
+	cmd.Flags().DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
+	return cmd
+}

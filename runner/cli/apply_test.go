@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/rundir"
+)
+
+const e2ePlan = `
+name: e2e
+description: preStop and graceful shutdown, end to end on the lab
+lab: {nodes: 2}
+app:
+  replicas: 3
+  load: 100
+  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}
+  terminationGracePeriod: 15s
+load: {rate: 60, duration: 14s, timeout: 5s, keepAlive: false} # every request opens a connection, routed when it opens
+rollout: {at: 2s, timeout: 60s}
+cases:
+  - name: gs-slp0
+    description: graceful, no preStop
+  - name: gs-slp4
+    description: graceful, preStop sleep 4 s (longer than the service-out)
+    app: {preStop: {sleep: 4s}}
+  - name: imm-slp4
+    description: immediate exit, preStop sleep 4 s
+    app: {preStop: {sleep: 4s}, shutdown: immediate}
+report: {lang: en}
+`
+
+// The whole experiment on the lab, with what the physics implies: without a preStop sleep, connections reach Pods
+// that stopped listening (refused); a preStop sleep longer than the service-out with graceful shutdown loses
+// nothing. (Requests cut by an immediate exit need requests in flight on connections still pinned to the old Pod:
+// keep-alive connections and long requests; the third case is reported, its cut count is not asserted yet.)
+func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	dir := t.TempDir()
+	planFile := filepath.Join(dir, "e2e.yaml")
+	if err := os.WriteFile(planFile, []byte(e2ePlan), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "apply", planFile, "--results", filepath.Join(dir, "results"))
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	resultsDir := onlyDir(t, filepath.Join(dir, "results", "e2e", "*"))
+	m, err := rundir.Load(resultsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Partial || len(m.Runs) != 3 {
+		t.Fatalf("partial %v, %d runs", m.Partial, len(m.Runs))
+	}
+	byCase := map[string]load.Summary{}
+	for _, r := range m.Runs {
+		byCase[r.Labels.Case] = r.Summary
+		if r.Summary.Sent != 840 || r.Summary.Completed != 840 {
+			t.Errorf("%s: sent %d completed %d, want 840", r.Labels.Case, r.Summary.Sent, r.Summary.Completed)
+		}
+		t.Logf("%s: %v", r.Labels.Case, r.Summary.ByClass)
+	}
+	if s := byCase["gs-slp0"]; s.ByClass[load.ClassRefused] == 0 {
+		t.Errorf("graceful without preStop: no refused connection (%v)", s.ByClass)
+	}
+	if s := byCase["gs-slp4"]; s.Errors() != 0 {
+		t.Errorf("graceful with a long preStop: %d errors (%v)", s.Errors(), s.ByClass)
+	}
+	// Every old Pod's termination is in the case's events.
+	data, err := os.ReadFile(filepath.Join(resultsDir, "cases", "gs-slp4", "run-1", "events.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []lab.Event
+	if err := json.Unmarshal(data, &events); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, e := range events {
+		count[e.Type]++
+	}
+	if count[lab.EventSIGTERM] != 3 || count[lab.EventPreStopEnd] != 3 || count[lab.EventServiceOut] != 6 {
+		t.Errorf("events of gs-slp4: %v", count)
+	}
+	md, err := os.ReadFile(filepath.Join(resultsDir, "report.md"))
+	if err != nil || !bytes.Contains(md, []byte("| Total requests | 840 | 840 | 840 |")) {
+		t.Errorf("report.md: %v\n%s", err, md)
+	}
+	t.Logf("\n%s", md)
+}
