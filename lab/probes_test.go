@@ -2,6 +2,9 @@ package lab
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +108,44 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 		if gap := steps[app][EventSIGTERM] - steps[app][EventPreStopEnd]; gap < 0 || gap > 100*time.Millisecond {
 			t.Errorf("%s: SIGTERM %v after the hook", app, gap)
 		}
+	}
+}
+
+// Leftovers of a lab whose process died (a namespace with a process in it, the bridge) go at the next start;
+// those of a lab still running stay.
+func TestStaleNetworkOfDeadLabsIsRemoved(t *testing.T) {
+	requireRoot(t)
+	dead := 4194300 // above any pid this machine hands out
+	ns := fmt.Sprintf("%s%d-1", netnsPrefix, dead)
+	if err := ipCommand("netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipCommand("link", "add", BridgeName(dead), "type", "bridge"); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("ip", "netns", "exec", ns, "sleep", "300")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sleeper.Wait() }()
+	n, err := NewNetnsNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if left, _ := Namespaces(dead); len(left) > 0 {
+		t.Errorf("stale namespaces left: %v", left)
+	}
+	if _, err := net.InterfaceByName(BridgeName(dead)); err == nil {
+		t.Errorf("stale bridge %s left", BridgeName(dead))
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Error("the process in the stale namespace still runs")
+	}
+	if _, err := net.InterfaceByName(n.Bridge); err != nil {
+		t.Errorf("this lab's bridge: %v", err)
 	}
 }
