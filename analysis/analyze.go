@@ -49,6 +49,20 @@ func ConditionsOf(c plan.Case) Conditions {
 	return cond
 }
 
+// Phases a failed request is attributed to: why it failed, as the article explains it.
+const (
+	// PhaseBeforeServiceOut: the connection was routed to a Pod that had already stopped listening, because its
+	// SIGTERM came before the routing node's service-out.
+	PhaseBeforeServiceOut = "before-service-out"
+	// PhaseInFlightCut: the request was running on the Pod when its process ended without a graceful shutdown.
+	PhaseInFlightCut = "in-flight-cut"
+	// PhaseOther: anything else (no endpoint known, or no termination of that Pod explains it).
+	PhaseOther = "other"
+)
+
+// AttributionPhases lists the phases in report order.
+var AttributionPhases = []string{PhaseBeforeServiceOut, PhaseInFlightCut, PhaseOther}
+
 // Outcome is what happened to the requests of a window.
 type Outcome struct {
 	Total     uint64            `json:"total"`
@@ -119,8 +133,10 @@ type CaseRun struct {
 	Load    Window               `json:"load"`
 	Rollout *Window              `json:"rolloutWindow,omitempty"`
 	Whole   Outcome              `json:"whole"`
-	During  *Outcome             `json:"duringRollout,omitempty"`
-	Series  Series               `json:"series"`
+	// Attribution counts the failed requests by why they failed (AttributionPhases); nil when not attributed.
+	Attribution map[string]uint64 `json:"attribution,omitempty"`
+	During      *Outcome          `json:"duringRollout,omitempty"`
+	Series      Series            `json:"series"`
 }
 
 // Options tune an analysis.

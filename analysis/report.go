@@ -22,17 +22,17 @@ type Report struct {
 
 // labels of the Markdown tables, by language.
 type labels struct {
-	condition, preStop, graceful, replicas, cpuLoad, maxRPS                 string
-	total, ok, errors, errorClass, errorRate, mean, p50, p90, p99           string
-	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader string
-	on, off, none, drain, partial                                           string
+	condition, preStop, graceful, replicas, cpuLoad, maxRPS                   string
+	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99 string
+	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader   string
+	on, off, none, drain, partial                                             string
 }
 
 var labelsByLang = map[string]labels{
 	"ja": {
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps",
-		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorRate: "エラー率",
+		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
 		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース",
@@ -41,7 +41,7 @@ var labelsByLang = map[string]labels{
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps",
-		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorRate: "Error rate",
+		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
 		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case",
@@ -138,6 +138,16 @@ func (l labels) rows(runs []CaseRun) []row {
 	}
 	for _, class := range errorClassesSeen(runs) {
 		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
+	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Attribution != nil }) {
+		for _, phase := range AttributionPhases {
+			rows = append(rows, row{fmt.Sprintf(l.errorPhase, phase), func(r CaseRun) string {
+				if r.Attribution == nil {
+					return "-"
+				}
+				return formatCount(r.Attribution[phase])
+			}})
+		}
 	}
 	rows = append(rows,
 		row{l.errorRate, func(r CaseRun) string { return formatRate(r.Whole.ErrorRate) }},

@@ -23,6 +23,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/kubectl/pkg/polymorphichelpers"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
@@ -252,13 +253,16 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	attackDone := make(chan error, 1)
-	var record rundir.RunRecord
+	var failures []load.Outcome // appended by the attacker's one observing goroutine, read after it ends
 	phase("load")
 	go func() {
-		var err error
-		record, err = r.session.Attack(loadCtx, c, run, url, r.lab.Dataplane.Dial, func(p load.Progress) {
+		_, err := r.session.Attack(loadCtx, c, run, url, r.lab.Dataplane.Dial, func(p load.Progress) {
 			if r.cfg.Progress != nil {
 				r.cfg.Progress(c.Name, run, "load", p)
+			}
+		}, func(o load.Outcome) {
+			if o.Class != load.ClassNone {
+				failures = append(failures, o)
 			}
 		})
 		attackDone <- err
@@ -281,9 +285,21 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 		}
 	}
 	attackErr := <-attackDone
+	// Pods still terminating after the load belong to this case's timeline too.
+	time.Sleep(time.Second)
 	unsubscribe()
 	<-collected
-	if err := r.session.FinalScrape(context.WithoutCancel(ctx), record.Summary.End); err != nil {
+	attribution := Attribute(failures, recorded)
+	for _, phase := range analysis.AttributionPhases {
+		r.session.Attributed.WithLabelValues(labels.Plan, labels.Case, labels.Run, phase).Add(float64(attribution[phase]))
+	}
+	if n := len(r.session.Manifest.Runs); n > 0 && r.session.Manifest.Runs[n-1].Labels == labels {
+		r.session.Manifest.Runs[n-1].Attribution = attribution
+		if err := r.session.Manifest.Save(r.session.Dir); err != nil {
+			return err
+		}
+	}
+	if err := r.session.FinalScrape(context.WithoutCancel(ctx), time.Now()); err != nil {
 		return err
 	}
 	eventsFile := filepath.Join(r.session.Dir, "cases", c.Name, fmt.Sprintf("run-%d", run), "events.json")

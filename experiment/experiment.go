@@ -78,10 +78,12 @@ type Session struct {
 	Manifest *rundir.Manifest
 	Registry *prometheus.Registry
 	Metrics  *load.Metrics
-	API      promv1.API
-	prom     *embedprom.Server
-	metrics  *http.Server
-	logger   *slog.Logger
+	// Attributed counts failed requests by attributed phase.
+	Attributed *prometheus.CounterVec
+	API        promv1.API
+	prom       *embedprom.Server
+	metrics    *http.Server
+	logger     *slog.Logger
 }
 
 // Start creates the results directory, serves the metrics and starts (or connects to) Prometheus.
@@ -124,6 +126,11 @@ func Start(cfg Config) (_ *Session, err error) {
 		return nil, err
 	}
 	s.Metrics = load.NewMetrics(s.Registry)
+	s.Attributed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rolloutlab_errors_attributed_total",
+		Help: "Failed requests by why they failed: before-service-out, in-flight-cut, other.",
+	}, []string{"plan", "case", "run", "phase"})
+	s.Registry.MustRegister(s.Attributed)
 	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ln, err := net.Listen("tcp", cfg.MetricsListen)
 	if err != nil {
@@ -164,13 +171,13 @@ func Start(cfg Config) (_ *Session, err error) {
 func (s *Session) Prometheus() *embedprom.Server { return s.prom }
 
 // Attack runs one case's load against url (through dial when set) and records the run.
-func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, dial load.DialFunc, progress func(load.Progress)) (rundir.RunRecord, error) {
+func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, dial load.DialFunc, progress func(load.Progress), observe func(load.Outcome)) (rundir.RunRecord, error) {
 	labels := load.Labels{Plan: s.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
 	opts, err := load.OptionsFromPlan(url, c.Load, labels)
 	if err != nil {
 		return rundir.RunRecord{}, err
 	}
-	opts.Dial, opts.Progress = dial, progress
+	opts.Dial, opts.Progress, opts.Observe = dial, progress, observe
 	summary, err := load.Attack(ctx, opts, s.Metrics)
 	record := rundir.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()}
 	if err != nil {
@@ -234,6 +241,7 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		if err != nil {
 			return rep, err
 		}
+		caseRun.Attribution = r.Attribution
 		if caseRun.Whole.Total != r.Summary.Completed {
 			return rep, fmt.Errorf("case %s run %s: Prometheus counted %d requests, the attacker %d: metrics are incomplete",
 				r.Labels.Case, r.Labels.Run, caseRun.Whole.Total, r.Summary.Completed)

@@ -54,6 +54,8 @@ type Outcome struct {
 	Latency time.Duration
 	Code    uint16
 	Class   string
+	// Endpoint is where a failed request's connection went (host:port), when known.
+	Endpoint string
 }
 
 // Progress is the running state of an attack.
@@ -198,7 +200,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 			latencySum += r.Latency
 			hist.observe(r.Latency)
 			if opts.Observe != nil {
-				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class})
+				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: Endpoint(r.Error)})
 			}
 		}
 	}

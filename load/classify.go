@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"regexp"
 	"strconv"
@@ -50,16 +51,32 @@ func classifyError(err error) string {
 	return ClassOther
 }
 
-// classifiedError carries the class of a transport error through vegeta, which keeps only error strings.
+// classifiedError carries the class of a transport error, and the endpoint the connection went to when known,
+// through vegeta, which keeps only error strings.
 type classifiedError struct {
-	class string
-	err   error
+	class    string
+	endpoint string
+	err      error
 }
 
-func (e *classifiedError) Error() string { return "[" + e.class + "] " + e.err.Error() }
+func (e *classifiedError) Error() string {
+	tag := e.class
+	if e.endpoint != "" {
+		tag += "@" + e.endpoint
+	}
+	return "[" + tag + "] " + e.err.Error()
+}
 func (e *classifiedError) Unwrap() error { return e.err }
 
-var classTag = regexp.MustCompile(`\[(refused|reset|eof|timeout|other)\]`)
+var classTag = regexp.MustCompile(`\[(refused|reset|eof|timeout|other)(?:@([^\]\s]+))?\]`)
+
+// Endpoint is the address (host:port) a failed request's connection went to, when the transport knew it.
+func Endpoint(errText string) string {
+	if m := classTag.FindStringSubmatch(errText); m != nil {
+		return m[2]
+	}
+	return ""
+}
 
 // Classify returns the class of one vegeta result from its status code and its error string.
 func Classify(code uint16, errText string) string {
@@ -96,12 +113,21 @@ func (t classifyingTransport) RoundTrip(req *http.Request) (*http.Response, erro
 	if t.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, t.timeout)
 	}
-	resp, err := t.next.RoundTrip(req.WithContext(ctx))
+	// Which endpoint the connection reached: the lab's dataplane picks one per connection, like DNAT.
+	var endpoint string
+	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		endpoint = info.Conn.RemoteAddr().String()
+	}})
+	resp, err := t.next.RoundTrip(req.WithContext(traced))
 	if err != nil {
 		cancel()
-		return nil, &classifiedError{class: classifyRequestError(ctx, err), err: err}
+		var opErr *net.OpError
+		if endpoint == "" && errors.As(err, &opErr) && opErr.Addr != nil {
+			endpoint = opErr.Addr.String()
+		}
+		return nil, &classifiedError{class: classifyRequestError(ctx, err), endpoint: endpoint, err: err}
 	}
-	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel}
+	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, endpoint: endpoint}
 	return resp, nil
 }
 
@@ -116,8 +142,9 @@ func classifyRequestError(ctx context.Context, err error) string {
 
 type classifyingBody struct {
 	io.ReadCloser
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx      context.Context
+	cancel   context.CancelFunc
+	endpoint string
 }
 
 func (b classifyingBody) Close() error {
@@ -128,7 +155,7 @@ func (b classifyingBody) Close() error {
 func (b classifyingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
-		return n, &classifiedError{class: classifyRequestError(b.ctx, err), err: err}
+		return n, &classifiedError{class: classifyRequestError(b.ctx, err), endpoint: b.endpoint, err: err}
 	}
 	return n, err
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 
 	"testing"
 	"time"
@@ -257,10 +258,34 @@ func TestClassifyFallsBackToTheStatus(t *testing.T) {
 	}{
 		{200, "", ClassNone}, {302, "", ClassNone}, {404, "404 Not Found", ClassHTTP4xx}, {500, "500 Internal Server Error", ClassHTTP5xx},
 		{0, `Get "http://x": [refused] dial tcp: connection refused`, ClassRefused}, {0, "something vegeta said", ClassOther},
+		{0, `Get "http://x": [reset@198.18.0.7:8080] read: connection reset by peer`, ClassReset},
 		{0, `Get "http://x": [timeout] context deadline exceeded (Client.Timeout exceeded while awaiting headers)`, ClassTimeout},
 	} {
 		if got := Classify(c.code, c.err); got != c.class {
 			t.Errorf("Classify(%d, %q) = %s, want %s", c.code, c.err, got, c.class)
+		}
+	}
+}
+
+func TestFailedOutcomesNameTheirEndpoint(t *testing.T) {
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := closed.Addr().String()
+	closed.Close()
+	reset := rawServer(t, func(c net.Conn) {
+		readRequest(c)
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	for url, class := range map[string]string{"http://" + addr + "/": ClassRefused, reset: ClassReset} {
+		var seen []Outcome
+		_, err := Attack(context.Background(), Options{URL: url, Pacer: constantPacer(t, 10, 200*time.Millisecond), Timeout: time.Second,
+			Labels: Labels{Plan: "p", Case: "c", Run: "1"}, Observe: func(o Outcome) { seen = append(seen, o) }}, NewMetrics(prometheus.NewRegistry()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
+		if len(seen) != 2 || seen[0].Class != class || seen[0].Endpoint != want {
+			t.Errorf("%s: outcomes %+v, want class %s at %s", url, seen, class, want)
 		}
 	}
 }

@@ -54,6 +54,8 @@ type RunRecord struct {
 	Summary load.Summary `json:"attacker"`
 	// Drain extends the rollout window past the rollout's completion.
 	Drain time.Duration `json:"drain"`
+	// Attribution counts failed requests by why they failed (apply only).
+	Attribution map[string]uint64 `json:"attribution,omitempty"`
 }
 
 // Manifest is run.json.

@@ -71,6 +71,19 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 	if s := byCase["gs-slp0"]; s.ByClass[load.ClassRefused] == 0 {
 		t.Errorf("graceful without preStop: no refused connection (%v)", s.ByClass)
 	}
+	for _, r := range m.Runs {
+		t.Logf("%s attribution: %v", r.Labels.Case, r.Attribution)
+		if r.Labels.Case == "gs-slp0" && r.Attribution["before-service-out"] == 0 {
+			t.Errorf("gs-slp0: no error attributed to before-service-out: %v", r.Attribution)
+		}
+		var attributed uint64
+		for _, n := range r.Attribution {
+			attributed += n
+		}
+		if attributed != r.Summary.Errors() {
+			t.Errorf("%s: %d errors attributed of %d", r.Labels.Case, attributed, r.Summary.Errors())
+		}
+	}
 	if s := byCase["gs-slp4"]; s.Errors() != 0 {
 		t.Errorf("graceful with a long preStop: %d errors (%v)", s.Errors(), s.ByClass)
 	}

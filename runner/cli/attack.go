@@ -171,7 +171,7 @@ func runAttack(ctx context.Context, out, errOut io.Writer, cfg experiment.Config
 	defer session.Close()
 	fmt.Fprintf(errOut, "attack %s: %d requests over %s, results in %s\n", url, c.Requests, c.Load.TotalDuration(), session.Dir)
 	progress := newProgressPrinter(errOut)
-	record, attackErr := session.Attack(ctx, c, 1, url, nil, progress.print)
+	record, attackErr := session.Attack(ctx, c, 1, url, nil, progress.print, nil)
 	progress.done()
 	interrupted := ctx.Err() != nil
 	// The final scrape and the reports run even after Ctrl-C, so what was gathered is kept.
