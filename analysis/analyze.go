@@ -78,6 +78,39 @@ type Outcome struct {
 	P99Ms  float64 `json:"p99Ms"`
 }
 
+// Expectation is one condition of the plan checked on a run.
+type Expectation struct {
+	Condition string `json:"condition"` // e.g. "errors ≤ 0"
+	Actual    string `json:"actual"`
+	OK        bool   `json:"ok"`
+}
+
+// CheckExpectations checks a case's conditions against a run's whole-run outcome.
+func CheckExpectations(e plan.Expect, o Outcome) []Expectation {
+	var out []Expectation
+	if e.MaxErrors != nil {
+		out = append(out, Expectation{Condition: fmt.Sprintf("errors ≤ %d", *e.MaxErrors), Actual: strconv.FormatUint(o.Errors, 10),
+			OK: *e.MaxErrors >= 0 && o.Errors <= uint64(*e.MaxErrors)})
+	}
+	if e.MaxErrorRate != nil {
+		out = append(out, Expectation{Condition: fmt.Sprintf("error rate ≤ %g%%", *e.MaxErrorRate*100), Actual: formatRate(o.ErrorRate),
+			OK: o.ErrorRate <= *e.MaxErrorRate})
+	}
+	return out
+}
+
+// Failed says whether any expectation of any run failed.
+func (r Report) Failed() bool {
+	for _, run := range r.Runs {
+		for _, e := range run.Expectations {
+			if !e.OK {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Series are per-second values for charts, indexed by seconds since the load began.
 type Series struct {
 	Seconds     []float64         `json:"seconds"`
@@ -135,8 +168,10 @@ type CaseRun struct {
 	Whole   Outcome              `json:"whole"`
 	// Attribution counts the failed requests by why they failed (AttributionPhases); nil when not attributed.
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
-	During      *Outcome          `json:"duringRollout,omitempty"`
-	Series      Series            `json:"series"`
+	// Expectations are the plan's conditions for the case, checked on this run.
+	Expectations []Expectation `json:"expectations,omitempty"`
+	During       *Outcome      `json:"duringRollout,omitempty"`
+	Series       Series        `json:"series"`
 }
 
 // Options tune an analysis.

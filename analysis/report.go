@@ -25,7 +25,7 @@ type labels struct {
 	condition, preStop, graceful, replicas, cpuLoad, maxRPS                   string
 	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99 string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader   string
-	on, off, none, drain, partial                                             string
+	on, off, none, drain, partial, expectations                               string
 }
 
 var labelsByLang = map[string]labels{
@@ -35,7 +35,7 @@ var labelsByLang = map[string]labels{
 		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
-		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース",
+		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース", expectations: "期待値",
 		on: "あり", off: "なし", none: "なし", drain: "drain %s", partial: "**途中で中断された実行です。終わったところまでの結果です。**",
 	},
 	"en": {
@@ -44,7 +44,7 @@ var labelsByLang = map[string]labels{
 		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
-		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case",
+		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case", expectations: "Expectations",
 		on: "on", off: "off", none: "none", drain: "drain %s", partial: "**This run was interrupted: results cover what finished.**",
 	},
 }
@@ -173,6 +173,22 @@ func (l labels) rows(runs []CaseRun) []row {
 			row{l.rolloutErrorRate, during(func(r CaseRun) string { return formatRate(r.During.ErrorRate) })},
 			row{l.rolloutP99, during(func(r CaseRun) string { return formatMs(r.During.P99Ms) })},
 		)
+	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return len(r.Expectations) > 0 }) {
+		rows = append(rows, row{l.expectations, func(r CaseRun) string {
+			if len(r.Expectations) == 0 {
+				return "-"
+			}
+			parts := make([]string, len(r.Expectations))
+			for i, e := range r.Expectations {
+				mark := "✓"
+				if !e.OK {
+					mark = "✗"
+				}
+				parts[i] = fmt.Sprintf("%s %s (%s)", mark, e.Condition, e.Actual)
+			}
+			return strings.Join(parts, ", ")
+		}})
 	}
 	return rows
 }

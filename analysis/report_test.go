@@ -151,3 +151,26 @@ func TestWriteAllWritesEveryReport(t *testing.T) {
 		t.Errorf("report.md:\n%s", md)
 	}
 }
+
+func TestExpectationsAreCheckedAndShown(t *testing.T) {
+	zero, rate := int64(0), 0.001
+	got := CheckExpectations(plan.Expect{MaxErrors: &zero, MaxErrorRate: &rate}, Outcome{Total: 1000, Errors: 1, ErrorRate: 0.001})
+	if len(got) != 2 || got[0].OK || got[0].Condition != "errors ≤ 0" || got[0].Actual != "1" || !got[1].OK {
+		t.Fatalf("expectations %+v", got)
+	}
+	rep := fixtureReport()
+	rep.Runs[1].Expectations = got
+	if !rep.Failed() {
+		t.Error("a broken expectation does not fail the report")
+	}
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, rep, "en"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(md.Bytes(), []byte("| Expectations | - | ✗ errors ≤ 0 (1), ✓ error rate ≤ 0.1% (0.10%) | - |")) {
+		t.Errorf("markdown:\n%s", md.String())
+	}
+	if CheckExpectations(plan.Expect{}, Outcome{Errors: 5}) != nil || fixtureReport().Failed() {
+		t.Error("no expectation, no failure")
+	}
+}

@@ -49,6 +49,8 @@ type ApplyConfig struct {
 type ApplyResult struct {
 	Dir     string
 	Partial bool
+	// ExpectationsFailed is true when a case's result broke one of the plan's expectations.
+	ExpectationsFailed bool
 }
 
 // step is one part of apply, with the cleanup that undoes it (kind's create/actions style).
@@ -139,9 +141,11 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 	result.Partial = runErr != nil || ctx.Err() != nil
 	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	if _, err := session.Finish(finishCtx, result.Partial); err != nil {
+	rep, err := session.Finish(finishCtx, result.Partial)
+	if err != nil {
 		return result, errors.Join(runErr, err)
 	}
+	result.ExpectationsFailed = rep.Failed()
 	if runErr == nil && ctx.Err() != nil {
 		runErr = fmt.Errorf("interrupted: %w", ctx.Err())
 	}

@@ -242,6 +242,7 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 		caseRun.Attribution = r.Attribution
+		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)
 		if caseRun.Whole.Total != r.Summary.Completed {
 			return rep, fmt.Errorf("case %s run %s: Prometheus counted %d requests, the attacker %d: metrics are incomplete",
 				r.Labels.Case, r.Labels.Run, caseRun.Whole.Total, r.Summary.Completed)

@@ -64,6 +64,10 @@ Ctrl-C stops the load, removes what was installed, stops the lab and writes what
 			if err != nil && result.Partial && result.Dir != "" {
 				return errors.Join(err, fmt.Errorf("the results in %s are partial", result.Dir))
 			}
+			if err == nil && result.ExpectationsFailed {
+				fmt.Fprintln(errOut, "a case broke an expectation of the plan: see the ✗ in the report")
+				return &exitError{code: ExitExpectationFailed}
+			}
 			return err
 		},
 	}

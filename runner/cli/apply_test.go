@@ -29,6 +29,7 @@ cases:
   - name: gs-slp4
     description: graceful, preStop sleep 4 s (longer than the service-out)
     app: {preStop: {sleep: 4s}}
+    expect: {maxErrors: 0}
   - name: imm-slp4
     description: immediate exit, preStop sleep 4 s
     app: {preStop: {sleep: 4s}, shutdown: immediate}
@@ -104,6 +105,9 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 		t.Errorf("events of gs-slp4: %v", count)
 	}
 	md, err := os.ReadFile(filepath.Join(resultsDir, "report.md"))
+	if !bytes.Contains(md, []byte("| Expectations | - | ✓ errors ≤ 0 (0) | - |")) {
+		t.Errorf("expectation row missing or failed:\n%s", md)
+	}
 	if err != nil || !bytes.Contains(md, []byte("| Total requests | 840 | 840 | 840 |")) {
 		t.Errorf("report.md: %v\n%s", err, md)
 	}

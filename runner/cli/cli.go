@@ -16,6 +16,9 @@ const (
 	ExitOK = 0
 	// ExitError is any failure: bad flags, a plan that does not validate, a run that could not complete.
 	ExitError = 1
+	// ExitExpectationFailed: the run completed and its reports are written, but a case broke one of the plan's
+	// expectations (expect.maxErrors, expect.maxErrorRate).
+	ExitExpectationFailed = 3
 )
 
 // Streams are where the runner writes.
