@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,11 +38,20 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 	go func() {
 		done <- Main(ctx, []string{"lab", "up", "--dir", dir, "--nodes", "2"}, Streams{Out: &out, Err: &errOut})
 	}()
+	stopped := false
+	t.Cleanup(func() {
+		// Even when the test fails, the lab stops before the test binary exits.
+		cancel()
+		if !stopped {
+			<-done
+		}
+	})
 
 	var state labState
 	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		select {
 		case code := <-done:
+			stopped = true
 			t.Fatalf("lab up exited %d: %s", code, errOut.String())
 		default:
 		}
@@ -78,21 +89,37 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := exec.Command("pgrep", "-f", CowwebSubcommand+" serve --port=8080").Output(); len(strings.Fields(string(out))) != 2 {
-		t.Fatalf("want 2 cowweb processes, got %q", out)
+	// The lab's processes: those in its Pods' namespaces (other tests may run labs in other processes).
+	var pids []int
+	namespaces, err := lab.Namespaces(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range namespaces {
+		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+		for _, field := range strings.Fields(string(out)) {
+			pid, _ := strconv.Atoi(field)
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("want 2 cowweb processes in the lab's namespaces %v, got %v", namespaces, pids)
 	}
 
 	cancel() // Ctrl-C
 	select {
 	case code := <-done:
+		stopped = true
 		if code != ExitOK {
 			t.Errorf("lab up exited %d: %s", code, errOut.String())
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("lab up did not stop")
 	}
-	if out, _ := exec.Command("pgrep", "-f", CowwebSubcommand+" serve --port=8080").Output(); len(out) > 0 {
-		t.Errorf("processes left: %s", out)
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("process %d left", pid)
+		}
 	}
 	if left, err := lab.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
 		t.Errorf("network namespaces left: %v %v", left, err)
