@@ -30,11 +30,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"helm.sh/helm/v3/pkg/action"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
 	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
@@ -117,10 +117,8 @@ func labFigures(cowweb string) error {
 	if err != nil {
 		return err
 	}
-	flags := genericclioptions.NewConfigFlags(false)
-	flags.KubeConfig, flags.Namespace = &l.Kubeconfig, ptrTo("default")
-	cfg := &action.Configuration{}
-	if err := cfg.Init(flags, "default", "secret", func(string, ...any) {}); err != nil {
+	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "default", slog.New(slog.DiscardHandler))
+	if err != nil {
 		return err
 	}
 	install := action.NewInstall(cfg)
@@ -143,8 +141,6 @@ func labFigures(cowweb string) error {
 	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB (goal < 1024 MiB)\n", stop.Round(time.Millisecond), ru.Maxrss/1024)
 	return nil
 }
-
-func ptrTo[T any](v T) *T { return &v }
 
 func plannedVsSent() error {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))

@@ -158,12 +158,16 @@ type caseRunner struct {
 	lab     *lab.Lab
 }
 
-func (r *caseRunner) helm() (*action.Configuration, error) {
+// HelmConfiguration is the Helm SDK's configuration for a kubeconfig and namespace (release records in Secrets).
+func HelmConfiguration(kubeconfig, namespace string, logger *slog.Logger) (*action.Configuration, error) {
 	flags := genericclioptions.NewConfigFlags(false)
-	ns := r.cfg.Plan.Namespace()
-	flags.KubeConfig, flags.Namespace = &r.lab.Kubeconfig, &ns
+	flags.KubeConfig, flags.Namespace = &kubeconfig, &namespace
 	cfg := &action.Configuration{}
-	return cfg, cfg.Init(flags, ns, "secret", func(format string, args ...any) { r.cfg.Logger.Debug(fmt.Sprintf(format, args...)) })
+	return cfg, cfg.Init(flags, namespace, "secret", func(format string, args ...any) { logger.Debug(fmt.Sprintf(format, args...)) })
+}
+
+func (r *caseRunner) helm() (*action.Configuration, error) {
+	return HelmConfiguration(r.lab.Kubeconfig, r.cfg.Plan.Namespace(), r.cfg.Logger)
 }
 
 // install replaces the release with the case's values and waits until every Pod is Ready.
