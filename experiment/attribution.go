@@ -59,8 +59,9 @@ func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 		return analysis.PhaseOther
 	}
 	switch f.Class {
-	case load.ClassRefused:
-		// Refused after SIGTERM: the server had closed its listener, yet a node still sent the connection there.
+	case load.ClassRefused, load.ClassTimeout, load.ClassOther:
+		// Sent after SIGTERM yet routed there: the server had closed its listener (refused), or the Pod and its
+		// address were already gone (no route, timeout), because a node had not yet taken it out of the Service.
 		if !f.Sent.Before(p.sigterm) {
 			return analysis.PhaseBeforeServiceOut
 		}

@@ -27,9 +27,11 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: at(7990), Latency: 20 * time.Millisecond}, // running at the immediate exit
 		{Class: load.ClassEOF, Endpoint: "198.18.0.2:8080", Sent: at(15), Latency: 10 * time.Millisecond},     // graceful exit: not a cut
 		{Class: load.ClassTimeout, Endpoint: "", Sent: at(100)},
+		{Class: load.ClassTimeout, Endpoint: "198.18.0.2:8080", Sent: at(500)}, // the Pod's address already gone
+		{Class: load.ClassOther, Endpoint: "198.18.0.3:8080", Sent: at(100)},   // before that Pod's SIGTERM
 	}
 	got := Attribute(failures, events)
-	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 1, analysis.PhaseInFlightCut: 1, analysis.PhaseOther: 3}
+	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 2, analysis.PhaseInFlightCut: 1, analysis.PhaseOther: 4}
 	for phase, n := range want {
 		if got[phase] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", phase, got[phase], n, got)
