@@ -109,13 +109,11 @@ func Start(cfg Config) (_ *Session, err error) {
 		}
 	}()
 	if cfg.PlanSource != "" {
-		if cfg.Provenance.PlanHash, err = rundir.HashFile(cfg.PlanSource); err != nil {
-			return nil, err
-		}
 		data, err := os.ReadFile(cfg.PlanSource)
 		if err != nil {
 			return nil, err
 		}
+		cfg.Provenance.PlanHash = rundir.Hash(data)
 		if err := rundir.WriteFileAtomic(filepath.Join(dir, rundir.PlanFile), data, 0o644); err != nil {
 			return nil, err
 		}
@@ -229,7 +227,7 @@ func (s *Session) Close() error {
 func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
 	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial}
 	for _, r := range m.Runs {
-		c, ok := m.Case(r.Labels.Case)
+		c, ok := m.Plan.Case(r.Labels.Case)
 		if !ok {
 			return rep, fmt.Errorf("run of case %q: no such case in the plan", r.Labels.Case)
 		}

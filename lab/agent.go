@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -275,7 +274,5 @@ func podIPString(ip net.IP) string {
 	}
 	return ip.String()
 }
-
-var errTerminated = errors.New("pod terminated")
 
 func ptrTime(t time.Time) *metav1.Time { return ptr.To(metav1.NewTime(t)) }

@@ -214,13 +214,12 @@ func (d *decoder) caseOverrides(root *yaml.Node, spec Spec) []caseOverride {
 	if casesNode != nil && casesNode.Kind == yaml.SequenceNode {
 		for i, item := range casesNode.Content {
 			item = resolveAlias(item)
-			nameKey, nameNode := mappingValue(item, "name")
+			_, nameNode := mappingValue(item, "name")
 			path := fmt.Sprintf("cases[%d].name", i)
 			if nameNode == nil || spec.Cases[i].Name == "" {
 				d.errorAt(item, path, "every case needs a name")
 				continue
 			}
-			_ = nameKey
 			if !validCaseName(spec.Cases[i].Name) {
 				d.errorAt(nameNode, path, "case name %q: use lower-case letters, digits, '-', '_' or '.', start and end with a letter or digit, at most 63 characters", spec.Cases[i].Name)
 			}
@@ -409,4 +408,14 @@ func (p *Plan) Namespace() string {
 		return p.Target.Namespace
 	}
 	return p.Name
+}
+
+// Case finds a case by name.
+func (p *Plan) Case(name string) (Case, bool) {
+	for _, c := range p.Cases {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Case{}, false
 }

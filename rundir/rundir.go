@@ -70,16 +70,6 @@ type Manifest struct {
 	Runs       []RunRecord    `json:"runs"`
 }
 
-// Case finds a case of the manifest's plan by name.
-func (m *Manifest) Case(name string) (plan.Case, bool) {
-	for _, c := range m.Plan.Cases {
-		if c.Name == name {
-			return c, true
-		}
-	}
-	return plan.Case{}, false
-}
-
 // Create makes a new results directory under root for a plan, named by the UTC start time.
 func Create(root, planName string, started time.Time) (string, error) {
 	dir := filepath.Join(root, planName, started.UTC().Format(timestampLayout))
@@ -92,18 +82,10 @@ func Create(root, planName string, started time.Time) (string, error) {
 	return dir, nil
 }
 
-// HashFile is the SHA-256 of a file, for provenance.
-func HashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+// Hash is the SHA-256 of a plan file's bytes, for provenance.
+func Hash(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 // NewProvenance describes this process.

@@ -104,7 +104,7 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 				}
 				caseName = plan.DefaultCaseName
 			}
-			c, ok := findCase(p, caseName)
+			c, ok := p.Case(caseName)
 			if !ok {
 				return fmt.Errorf("plan %s has no case %q; its cases: %s", p.Name, caseName, caseNames(p))
 			}
@@ -137,15 +137,6 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 	f.DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes the metrics")
 	prom.register(cmd)
 	return cmd
-}
-
-func findCase(p *plan.Plan, name string) (plan.Case, bool) {
-	for _, c := range p.Cases {
-		if c.Name == name {
-			return c, true
-		}
-	}
-	return plan.Case{}, false
 }
 
 func caseNames(p *plan.Plan) string {
