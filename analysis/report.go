@@ -18,14 +18,17 @@ type Report struct {
 	Description string    `json:"description,omitempty"`
 	Partial     bool      `json:"partial"`
 	Runs        []CaseRun `json:"runs"`
+	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
+	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
 }
 
 // labels of the Markdown tables, by language.
 type labels struct {
-	condition, preStop, graceful, replicas, cpuLoad, maxRPS                   string
-	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99 string
-	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader   string
-	on, off, none, drain, partial, expectations                               string
+	condition, preStop, graceful, replicas, cpuLoad, maxRPS                     string
+	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
+	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
+	on, off, none, drain, partial, expectations                                 string
+	acrossRuns, runs, errorsMeanRange, errorRateMeanCI, meanMsRange, p99MsRange string
 }
 
 var labelsByLang = map[string]labels{
@@ -37,6 +40,8 @@ var labelsByLang = map[string]labels{
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
 		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース", expectations: "期待値",
 		on: "あり", off: "なし", none: "なし", drain: "drain %s", partial: "**途中で中断された実行です。終わったところまでの結果です。**",
+		acrossRuns: "繰り返しの集計", runs: "実行回数", errorsMeanRange: "エラー数 平均 (最小–最大)",
+		errorRateMeanCI: "エラー率 平均 [95% 信頼区間]", meanMsRange: "平均レスポンス時間(ms) 平均 (最小–最大)", p99MsRange: "p99(ms) 平均 (最小–最大)",
 	},
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
@@ -46,6 +51,8 @@ var labelsByLang = map[string]labels{
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
 		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case", expectations: "Expectations",
 		on: "on", off: "off", none: "none", drain: "drain %s", partial: "**This run was interrupted: results cover what finished.**",
+		acrossRuns: "Across runs", runs: "Runs", errorsMeanRange: "Errors mean (min–max)",
+		errorRateMeanCI: "Error rate mean [95% CI]", meanMsRange: "Mean latency (ms) mean (min–max)", p99MsRange: "p99 (ms) mean (min–max)",
 	},
 }
 
@@ -221,6 +228,9 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 		}
 		b.WriteString(" |\n")
 	}
+	if summaries := Summarize(rep.Runs); summaries != nil {
+		writeSummaryMarkdown(&b, summaries, l)
+	}
 	_, err = io.WriteString(w, b.String())
 	return err
 }
@@ -251,6 +261,7 @@ func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
 
 // WriteJSON writes the whole report, series included.
 func WriteJSON(w io.Writer, rep Report) error {
+	rep.AcrossRuns = Summarize(rep.Runs)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)

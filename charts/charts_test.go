@@ -137,6 +137,7 @@ func TestShutdownModesBecomeFlags(t *testing.T) {
 		"graceful":  {map[string]any{"shutdown": "graceful", "shutdownTimeout": "30s"}, []string{"--shutdown-gracefully=true", "--shutdown-timeout=30s"}},
 		"drain":     {map[string]any{"shutdown": "drain", "drainDelay": "5s"}, []string{"--shutdown=drain", "--drain-delay=5s"}},
 		"fast":      {map[string]any{"slow": false, "load": 1024}, []string{"--load=1024", "--shutdown-gracefully=true"}},
+		"delayed":   {map[string]any{"delay": "200ms"}, []string{"--delay=200ms"}},
 	}
 	for name, c := range cases {
 		args := render(t, map[string]any{"app": c.app}).container().Args

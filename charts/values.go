@@ -27,6 +27,9 @@ func CowwebValues(app plan.App) map[string]any {
 		"load":     app.Load,
 		"shutdown": app.Shutdown,
 	}
+	if app.Delay > 0 {
+		appValues["delay"] = app.Delay.String()
+	}
 	if app.DrainDelay > 0 {
 		appValues["drainDelay"] = app.DrainDelay.String()
 	}

@@ -297,12 +297,14 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	time.Sleep(time.Second)
 	unsubscribe()
 	<-collected
-	attribution := Attribute(failures, recorded)
+	byClass := Attribute(failures, recorded)
+	attribution := byClass.ByPhase()
 	for _, phase := range analysis.AttributionPhases {
 		r.session.Attributed.WithLabelValues(labels.Plan, labels.Case, labels.Run, phase).Add(float64(attribution[phase]))
 	}
 	if n := len(r.session.Manifest.Runs); n > 0 && r.session.Manifest.Runs[n-1].Labels == labels {
 		r.session.Manifest.Runs[n-1].Attribution = attribution
+		r.session.Manifest.Runs[n-1].AttributionByClass = byClass
 		if err := r.session.Manifest.Save(r.session.Dir); err != nil {
 			return err
 		}

@@ -17,9 +17,23 @@ type podTimeline struct {
 	graceful        bool // exited with status 0 after SIGTERM
 }
 
+// Attribution is failed requests counted by phase and, within each phase, by error class.
+type Attribution map[string]map[string]uint64
+
+// ByPhase totals the classes of each phase.
+func (a Attribution) ByPhase() map[string]uint64 {
+	out := map[string]uint64{}
+	for phase, classes := range a {
+		for _, n := range classes {
+			out[phase] += n
+		}
+	}
+	return out
+}
+
 // Attribute sorts failed requests into phases from where they went (the endpoint) and when, against the Pods'
 // recorded lifecycle.
-func Attribute(failures []load.Outcome, events []lab.Event) map[string]uint64 {
+func Attribute(failures []load.Outcome, events []lab.Event) Attribution {
 	pods := map[string]*podTimeline{} // by Pod IP
 	for _, e := range events {
 		if e.PodIP == "" || e.Type == lab.EventServiceOut {
@@ -42,9 +56,13 @@ func Attribute(failures []load.Outcome, events []lab.Event) map[string]uint64 {
 			}
 		}
 	}
-	out := map[string]uint64{}
+	out := Attribution{}
 	for _, f := range failures {
-		out[attributeOne(f, pods)]++
+		phase := attributeOne(f, pods)
+		if out[phase] == nil {
+			out[phase] = map[string]uint64{}
+		}
+		out[phase][f.Class]++
 	}
 	return out
 }

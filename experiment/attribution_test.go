@@ -30,11 +30,18 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.2:8080", Sent: at(500)}, // the Pod's address already gone
 		{Class: load.ClassOther, Endpoint: "198.18.0.3:8080", Sent: at(100)},   // before that Pod's SIGTERM
 	}
-	got := Attribute(failures, events)
+	attribution := Attribute(failures, events)
+	got := attribution.ByPhase()
 	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 2, analysis.PhaseInFlightCut: 1, analysis.PhaseOther: 4}
 	for phase, n := range want {
 		if got[phase] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", phase, got[phase], n, got)
 		}
+	}
+	if n := attribution[analysis.PhaseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
+		t.Errorf("before-service-out by class: %v", n)
+	}
+	if n := attribution[analysis.PhaseInFlightCut]; n[load.ClassReset] != 1 {
+		t.Errorf("in-flight-cut by class: %v", n)
 	}
 }

@@ -20,7 +20,10 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Options configure one attack.
 type Options struct {
-	URL         string
+	URL string
+	// Method is GET (empty) or POST with Body.
+	Method      string
+	Body        []byte
 	Pacer       *StagesPacer
 	Timeout     time.Duration
 	KeepAlive   bool
@@ -43,7 +46,11 @@ func OptionsFromPlan(url string, l plan.Load, labels Labels) (Options, error) {
 	if err != nil {
 		return Options{}, err
 	}
-	return Options{URL: url, Pacer: pacer, Timeout: l.Timeout.D(), KeepAlive: l.KeepAlive, Connections: l.Connections,
+	var body []byte
+	if l.Body != "" {
+		body = []byte(l.Body)
+	}
+	return Options{URL: url, Method: l.Method, Body: body, Pacer: pacer, Timeout: l.Timeout.D(), KeepAlive: l.KeepAlive, Connections: l.Connections,
 		Workers: uint64(l.Workers), MaxWorkers: uint64(l.MaxWorkers), Labels: labels}, nil
 }
 
@@ -97,7 +104,11 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	if opts.Pacer == nil {
 		return Summary{}, fmt.Errorf("attack %s: no pacer", opts.URL)
 	}
-	req, err := http.NewRequest(http.MethodGet, opts.URL, nil)
+	method := opts.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	req, err := http.NewRequest(method, opts.URL, nil)
 	if err != nil {
 		return Summary{}, fmt.Errorf("attack: %w", err)
 	}
@@ -126,7 +137,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	targetRate := m.TargetRate.WithLabelValues(labels...)
 	m.Planned.WithLabelValues(labels...).Set(float64(opts.Pacer.Total()))
 	var sentCount atomic.Uint64
-	target := vegeta.Target{Method: http.MethodGet, URL: req.URL.String()}
+	target := vegeta.Target{Method: method, URL: req.URL.String(), Body: opts.Body}
 	targeter := func(t *vegeta.Target) error {
 		sentCount.Add(1)
 		sent.Inc()

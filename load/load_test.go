@@ -3,12 +3,14 @@ package load
 import (
 	"bufio"
 	"context"
+	"io"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -306,5 +308,27 @@ func TestMetricNamesLint(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.Phase.WithLabelValues(l.values(PhaseRolloutStart)...)); got != 100 {
 		t.Errorf("rollout_start = %v", got)
+	}
+}
+
+func TestAttackPostsTheBody(t *testing.T) {
+	var posted atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.Method != http.MethodPost || string(body) != "moo" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		posted.Add(1)
+	}))
+	defer srv.Close()
+	pacer, _ := NewStagesPacer([]Segment{{Duration: 500 * time.Millisecond, From: 40, To: 40}})
+	summary, err := Attack(context.Background(), Options{URL: srv.URL + "/say", Method: http.MethodPost, Body: []byte("moo"),
+		Pacer: pacer, Timeout: 5 * time.Second, KeepAlive: true, Connections: 10, Workers: 2}, NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if summary.ByClass[ClassNone] != 20 || posted.Load() != 20 {
+		t.Errorf("ok %d, posted %d, want 20 (%v)", summary.ByClass[ClassNone], posted.Load(), summary.ByClass)
 	}
 }

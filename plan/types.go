@@ -114,6 +114,8 @@ type App struct {
 	// Slow turns the CPU knob on; Load is its size (load×load pseudo-random calls per request).
 	Slow bool `yaml:"slow"`
 	Load int  `yaml:"load"`
+	// Delay is waited in every request without CPU, as a backend call would: long requests without load on the node.
+	Delay Duration `yaml:"delay"`
 	// Shutdown is the app's reaction to SIGTERM: graceful, immediate or drain.
 	Shutdown        string   `yaml:"shutdown"`
 	DrainDelay      Duration `yaml:"drainDelay"`
@@ -174,7 +176,11 @@ type Strategy struct {
 // Load is the open-model HTTP load: arrivals follow the schedule whatever the responses do.
 type Load struct {
 	// Path is requested on the Service, query included.
-	Path      string   `yaml:"path"`
+	Path string `yaml:"path"`
+	// Method is GET or POST; Body is POST's body. Go's client, like browsers, retries an idempotent request cut on a
+	// reused keep-alive connection by itself, so cuts of GETs on keep-alive connections show as latency; a POST's show.
+	Method    string   `yaml:"method"`
+	Body      string   `yaml:"body,omitempty"`
 	Timeout   Duration `yaml:"timeout"`
 	KeepAlive bool     `yaml:"keepAlive"`
 	// Connections bounds idle connections per host; Workers is the initial worker count and MaxWorkers its bound (0: no bound).

@@ -50,8 +50,8 @@ func (v *validator) check(ok bool, field, format string, args ...any) bool {
 	return ok
 }
 
-func (v *validator) oneOf(value, field string, allowed ...string) {
-	v.check(slices.Contains(allowed, value), field, "%q is not one of %s", value, strings.Join(allowed, ", "))
+func (v *validator) oneOf(value, field string, allowed ...string) bool {
+	return v.check(slices.Contains(allowed, value), field, "%q is not one of %s", value, strings.Join(allowed, ", "))
 }
 
 func (v *validator) wholeSeconds(d Duration, field string, minimum time.Duration) {
@@ -114,6 +114,7 @@ func (v *validator) validateApp(a *App) {
 	v.check(a.Replicas >= 1, "app.replicas", "must be at least 1, got %d", a.Replicas)
 	v.check(a.Port >= 1 && a.Port <= 65535, "app.port", "must be a port number 1-65535, got %d", a.Port)
 	v.check(a.Load >= 0, "app.load", "must not be negative, got %d", a.Load)
+	v.check(a.Delay >= 0, "app.delay", "must not be negative, got %s", a.Delay)
 	v.oneOf(a.Shutdown, "app.shutdown", "graceful", "immediate", "drain")
 	if v.check(a.DrainDelay >= 0, "app.drainDelay", "must not be negative, got %s", a.DrainDelay) && a.DrainDelay > 0 {
 		v.check(a.Shutdown == "drain", "app.drainDelay", "only applies with shutdown: drain (shutdown is %s)", a.Shutdown)
@@ -155,6 +156,9 @@ func (v *validator) validateApp(a *App) {
 
 func (v *validator) validateLoad(l *Load) int64 {
 	v.check(strings.HasPrefix(l.Path, "/"), "load.path", "must start with /, got %q", l.Path)
+	if v.oneOf(l.Method, "load.method", "GET", "POST") && l.Method == "GET" {
+		v.check(l.Body == "", "load.body", "a GET sends no body; use method: POST")
+	}
 	v.positive(l.Timeout, "load.timeout")
 	v.check(l.Connections >= 1, "load.connections", "must be at least 1, got %d", l.Connections)
 	v.check(l.Workers >= 1, "load.workers", "must be at least 1, got %d", l.Workers)

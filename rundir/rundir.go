@@ -56,6 +56,8 @@ type RunRecord struct {
 	Drain time.Duration `json:"drain"`
 	// Attribution counts failed requests by why they failed (apply only).
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
+	// AttributionByClass splits each phase by error class.
+	AttributionByClass map[string]map[string]uint64 `json:"attributionByClass,omitempty"`
 }
 
 // Manifest is run.json.

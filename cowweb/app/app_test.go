@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -164,5 +165,33 @@ func TestShutdownFlagsMapOntoModes(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("%v: %q, %v; want %q", c.args, got, err, c.want)
 		}
+	}
+}
+
+func TestPostedMessageAndDelay(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := NewServer(Config{Shutdown: ShutdownGraceful, Delay: 150 * time.Millisecond}, slog.New(slog.DiscardHandler), reg, reg)
+	for _, tc := range []struct {
+		method, body string
+		code         int
+		balloon      string
+	}{
+		{"POST", "posted", http.StatusOK, "< posted >"},
+		{"POST", "", http.StatusOK, "< Moo! >"},
+		{"GET", "", http.StatusOK, "< Moo! >"},
+		{"POST", strings.Repeat("m", maxMessageBytes+1), http.StatusRequestEntityTooLarge, ""},
+	} {
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		s.http.Handler.ServeHTTP(rec, httptest.NewRequest(tc.method, "/say", strings.NewReader(tc.body)))
+		if took := time.Since(start); took < 150*time.Millisecond {
+			t.Errorf("%s %d bytes: answered in %v, before the 150 ms delay", tc.method, len(tc.body), took)
+		}
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.balloon) {
+			t.Errorf("%s %d bytes: %d\n%s", tc.method, len(tc.body), rec.Code, rec.Body.String())
+		}
+	}
+	if got := testutil.ToFloat64(s.metrics.Requests.WithLabelValues("say", "200")); got != 3 {
+		t.Errorf("say 200 counted %v, want 3", got)
 	}
 }

@@ -70,8 +70,8 @@ On SIGTERM:
 			if cfg.Load < 0 {
 				return fmt.Errorf("--load must not be negative, got %d", cfg.Load)
 			}
-			if cfg.DrainDelay < 0 || cfg.ShutdownTimeout < 0 {
-				return fmt.Errorf("--drain-delay and --shutdown-timeout must not be negative")
+			if cfg.DrainDelay < 0 || cfg.ShutdownTimeout < 0 || cfg.Delay < 0 {
+				return fmt.Errorf("--delay, --drain-delay and --shutdown-timeout must not be negative")
 			}
 			if cfg.DrainDelay > 0 && mode != ShutdownDrain {
 				return fmt.Errorf("--drain-delay needs --shutdown=drain (shutdown is %s)", mode)
@@ -96,6 +96,7 @@ On SIGTERM:
 	f.IntVarP(&cfg.Load, "load", "l", 1024, "with --slow, each request runs load×load pseudo-random calls")
 	f.BoolVarP(&graceful, "shutdown-gracefully", "g", true, "on SIGTERM shut down gracefully (false: exit at once)")
 	f.StringVar(&shutdown, "shutdown", string(ShutdownGraceful), "on SIGTERM: immediate, graceful or drain")
+	f.DurationVar(&cfg.Delay, "delay", 0, "wait this long in every /say and /think without using CPU (a backend call)")
 	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "with --shutdown=drain, how long to keep accepting after SIGTERM")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "bound on a graceful shutdown; 0 waits for every request")
 	return cmd

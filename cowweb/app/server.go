@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -41,9 +42,11 @@ func ParseShutdownMode(s string) (ShutdownMode, error) {
 
 // Config is what `cowweb serve` is told on its command line.
 type Config struct {
-	Listen          string
-	Slow            bool
-	Load            int
+	Listen string
+	Slow   bool
+	Load   int
+	// Delay is waited on every cow request without using CPU, as a call to a backend would.
+	Delay           time.Duration
 	Shutdown        ShutdownMode
 	DrainDelay      time.Duration
 	ShutdownTimeout time.Duration
@@ -66,8 +69,11 @@ func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer, gathe
 	s.metrics.DrainDelayConfigured.Set(cfg.DrainDelay.Seconds())
 	s.metrics.ShutdownTimeoutSeconds.Set(cfg.ShutdownTimeout.Seconds())
 	mux := http.NewServeMux()
-	mux.Handle("GET /say", s.instrument("say", s.cowHandler(Say)))
-	mux.Handle("GET /think", s.instrument("think", s.cowHandler(Think)))
+	// POST takes the message from the body: a request an HTTP client may not retry on its own.
+	for _, method := range []string{"GET", "POST"} {
+		mux.Handle(method+" /say", s.instrument("say", s.cowHandler(Say)))
+		mux.Handle(method+" /think", s.instrument("think", s.cowHandler(Think)))
+	}
 	mux.Handle("GET /health", s.instrument("health", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -82,7 +88,24 @@ func (s *Server) cowHandler(render func(string) string) http.Handler {
 		if s.cfg.Slow {
 			burnCPU(s.cfg.Load)
 		}
+		if s.cfg.Delay > 0 {
+			time.Sleep(s.cfg.Delay)
+		}
 		message := r.URL.Query().Get("m")
+		if r.Method == http.MethodPost {
+			body, err := io.ReadAll(io.LimitReader(r.Body, maxMessageBytes+1))
+			if err != nil {
+				http.Error(w, "reading the message: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			if len(body) > maxMessageBytes {
+				http.Error(w, fmt.Sprintf("a message is at most %d bytes", maxMessageBytes), http.StatusRequestEntityTooLarge)
+				return
+			}
+			if len(body) > 0 {
+				message = string(body)
+			}
+		}
 		if message == "" {
 			message = "Moo!"
 		}
@@ -90,6 +113,9 @@ func (s *Server) cowHandler(render func(string) string) http.Handler {
 		_, _ = w.Write([]byte(render(message)))
 	})
 }
+
+// maxMessageBytes bounds a posted message.
+const maxMessageBytes = 64 << 10
 
 // burnCPU is the CPU knob of cowweb-go's --slow: load×load cheap pseudo-random calls.
 func burnCPU(load int) uint64 {
@@ -145,7 +171,7 @@ func (s *Server) Serve(ln net.Listener, terminate <-chan struct{}) error {
 		s.logger.Info("listener closed", "event", "listener_closed", "at", now)
 	}}
 	s.logger.Info("listening", "event", "listening", "addr", ln.Addr().String(), "at", time.Now(),
-		"shutdown", s.cfg.Shutdown, "slow", s.cfg.Slow, "load", s.cfg.Load)
+		"shutdown", s.cfg.Shutdown, "slow", s.cfg.Slow, "load", s.cfg.Load, "delay", s.cfg.Delay)
 	served := make(chan error, 1)
 	go func() { served <- s.http.Serve(ln) }()
 

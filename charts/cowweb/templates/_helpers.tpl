@@ -30,6 +30,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --slow
 {{- end }}
 - --load={{ .Values.app.load }}
+{{- with .Values.app.delay }}
+- --delay={{ . }}
+{{- end }}
 {{- if eq .Values.app.shutdown "drain" }}
 - --shutdown=drain
 {{- with .Values.app.drainDelay }}
