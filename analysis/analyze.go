@@ -158,9 +158,11 @@ func (p *Points) UnmarshalJSON(data []byte) error {
 
 // CaseRun is the result of one run of one case.
 type CaseRun struct {
-	Case       string     `json:"case"`
-	Run        string     `json:"run"`
-	Conditions Conditions `json:"conditions"`
+	Case string `json:"case"`
+	Run  string `json:"run"`
+	// Interrupted is set when the load was stopped before its schedule ended.
+	Interrupted bool       `json:"interrupted,omitempty"`
+	Conditions  Conditions `json:"conditions"`
 	// Phases are the run's markers (load_start, load_end, rollout_start, rollout_complete) as found in Prometheus.
 	Phases  map[string]time.Time `json:"phases"`
 	Load    Window               `json:"load"`

@@ -29,12 +29,15 @@ type CaseSummary struct {
 	P99Ms         Spread      `json:"p99Ms"`
 }
 
-// Summarize groups the runs by case, in the order the cases first appear; nil unless some case ran more than once.
+// Summarize groups the finished runs by case, in the order the cases first appear; nil unless some case ran more than once.
 func Summarize(runs []CaseRun) []CaseSummary {
 	var order []string
 	byCase := map[string][]CaseRun{}
 	repeated := false
 	for _, r := range runs {
+		if r.Interrupted {
+			continue
+		}
 		if _, ok := byCase[r.Case]; !ok {
 			order = append(order, r.Case)
 		}

@@ -69,10 +69,14 @@ func labelsFor(lang string) (labels, error) {
 
 // column is one run as the tables show it.
 func (r CaseRun) column() string {
-	if r.Run == "" || r.Run == "1" {
-		return r.Case
+	name := r.Case
+	if r.Run != "" && r.Run != "1" {
+		name += " #" + r.Run
 	}
-	return r.Case + " #" + r.Run
+	if r.Interrupted {
+		name += " (interrupted)"
+	}
+	return name
 }
 
 func (l labels) shutdown(c Conditions) string {

@@ -3,7 +3,9 @@
 //  1. planned vs sent for a ramp/hold/ramp profile (goal: equal);
 //  2. the highest rate `runner attack` sustains, with all its metrics and the embedded Prometheus, against plain
 //     `vegeta attack` of the same version, on the same loopback servers (cowweb without and with --slow --load 640);
-//  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries.
+//  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries;
+//  4. the lab: start, 8 Pods Ready, stop, memory;
+//  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case.
 package main
 
 import (
@@ -46,14 +48,21 @@ func main() {
 	vegeta := flag.String("vegeta", "vegeta", "the vegeta binary (v12.13.0)")
 	step := flag.Duration("step", 3*time.Second, "length of each rate step")
 	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
+	only := flag.Int("only", 0, "5 runs only section 5 (the apply overhead); 0 runs all")
 	flag.Parse()
-	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor); err != nil {
+	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration) error {
+func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int) error {
+	if only == 5 {
+		return applyOverhead(runner, "plans/quick.yaml")
+	}
+	if only != 0 {
+		return fmt.Errorf("-only %d: only section 5 runs alone", only)
+	}
 	fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
 	if err := plannedVsSent(); err != nil {
 		return err
@@ -77,7 +86,48 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration) error {
 		return err
 	}
 	fmt.Println("\n== 4. the lab: start, 8 cowweb Pods Ready, stop, memory")
-	return labFigures(cowweb)
+	if err := labFigures(cowweb); err != nil {
+		return err
+	}
+	fmt.Println("\n== 5. runner apply plans/quick.yaml: overhead per case (wall time minus the load's stages)")
+	return applyOverhead(runner, "plans/quick.yaml")
+}
+
+// applyOverhead runs a whole plan as a user would and subtracts the time its load schedules take: what remains is
+// the lab, installs, waits, scrapes and reports.
+func applyOverhead(runner, planFile string) error {
+	if os.Geteuid() != 0 {
+		fmt.Println("   skipped: the lab needs root")
+		return nil
+	}
+	p, err := plan.LoadFile(planFile)
+	if err != nil {
+		return err
+	}
+	var loadTime time.Duration
+	for _, c := range p.Cases {
+		loadTime += time.Duration(p.Repeats) * c.Load.TotalDuration()
+	}
+	results, err := os.MkdirTemp("", "rollout-lab-bench-apply")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(results)
+	cmd := exec.Command(runner, "apply", planFile, "--results", results)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err = cmd.Run()
+	wall := time.Since(start)
+	// Exit code 3 is a broken expectation: the run itself completed.
+	if exitErr, ok := err.(*exec.ExitError); err != nil && !(ok && exitErr.ExitCode() == 3) {
+		return fmt.Errorf("runner apply %s: %w\n%s", planFile, err, out.String())
+	}
+	runs := len(p.Cases) * p.Repeats
+	perCase := (wall - loadTime) / time.Duration(runs)
+	fmt.Printf("   %d case run(s): wall %s, load stages %s → overhead %s per case (goal < 15 s)\n",
+		runs, wall.Round(time.Millisecond), loadTime, perCase.Round(time.Millisecond))
+	return nil
 }
 
 // labFigures starts a lab in this process, installs the chart with 8 replicas (readiness delay 1 s) with the

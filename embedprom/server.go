@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -489,4 +490,21 @@ func (a tsdbAdmin) BlockMetas() ([]tsdb.BlockMeta, error) {
 		metas = append(metas, b.Meta())
 	}
 	return metas, nil
+}
+
+// DeleteSeries removes the samples up to `until` of the series matching all matchers, as the admin API's
+// delete_series does: a resumed experiment drops what an interrupted run left so its rerun counts from nothing.
+// (A tombstone hides every sample in its range, later appends too: hence the bound.)
+func (s *Server) DeleteSeries(ctx context.Context, matchers map[string]string, until time.Time) error {
+	if s.db == nil {
+		return errors.New("delete series: the TSDB is open read-only")
+	}
+	var ms []*labels.Matcher
+	for name, value := range matchers {
+		ms = append(ms, labels.MustNewMatcher(labels.MatchEqual, name, value))
+	}
+	if len(ms) == 0 {
+		return errors.New("delete series: no matcher")
+	}
+	return s.db.Delete(ctx, math.MinInt64, until.UnixMilli(), ms...)
 }

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
@@ -39,11 +41,20 @@ type ApplyConfig struct {
 	Config
 	// Cowweb is the command that plays the cowweb image in the lab (the runner itself: [runner, cowweb]).
 	Cowweb []string
-	// LabDir holds the lab's state; default RESULTS_DIR/lab.
+	// LabDir holds the lab's state (its CA, keys, etcd); default a temporary directory removed with the lab.
 	LabDir string
-	// Progress, when set, sees the attack's progress with the case and phase.
+	// Progress, when set, sees every phase as it begins (with a zero load.Progress) and the load's progress.
 	Progress func(caseName string, run int, phase string, p load.Progress)
 }
+
+// Phases of an apply, as Progress names them.
+const (
+	PhaseInstall = "install"
+	PhaseWarmUp  = "warm-up" // load running, before the rollout
+	PhaseRollout = "rollout"
+	PhaseDrain   = "drain" // load still running after the rollout completed
+	PhaseReport  = "report"
+)
 
 // ApplyResult is what an apply did.
 type ApplyResult struct {
@@ -69,8 +80,9 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 	}
 	cfg.Kind = KindApply
 	var (
-		session *Session
-		theLab  *lab.Lab
+		session    *Session
+		theLab     *lab.Lab
+		labTempDir string
 	)
 	steps := []step{
 		{name: "start Prometheus and the results directory", do: func(context.Context) error {
@@ -84,7 +96,12 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		{name: "start the lab", do: func(ctx context.Context) error {
 			dir := cfg.LabDir
 			if dir == "" {
-				dir = filepath.Join(session.Dir, "lab")
+				// The lab's keys and etcd are not results: keep them out of the results directory.
+				var err error
+				if dir, err = os.MkdirTemp("", "rollout-lab-"); err != nil {
+					return err
+				}
+				labTempDir = dir
 			}
 			p := cfg.Plan
 			var err error
@@ -96,7 +113,13 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 					"nodes": fmt.Sprint(p.Lab.Nodes), "serviceOutModel": fmt.Sprintf("uniform %s–%s per node after the EndpointSlice change", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)}
 			}
 			return err
-		}, cleanup: func() error { return theLab.Down() }},
+		}, cleanup: func() error {
+			err := theLab.Down()
+			if labTempDir != "" {
+				err = errors.Join(err, os.RemoveAll(labTempDir))
+			}
+			return err
+		}},
 		{name: "create the namespace", do: func(ctx context.Context) error {
 			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.Plan.Namespace()}}
 			_, err := theLab.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
@@ -104,6 +127,9 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 				return nil
 			}
 			return err
+		}, cleanup: func() error {
+			// What was installed goes before the lab does, as it would have to on a cluster that stays.
+			return uninstallRelease(theLab.Kubeconfig, cfg.Plan.Namespace(), cfg.Logger)
 		}},
 	}
 	var done []step
@@ -130,6 +156,10 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 	var runErr error
 	for _, c := range cfg.Plan.Cases {
 		for run := 1; run <= cfg.Plan.Repeats && ctx.Err() == nil; run++ {
+			if session.Finished(load.Labels{Plan: cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}) {
+				cfg.Logger.Info("finished before the resume: skipped", "case", c.Name, "run", run)
+				continue
+			}
 			if runErr = runner.run(ctx, c, run); runErr != nil {
 				break
 			}
@@ -139,15 +169,26 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		}
 	}
 	result.Partial = runErr != nil || ctx.Err() != nil
+	if cfg.Progress != nil {
+		cfg.Progress("", 0, PhaseReport, load.Progress{})
+	}
+	// The reports take a second or two: an interrupt now lets them finish, then marks them partial.
 	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	rep, err := session.Finish(finishCtx, result.Partial)
+	if err == nil && !result.Partial && ctx.Err() != nil {
+		result.Partial = true
+		rep, err = session.Finish(finishCtx, true)
+	}
 	if err != nil {
 		return result, errors.Join(runErr, err)
 	}
 	result.ExpectationsFailed = rep.Failed()
-	if runErr == nil && ctx.Err() != nil {
-		runErr = fmt.Errorf("interrupted: %w", ctx.Err())
+	if ctx.Err() != nil {
+		if runErr == nil {
+			runErr = ctx.Err()
+		}
+		runErr = fmt.Errorf("interrupted: %w", runErr)
 	}
 	return result, runErr
 }
@@ -166,23 +207,37 @@ func HelmConfiguration(kubeconfig, namespace string, logger *slog.Logger) (*acti
 	return cfg, cfg.Init(flags, namespace, "secret", func(format string, args ...any) { logger.Debug(fmt.Sprintf(format, args...)) })
 }
 
+// uninstallRelease removes the app's release, if there is one, and waits until its resources are gone.
+func uninstallRelease(kubeconfig, namespace string, logger *slog.Logger) error {
+	helmCfg, err := HelmConfiguration(kubeconfig, namespace, logger)
+	if err != nil {
+		return err
+	}
+	if _, err := helmCfg.Releases.Last(ReleaseName); errors.Is(err, driver.ErrReleaseNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	uninstall := action.NewUninstall(helmCfg)
+	uninstall.Wait, uninstall.Timeout = true, 2*time.Minute
+	if _, err := uninstall.Run(ReleaseName); err != nil {
+		return fmt.Errorf("helm uninstall: %w", err)
+	}
+	logger.Info("uninstalled", "release", ReleaseName, "namespace", namespace)
+	return nil
+}
+
 func (r *caseRunner) helm() (*action.Configuration, error) {
 	return HelmConfiguration(r.lab.Kubeconfig, r.cfg.Plan.Namespace(), r.cfg.Logger)
 }
 
 // install replaces the release with the case's values and waits until every Pod is Ready.
 func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
-	helmCfg, err := r.helm()
-	if err != nil {
+	if err := uninstallRelease(r.lab.Kubeconfig, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
 		return err
 	}
-	if _, err := helmCfg.Releases.Last(ReleaseName); err == nil {
-		uninstall := action.NewUninstall(helmCfg)
-		uninstall.Wait, uninstall.Timeout = true, 5*time.Minute
-		if _, err := uninstall.Run(ReleaseName); err != nil {
-			return fmt.Errorf("helm uninstall: %w", err)
-		}
-	} else if !errors.Is(err, driver.ErrReleaseNotFound) {
+	helmCfg, err := r.helm()
+	if err != nil {
 		return err
 	}
 	chart, err := charts.Cowweb()
@@ -227,13 +282,15 @@ func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) e
 
 func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	log := r.cfg.Logger.With("case", c.Name, "run", run)
+	var currentPhase atomic.Value
 	phase := func(p string) {
+		currentPhase.Store(p)
 		if r.cfg.Progress != nil {
 			r.cfg.Progress(c.Name, run, p, load.Progress{})
 		}
 		log.Info(p)
 	}
-	phase("install")
+	phase(PhaseInstall)
 	if err := r.install(ctx, c); err != nil {
 		return err
 	}
@@ -256,17 +313,23 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 			recordMu.Unlock()
 		}
 	}()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if err := watchEndpointSlices(watchCtx, r.lab.Client, r.cfg.Plan.Namespace(), func(e lab.Event) { r.lab.Agent.Events.Record(e) }); err != nil {
+		unsubscribe()
+		return err
+	}
 	labels := load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
 	url := "http://" + serviceAddr + c.Load.Path
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	attackDone := make(chan error, 1)
 	var failures []load.Outcome // appended by the attacker's one observing goroutine, read after it ends
-	phase("load")
+	phase(PhaseWarmUp)
 	go func() {
 		_, err := r.session.Attack(loadCtx, c, run, url, r.lab.Dataplane.Dial, func(p load.Progress) {
 			if r.cfg.Progress != nil {
-				r.cfg.Progress(c.Name, run, "load", p)
+				r.cfg.Progress(c.Name, run, currentPhase.Load().(string), p)
 			}
 		}, func(o load.Outcome) {
 			if o.Class != load.ClassNone {
@@ -279,12 +342,12 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if c.Rollout.Restart {
 		select {
 		case <-time.After(c.RolloutAt()):
-			phase("rollout")
+			phase(PhaseRollout)
 			r.session.Metrics.MarkPhase(labels, load.PhaseRolloutStart, time.Now())
 			if rolloutErr = r.restart(ctx); rolloutErr == nil {
 				if rolloutErr = r.waitRolledOut(ctx, c.Rollout.Timeout.D()); rolloutErr == nil {
 					r.session.Metrics.MarkPhase(labels, load.PhaseRolloutComplete, time.Now())
-					phase("drain")
+					phase(PhaseDrain)
 				}
 			}
 		case err := <-attackDone:
@@ -295,6 +358,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	attackErr := <-attackDone
 	// Pods still terminating after the load belong to this case's timeline too.
 	time.Sleep(time.Second)
+	stopWatch()
 	unsubscribe()
 	<-collected
 	byClass := Attribute(failures, recorded)
@@ -316,6 +380,8 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if err := os.MkdirAll(filepath.Dir(eventsFile), 0o755); err != nil {
 		return err
 	}
+	// Events the app logged carry the app's own time and may reach the recorder a little late.
+	sort.SliceStable(recorded, func(i, j int) bool { return recorded[i].Time.Before(recorded[j].Time) })
 	data, err := json.MarshalIndent(recorded, "", "  ")
 	if err != nil {
 		return err

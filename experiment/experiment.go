@@ -69,6 +69,9 @@ type Config struct {
 	ScrapeInterval time.Duration
 	Provenance     rundir.Provenance
 	Logger         *slog.Logger
+	// ResumeDir reopens an interrupted apply's results directory (same plan file, embedded Prometheus) instead of
+	// creating one: its finished runs are kept, and what unfinished runs left in the TSDB is deleted.
+	ResumeDir string
 }
 
 // Session is a started experiment: metrics served, Prometheus scraping them, a results directory open.
@@ -98,8 +101,14 @@ func Start(cfg Config) (_ *Session, err error) {
 		cfg.MetricsListen = "127.0.0.1:0"
 	}
 	started := time.Now().UTC()
-	dir, err := rundir.Create(cfg.ResultsRoot, cfg.Plan.Name, started)
-	if err != nil {
+	var previous *rundir.Manifest
+	dir := cfg.ResumeDir
+	if dir != "" {
+		if previous, err = resumable(cfg); err != nil {
+			return nil, err
+		}
+		started = previous.Started
+	} else if dir, err = rundir.Create(cfg.ResultsRoot, cfg.Plan.Name, started); err != nil {
 		return nil, err
 	}
 	s := &Session{cfg: cfg, Dir: dir, logger: cfg.Logger, Registry: prometheus.NewRegistry()}
@@ -120,6 +129,15 @@ func Start(cfg Config) (_ *Session, err error) {
 	}
 	s.Manifest = &rundir.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance,
 		Prometheus: rundir.PrometheusInfo{Embedded: cfg.PrometheusURL == "", URL: cfg.PrometheusURL, ScrapeInterval: cfg.ScrapeInterval}}
+	if previous != nil {
+		for _, r := range previous.Runs {
+			if !r.Summary.Stopped { // an interrupted run runs again
+				s.Manifest.Runs = append(s.Manifest.Runs, r)
+			}
+		}
+		s.Manifest.Prometheus.ScrapeInterval = previous.Prometheus.ScrapeInterval
+		s.Manifest.Resumed = append(previous.Resumed, time.Now().UTC())
+	}
 	if err := s.Manifest.Save(dir); err != nil {
 		return nil, err
 	}
@@ -155,6 +173,11 @@ func Start(cfg Config) (_ *Session, err error) {
 	if err := s.prom.WriteToken(filepath.Join(dir, rundir.TokenFile)); err != nil {
 		return nil, err
 	}
+	if previous != nil {
+		if err := s.dropUnfinishedRuns(); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: ln.Addr().String()}}); err != nil {
 		return nil, err
 	}
@@ -163,6 +186,59 @@ func Start(cfg Config) (_ *Session, err error) {
 	}
 	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, rundir.TokenFile))
 	return s, nil
+}
+
+// resumable checks that cfg.ResumeDir holds an interrupted apply of the same plan file, and returns its manifest.
+func resumable(cfg Config) (*rundir.Manifest, error) {
+	m, err := rundir.Load(cfg.ResumeDir)
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	switch {
+	case cfg.PrometheusURL != "" || !m.Prometheus.Embedded:
+		return nil, fmt.Errorf("resume %s: only runs recorded by the embedded Prometheus can be resumed", cfg.ResumeDir)
+	case m.Kind != cfg.Kind:
+		return nil, fmt.Errorf("resume %s: it holds an %s, not an %s", cfg.ResumeDir, m.Kind, cfg.Kind)
+	case !m.Partial:
+		return nil, fmt.Errorf("resume %s: the run finished; nothing to resume", cfg.ResumeDir)
+	}
+	if cfg.PlanSource != "" {
+		data, err := os.ReadFile(cfg.PlanSource)
+		if err != nil {
+			return nil, err
+		}
+		if hash := rundir.Hash(data); hash != m.Provenance.PlanHash {
+			return nil, fmt.Errorf("resume %s: %s changed since that run (SHA-256 %.12s…, was %.12s…); start a new run instead",
+				cfg.ResumeDir, cfg.PlanSource, hash, m.Provenance.PlanHash)
+		}
+	}
+	return m, nil
+}
+
+// dropUnfinishedRuns deletes the series of every planned run the manifest does not hold as finished.
+func (s *Session) dropUnfinishedRuns() error {
+	for _, c := range s.cfg.Plan.Cases {
+		for run := 1; run <= s.cfg.Plan.Repeats; run++ {
+			labels := load.Labels{Plan: s.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
+			if s.Finished(labels) {
+				continue
+			}
+			if err := s.prom.DeleteSeries(context.Background(), map[string]string{"plan": labels.Plan, "case": labels.Case, "run": labels.Run}, time.Now()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Finished says whether a run is recorded as finished (a resumed apply skips it).
+func (s *Session) Finished(labels load.Labels) bool {
+	for _, r := range s.Manifest.Runs {
+		if r.Labels == labels && !r.Summary.Stopped {
+			return true
+		}
+	}
+	return false
 }
 
 // Prometheus is the embedded server, nil with an external one.
@@ -240,6 +316,7 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 		caseRun.Attribution = r.Attribution
+		caseRun.Interrupted = r.Summary.Stopped
 		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)
 		if caseRun.Whole.Total != r.Summary.Completed {
 			return rep, fmt.Errorf("case %s run %s: Prometheus counted %d requests, the attacker %d: metrics are incomplete",

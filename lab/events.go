@@ -21,6 +21,10 @@ const (
 	EventContainerExited = "exited"
 	EventPodRemoved      = "removed"
 	EventRestarted       = "restarted"
+	// EventListenerClosed is the app's own record (its JSON log line "event":"listener_closed") of closing its listener.
+	EventListenerClosed = "listener_closed"
+	// EventEndpointNotReady is the EndpointSlice controller marking the Pod's endpoint not ready (terminating).
+	EventEndpointNotReady = "endpoint_not_ready"
 )
 
 // Event is one step in a Pod's life as the node agent saw it.
@@ -63,10 +67,13 @@ func NewRecorder(path string) (*Recorder, error) {
 	return &Recorder{start: time.Now(), file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}, deletion: map[string]time.Time{}}, nil
 }
 
-// Record stamps and stores an event.
+// Record stamps and stores an event; an event that carries its own time (the app logged it) keeps it.
 func (r *Recorder) Record(e Event) Event {
 	now := time.Now()
-	e.Time, e.Since = now, now.Sub(r.start)
+	if e.Time.IsZero() {
+		e.Time = now
+	}
+	e.Since = e.Time.Sub(r.start)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch e.Type {

@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -161,7 +163,14 @@ func (w *podWorker) startContainer(c *containerRunner) {
 	if err == nil {
 		cmd.Env = w.env(c.spec)
 		cmd.Dir = c.spec.WorkingDir
-		cmd.Stdout, cmd.Stderr = logFile, logFile
+		out := &appLogWriter{file: logFile, onEvent: func(event string, at time.Time) {
+			if event == EventListenerClosed {
+				w.record(EventListenerClosed, c.spec.Name, func(e *Event) { e.Time = at })
+			}
+		}}
+		cmd.Stdout, cmd.Stderr = out, out
+		// A process it started that keeps the pipe open must not hold the container's exit.
+		cmd.WaitDelay = time.Second
 		// Its own process group, so a signal for the container reaches what it started.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		err = cmd.Start()
@@ -188,6 +197,44 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		close(exited)
 	}()
 	w.record(EventContainerStart, c.spec.Name, func(e *Event) { e.Message = fmt.Sprintf("pid %d", cmd.Process.Pid) })
+}
+
+// appLogWriter writes a container's output to its log file and passes on the lifecycle events the app logs as JSON
+// lines with an "event" and its time "at" (cowweb does): what only the app knows, such as when it closed its listener.
+type appLogWriter struct {
+	file    *os.File
+	onEvent func(event string, at time.Time)
+	partial []byte
+}
+
+func (l *appLogWriter) Write(p []byte) (int, error) {
+	n, err := l.file.Write(p)
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		l.scan(l.partial[:i])
+		l.partial = l.partial[i+1:]
+	}
+	if len(l.partial) > 64<<10 { // a line that long is no event of interest
+		l.partial = l.partial[:0]
+	}
+	return n, err
+}
+
+func (l *appLogWriter) scan(line []byte) {
+	if !bytes.HasPrefix(line, []byte("{")) || !bytes.Contains(line, []byte(`"event"`)) {
+		return
+	}
+	var record struct {
+		Event string    `json:"event"`
+		At    time.Time `json:"at"`
+	}
+	if json.Unmarshal(line, &record) == nil && record.Event != "" && !record.At.IsZero() {
+		l.onEvent(record.Event, record.At)
+	}
 }
 
 func envMap(env []string) map[string]string {

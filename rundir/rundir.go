@@ -62,11 +62,13 @@ type RunRecord struct {
 
 // Manifest is run.json.
 type Manifest struct {
-	Kind       string         `json:"kind"` // attack or apply
-	Plan       *plan.Plan     `json:"plan"`
-	Started    time.Time      `json:"started"`
-	Finished   time.Time      `json:"finished,omitzero"`
-	Partial    bool           `json:"partial"`
+	Kind     string     `json:"kind"` // attack or apply
+	Plan     *plan.Plan `json:"plan"`
+	Started  time.Time  `json:"started"`
+	Finished time.Time  `json:"finished,omitzero"`
+	Partial  bool       `json:"partial"`
+	// Resumed lists when `runner apply --resume` continued this run.
+	Resumed    []time.Time    `json:"resumed,omitempty"`
 	Provenance Provenance     `json:"provenance"`
 	Prometheus PrometheusInfo `json:"prometheus"`
 	Runs       []RunRecord    `json:"runs"`

@@ -15,7 +15,7 @@ import (
 )
 
 func newApplyCommand() *cobra.Command {
-	var resultsRoot string
+	var resultsRoot, resume string
 	var scrapeInterval time.Duration
 	cmd := &cobra.Command{
 		Use:   "apply PLAN",
@@ -24,9 +24,11 @@ func newApplyCommand() *cobra.Command {
 every Pod Ready, send the plan's open-model load through the lab's Service dataplane, do what
 ` + "`kubectl rollout restart`" + ` does at rollout.at and wait as ` + "`kubectl rollout status`" + ` does, record every Pod's lifecycle,
 and write results/<plan>/<UTC time>/ (report.md, report.json, report.csv, charts/, events per case, the TSDB).
-Ctrl-C stops the load, removes what was installed, stops the lab and writes what finished, marked partial.`,
+Ctrl-C (or SIGTERM) stops the load, removes what was installed, stops the lab and writes what finished, marked
+partial; a second one exits at once. --resume RESULTS_DIR then runs what did not finish, with the same plan file.`,
 		Example: `  runner apply plans/quick.yaml
-  runner apply plans/l640-rep8-rps200.yaml`,
+  runner apply plans/l640-rep8-rps200.yaml
+  runner apply plans/l640-rep8-rps200.yaml --resume results/l640-rep8-rps200/20261128T031500Z`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := plan.LoadFile(args[0])
@@ -45,14 +47,19 @@ Ctrl-C stops the load, removes what was installed, stops the lab and writes what
 			start := time.Now()
 			result, err := experiment.Apply(cmd.Context(), experiment.ApplyConfig{
 				Config: experiment.Config{Plan: p, PlanSource: args[0], ResultsRoot: resultsRoot, ScrapeInterval: scrapeInterval,
-					Logger: slog.Default(), Provenance: provenance(nil)},
+					Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: resume},
 				Cowweb: []string{self, CowwebSubcommand},
 				Progress: func(caseName string, run int, phase string, pr load.Progress) {
+					c, _ := p.Case(caseName)
+					progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)
+					progress.total = c.Load.TotalDuration()
+					if caseName == "" {
+						progress.prefix = "[" + phase + "] "
+					}
 					if pr.Planned == 0 {
+						progress.phase(progress.prefix + "…")
 						return
 					}
-					pr.Elapsed = pr.Elapsed.Round(time.Second)
-					progress.prefix = fmt.Sprintf("[%s #%d %s] ", caseName, run, phase)
 					progress.print(pr)
 				},
 			})
@@ -72,6 +79,17 @@ Ctrl-C stops the load, removes what was installed, stops the lab and writes what
 		},
 	}
 	cmd.Flags().StringVar(&resultsRoot, "results", "results", "root of the results directories")
+	cmd.Flags().StringVar(&resume, "resume", "", "continue the interrupted run in this results directory: finished cases are kept, the rest run")
 	cmd.Flags().DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
 	return cmd
+}
+
+// caseIndex is the 1-based position of a case in its plan.
+func caseIndex(p *plan.Plan, name string) int {
+	for i, c := range p.Cases {
+		if c.Name == name {
+			return i + 1
+		}
+	}
+	return 0
 }

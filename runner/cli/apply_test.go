@@ -115,7 +115,8 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 	for _, e := range events {
 		count[e.Type]++
 	}
-	if count[lab.EventSIGTERM] != 3 || count[lab.EventPreStopEnd] != 3 || count[lab.EventServiceOut] != 6 {
+	if count[lab.EventSIGTERM] != 3 || count[lab.EventPreStopEnd] != 3 || count[lab.EventServiceOut] != 6 ||
+		count[lab.EventEndpointNotReady] != 3 || count[lab.EventListenerClosed] != 3 {
 		t.Errorf("events of gs-slp4: %v", count)
 	}
 	md, err := os.ReadFile(filepath.Join(resultsDir, "report.md"))

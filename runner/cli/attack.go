@@ -204,6 +204,7 @@ func writeSummary(out io.Writer, s load.Summary) {
 // progressPrinter shows one live line on a terminal, and a line every 10 s elsewhere (logs, CI).
 type progressPrinter struct {
 	prefix string
+	total  time.Duration // the schedule's length, shown after the elapsed time when set
 	w      io.Writer
 	tty    bool
 	last   time.Time
@@ -225,7 +226,11 @@ func (p *progressPrinter) print(pr load.Progress) {
 	if len(classes) > 0 {
 		errs = strings.Join(classes, ", ")
 	}
-	line := p.prefix + fmt.Sprintf("%6s  sent %d/%d  rate %.1f/s  2xx %d  %s  p99 %s", pr.Elapsed.Round(time.Second), pr.Sent, pr.Planned, pr.Rate, pr.OK, errs, pr.P99.Round(100*time.Microsecond))
+	elapsed := fmt.Sprintf("%6s", pr.Elapsed.Round(time.Second))
+	if p.total > 0 {
+		elapsed += "/" + p.total.Round(time.Second).String()
+	}
+	line := p.prefix + fmt.Sprintf("%s  sent %d/%d  rate %.1f/s  2xx %d  %s  p99 %s", elapsed, pr.Sent, pr.Planned, pr.Rate, pr.OK, errs, pr.P99.Round(100*time.Microsecond))
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K%s", line)
 		p.wrote = true
@@ -235,6 +240,16 @@ func (p *progressPrinter) print(pr load.Progress) {
 		p.last = time.Now()
 		fmt.Fprintln(p.w, line)
 	}
+}
+
+// phase announces a new phase: on a terminal the live line moves on, elsewhere a line is logged.
+func (p *progressPrinter) phase(line string) {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", line)
+		p.wrote = true
+		return
+	}
+	fmt.Fprintln(p.w, line)
 }
 
 func (p *progressPrinter) done() {

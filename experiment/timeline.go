@@ -1,0 +1,80 @@
+package experiment
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+)
+
+// endpointKey names one address of one EndpointSlice.
+type endpointKey struct{ slice, address string }
+
+// watchEndpointSlices records, from the namespace's EndpointSlices as the EndpointSlice controller writes them,
+// when each Pod's endpoint stops being ready (terminating, or gone). It returns once the informer has synced.
+func watchEndpointSlices(ctx context.Context, client kubernetes.Interface, namespace string, record func(lab.Event)) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
+	informer := factory.Discovery().V1().EndpointSlices().Informer()
+	ready := map[endpointKey]bool{} // touched only by the informer's one handler goroutine
+	observe := func(slice *discoveryv1.EndpointSlice, deleted bool) {
+		seen := map[endpointKey]bool{}
+		for _, ep := range slice.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			key := endpointKey{slice.Name, ep.Addresses[0]}
+			seen[key] = true
+			isReady := !deleted && (ep.Conditions.Ready == nil || *ep.Conditions.Ready)
+			if ready[key] && !isReady {
+				e := lab.Event{Type: lab.EventEndpointNotReady, Namespace: namespace, PodIP: ep.Addresses[0]}
+				if ep.TargetRef != nil {
+					e.Pod, e.UID = ep.TargetRef.Name, string(ep.TargetRef.UID)
+				}
+				if ep.NodeName != nil {
+					e.Node = *ep.NodeName
+				}
+				if ep.Conditions.Terminating != nil && *ep.Conditions.Terminating {
+					e.Message = "terminating"
+				}
+				record(e)
+			}
+			ready[key] = isReady
+		}
+		for key, wasReady := range ready {
+			if key.slice == slice.Name && !seen[key] {
+				if wasReady {
+					record(lab.Event{Type: lab.EventEndpointNotReady, Namespace: namespace, PodIP: key.address, Message: "removed from the slice"})
+				}
+				delete(ready, key)
+			}
+		}
+	}
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { observe(obj.(*discoveryv1.EndpointSlice), false) },
+		UpdateFunc: func(_, obj any) { observe(obj.(*discoveryv1.EndpointSlice), false) },
+		DeleteFunc: func(obj any) {
+			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tombstone.Obj
+			}
+			if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
+				observe(s, true)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !cache.WaitForCacheSync(syncCtx.Done(), informer.HasSynced) {
+		return fmt.Errorf("watch EndpointSlices in %s: not synced", namespace)
+	}
+	return nil
+}
