@@ -142,11 +142,7 @@ func Start(cfg Config) (_ *Session, err error) {
 		return nil, err
 	}
 	s.Metrics = load.NewMetrics(s.Registry)
-	s.Attributed = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "rolloutlab_errors_attributed_total",
-		Help: "Failed requests by why they failed: before-service-out, in-flight-cut, other.",
-	}, []string{"plan", "case", "run", "phase"})
-	s.Registry.MustRegister(s.Attributed)
+	s.Attributed = NewAttributedCounter(s.Registry)
 	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ln, err := net.Listen("tcp", cfg.MetricsListen)
 	if err != nil {
@@ -239,6 +235,16 @@ func (s *Session) Finished(labels load.Labels) bool {
 		}
 	}
 	return false
+}
+
+// NewAttributedCounter counts failed requests by attributed phase, registered on reg.
+func NewAttributedCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rolloutlab_errors_attributed_total",
+		Help: "Failed requests by why they failed: before-service-out, in-flight-cut, other.",
+	}, []string{"plan", "case", "run", "phase"})
+	reg.MustRegister(c)
+	return c
 }
 
 // Prometheus is the embedded server, nil with an external one.

@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -10,6 +12,28 @@ type Metrics struct {
 	EventTime  *prometheus.GaugeVec
 	ServiceOut *prometheus.HistogramVec
 	ModelBound *prometheus.GaugeVec
+	// Pods counts the lab's Pods by state (starting, ready, not_ready, terminating), as kube-state-metrics would.
+	Pods *prometheus.GaugeVec
+
+	mu       sync.Mutex
+	podState map[string]podState // by UID
+}
+
+type podState struct{ namespace, state string }
+
+// podStateAfter maps a lifecycle step to the state it leaves the Pod in; "" leaves the state as it was.
+func podStateAfter(event string) string {
+	switch event {
+	case EventPodCreated, EventContainerStart, EventRestarted:
+		return "starting"
+	case EventPodReady:
+		return "ready"
+	case EventPodNotReady:
+		return "not_ready"
+	case EventDeletionSeen:
+		return "terminating"
+	}
+	return ""
 }
 
 // NewMetrics creates the collectors and registers them on reg.
@@ -32,8 +56,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "rolloutlab_lab_service_out_model_seconds",
 			Help: "The lab's service-out model: per-node programming delay drawn uniformly between min and max.",
 		}, []string{"bound"}),
+		Pods: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rolloutlab_lab_pods",
+			Help: "The lab's Pods by state: starting, ready, not_ready, terminating.",
+		}, []string{"namespace", "state"}),
+		podState: map[string]podState{},
 	}
-	reg.MustRegister(m.Events, m.EventTime, m.ServiceOut, m.ModelBound)
+	reg.MustRegister(m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods)
 	return m
 }
 
@@ -46,4 +75,30 @@ func (m *Metrics) observe(e Event) {
 	if e.Type == EventServiceOut && e.SinceDeletion > 0 {
 		m.ServiceOut.WithLabelValues(e.Node).Observe(e.SinceDeletion.Seconds())
 	}
+	m.trackPod(e)
+}
+
+func (m *Metrics) trackPod(e Event) {
+	if e.UID == "" {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old, known := m.podState[e.UID]
+	next := podStateAfter(e.Type)
+	switch {
+	case e.Type == EventPodRemoved:
+		if known {
+			m.Pods.WithLabelValues(old.namespace, old.state).Dec()
+			delete(m.podState, e.UID)
+		}
+		return
+	case next == "" || (known && old.state == next), known && old.state == "terminating":
+		return // a terminating Pod stays terminating until it is removed
+	}
+	if known {
+		m.Pods.WithLabelValues(old.namespace, old.state).Dec()
+	}
+	m.podState[e.UID] = podState{e.Namespace, next}
+	m.Pods.WithLabelValues(e.Namespace, next).Inc()
 }

@@ -15,8 +15,9 @@ import (
 )
 
 func newApplyCommand() *cobra.Command {
-	var resultsRoot, resume string
+	var resultsRoot, resume, metricsListen string
 	var scrapeInterval time.Duration
+	var prom prometheusFlags
 	cmd := &cobra.Command{
 		Use:   "apply PLAN",
 		Short: "Run a plan: install cowweb, load it, restart it during the load, and report per case",
@@ -42,11 +43,16 @@ partial; a second one exits at once. --resume RESULTS_DIR then runs what did not
 			if err != nil {
 				return err
 			}
+			token, err := prom.token()
+			if err != nil {
+				return err
+			}
 			errOut := cmd.ErrOrStderr()
 			progress := newProgressPrinter(errOut)
 			start := time.Now()
 			result, err := experiment.Apply(cmd.Context(), experiment.ApplyConfig{
 				Config: experiment.Config{Plan: p, PlanSource: args[0], ResultsRoot: resultsRoot, ScrapeInterval: scrapeInterval,
+					PrometheusURL: prom.url, PrometheusToken: token, MetricsListen: metricsListen,
 					Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: resume},
 				Cowweb: []string{self, CowwebSubcommand},
 				Progress: func(caseName string, run int, phase string, pr load.Progress) {
@@ -81,6 +87,8 @@ partial; a second one exits at once. --resume RESULTS_DIR then runs what did not
 	cmd.Flags().StringVar(&resultsRoot, "results", "results", "root of the results directories")
 	cmd.Flags().StringVar(&resume, "resume", "", "continue the interrupted run in this results directory: finished cases are kept, the rest run")
 	cmd.Flags().DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics (docker-compose.yaml's Prometheus scrapes 127.0.0.1:9464)")
+	prom.register(cmd)
 	return cmd
 }
 

@@ -2,12 +2,20 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+
+	"github.com/rollout-lab/rollout-lab/deploy"
+	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -127,4 +135,43 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 		t.Errorf("report.md: %v\n%s", err, md)
 	}
 	t.Logf("\n%s", md)
+	dashboardQueriesAnswer(t, resultsDir, m)
+}
+
+// dashboardQueriesAnswer runs every query of the Grafana dashboards over the finished run's stored TSDB: each must
+// run without error and find data, so no panel stays empty.
+func dashboardQueriesAnswer(t *testing.T, resultsDir string, m *rundir.Manifest) {
+	t.Helper()
+	prom, err := embedprom.Start(embedprom.Options{Dir: filepath.Join(resultsDir, rundir.TSDBDir), ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prom.Close()
+	api, err := prom.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashboards, err := deploy.Dashboards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := promv1.Range{Start: m.Started, End: m.Finished, Step: time.Second}
+	vars := map[string]string{"plan": m.Plan.Name, "case": ".*", "run": ".*", "__rate_interval": "4s", "__interval": "1s",
+		"__range": fmt.Sprintf("%ds", int(r.End.Sub(r.Start).Seconds())+1)}
+	for _, d := range dashboards {
+		for _, q := range d.Queries {
+			expr, err := deploy.Expand(q.Expr, vars)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _, _, err := api.QueryRange(context.Background(), expr, r)
+			if err != nil {
+				t.Errorf("%s, %s: %v", d.Title, q.Where, err)
+				continue
+			}
+			if matrix, ok := v.(model.Matrix); !ok || len(matrix) == 0 {
+				t.Errorf("%s, %s: no data for %s", d.Title, q.Where, expr)
+			}
+		}
+	}
 }
