@@ -96,3 +96,31 @@ func SeriesQueriesFor(s Selector, scrape time.Duration) SeriesQueries {
 
 // CompactQuery removes the spaces PromQL does not need, for logs.
 func CompactQuery(q string) string { return strings.Join(strings.Fields(q), " ") }
+
+// Service-out latency metrics, in the order they are looked for: kube-proxy's own on a cluster (from the Pod change
+// that triggered the EndpointSlice update to the node's rules being programmed), the lab's measurement.
+const (
+	KubeProxyProgrammingMetric = "kubeproxy_network_programming_duration_seconds"
+	LabServiceOutMetric        = "rolloutlab_lab_service_out_seconds"
+)
+
+// ServiceOutQueries are the quantile and count of a service-out histogram over a window, every node together.
+type ServiceOutQueries struct {
+	Count    string
+	Quantile func(q float64) string
+}
+
+// ServiceOutQueriesFor builds them for a histogram metric.
+func ServiceOutQueriesFor(metric string, w Window) ServiceOutQueries {
+	grown := func(series string) string {
+		end := fmt.Sprintf("last_over_time(%s[%s] @ %s)", series, lookback(w), at(w.End))
+		start := fmt.Sprintf("last_over_time(%s[%s] @ %s)", series, lookback(w), at(w.Start))
+		return fmt.Sprintf("(%s - (%s or %s * 0))", end, start, end)
+	}
+	return ServiceOutQueries{
+		Count: fmt.Sprintf("sum(%s)", grown(metric+"_count")),
+		Quantile: func(q float64) string {
+			return fmt.Sprintf("histogram_quantile(%g, sum by (le) %s)", q, grown(metric+"_bucket"))
+		},
+	}
+}

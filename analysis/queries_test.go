@@ -16,10 +16,11 @@ func TestQueriesWithPromQLTestScripts(t *testing.T) {
 	epoch := time.Unix(0, 0)
 	var script strings.Builder
 	if err := tmpl.Execute(&script, map[string]any{
-		"Whole":   QueriesFor(s, Window{Start: epoch, End: epoch.Add(10 * time.Second)}),
-		"Rollout": QueriesFor(s, Window{Start: epoch.Add(3 * time.Second), End: epoch.Add(6 * time.Second)}),
-		"Phases":  PhasesQuery(s, epoch.Add(10*time.Second), 10*time.Second),
-		"Series":  SeriesQueriesFor(s, time.Second),
+		"Whole":      QueriesFor(s, Window{Start: epoch, End: epoch.Add(10 * time.Second)}),
+		"Rollout":    QueriesFor(s, Window{Start: epoch.Add(3 * time.Second), End: epoch.Add(6 * time.Second)}),
+		"Phases":     PhasesQuery(s, epoch.Add(10*time.Second), 10*time.Second),
+		"Series":     SeriesQueriesFor(s, time.Second),
+		"ServiceOut": ServiceOutQueriesFor(KubeProxyProgrammingMetric, Window{Start: epoch, End: epoch.Add(9 * time.Second)}),
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,8 @@ type Report struct {
 	Description string    `json:"description,omitempty"`
 	Partial     bool      `json:"partial"`
 	Runs        []CaseRun `json:"runs"`
+	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
+	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
 	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
 }
@@ -231,6 +233,9 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 			b.WriteString(" | " + row.values(r))
 		}
 		b.WriteString(" |\n")
+	}
+	if rep.ServiceOut != nil {
+		fmt.Fprintf(&b, "\n%s\n", rep.ServiceOut.sentence(lang))
 	}
 	if summaries := Summarize(rep.Runs); summaries != nil {
 		writeSummaryMarkdown(&b, summaries, l)

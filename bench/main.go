@@ -167,7 +167,7 @@ func labFigures(cowweb string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "default", slog.New(slog.DiscardHandler))
+	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +26,6 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
-	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -36,9 +34,14 @@ import (
 // ReleaseName is the Helm release of the app; with the chart's naming the Deployment and Service are "cowweb".
 const ReleaseName = "cowweb"
 
+// servicePort is the chart's Service port.
+const servicePort = 80
+
 // ApplyConfig is what `runner apply` needs.
 type ApplyConfig struct {
 	Config
+	// Connect opens the target; nil starts the lab (ConnectLab with Cowweb and LabDir).
+	Connect Connect
 	// Cowweb is the command that plays the cowweb image in the lab (the runner itself: [runner, cowweb]).
 	Cowweb []string
 	// LabDir holds the lab's state (its CA, keys, etcd); default a temporary directory removed with the lab.
@@ -79,11 +82,15 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Kind = KindApply
+	if cfg.Connect == nil {
+		cfg.Connect = ConnectLab(cfg.LabDir, cfg.Cowweb)
+	}
 	var (
-		session    *Session
-		theLab     *lab.Lab
-		labTempDir string
+		session          *Session
+		target           Target
+		createdNamespace bool
 	)
+	namespace := cfg.Plan.Namespace()
 	steps := []step{
 		{name: "start Prometheus and the results directory", do: func(context.Context) error {
 			var err error
@@ -93,43 +100,32 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 			}
 			return err
 		}, cleanup: func() error { return session.Close() }},
-		{name: "start the lab", do: func(ctx context.Context) error {
-			dir := cfg.LabDir
-			if dir == "" {
-				// The lab's keys and etcd are not results: keep them out of the results directory.
-				var err error
-				if dir, err = os.MkdirTemp("", "rollout-lab-"); err != nil {
-					return err
-				}
-				labTempDir = dir
-			}
-			p := cfg.Plan
+		{name: "connect to the target", do: func(ctx context.Context) error {
 			var err error
-			theLab, err = lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cfg.Cowweb, Images: p.Lab.Images,
-				ServiceOut: &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
-				Metrics:    lab.NewMetrics(session.Registry), Logger: cfg.Logger.With("component", "lab")})
-			if err == nil {
-				session.Manifest.Provenance.Target = map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion,
-					"nodes": fmt.Sprint(p.Lab.Nodes), "serviceOutModel": fmt.Sprintf("uniform %s–%s per node after the EndpointSlice change", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)}
+			if target, err = cfg.Connect(ctx, session); err == nil {
+				session.Manifest.Provenance.Target = target.Provenance()
 			}
 			return err
-		}, cleanup: func() error {
-			err := theLab.Down()
-			if labTempDir != "" {
-				err = errors.Join(err, os.RemoveAll(labTempDir))
-			}
-			return err
-		}},
+		}, cleanup: func() error { return target.Close() }},
 		{name: "create the namespace", do: func(ctx context.Context) error {
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.Plan.Namespace()}}
-			_, err := theLab.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+			namespaces := target.Client().CoreV1().Namespaces()
+			if _, err := namespaces.Get(ctx, namespace, metav1.GetOptions{}); err == nil || !apierrors.IsNotFound(err) {
+				// There already, or not ours to look at (a Role in it may still let us work there).
+				return nil
+			}
+			_, err := namespaces.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{})
+			createdNamespace = err == nil
 			if apierrors.IsAlreadyExists(err) {
 				return nil
 			}
 			return err
 		}, cleanup: func() error {
-			// What was installed goes before the lab does, as it would have to on a cluster that stays.
-			return uninstallRelease(theLab.Kubeconfig, cfg.Plan.Namespace(), cfg.Logger)
+			// What was installed goes before the target does, as it must on a cluster that stays.
+			err := uninstallRelease(target, namespace, cfg.Logger)
+			if createdNamespace && err == nil {
+				err = target.Client().CoreV1().Namespaces().Delete(context.Background(), namespace, metav1.DeleteOptions{})
+			}
+			return err
 		}},
 	}
 	var done []step
@@ -152,7 +148,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		done = append(done, s)
 	}
 
-	runner := &caseRunner{cfg: cfg, session: session, lab: theLab}
+	runner := &caseRunner{cfg: cfg, session: session, target: target}
 	var runErr error
 	for _, c := range cfg.Plan.Cases {
 		for run := 1; run <= cfg.Plan.Repeats && ctx.Err() == nil; run++ {
@@ -196,20 +192,21 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 type caseRunner struct {
 	cfg     ApplyConfig
 	session *Session
-	lab     *lab.Lab
+	target  Target
 }
 
-// HelmConfiguration is the Helm SDK's configuration for a kubeconfig and namespace (release records in Secrets).
-func HelmConfiguration(kubeconfig, namespace string, logger *slog.Logger) (*action.Configuration, error) {
+// HelmConfiguration is the Helm SDK's configuration for a kubeconfig, its context (empty: the file's current
+// one) and a namespace (release records in Secrets).
+func HelmConfiguration(kubeconfig, kubeContext, namespace string, logger *slog.Logger) (*action.Configuration, error) {
 	flags := genericclioptions.NewConfigFlags(false)
-	flags.KubeConfig, flags.Namespace = &kubeconfig, &namespace
+	flags.KubeConfig, flags.Context, flags.Namespace = &kubeconfig, &kubeContext, &namespace
 	cfg := &action.Configuration{}
 	return cfg, cfg.Init(flags, namespace, "secret", func(format string, args ...any) { logger.Debug(fmt.Sprintf(format, args...)) })
 }
 
 // uninstallRelease removes the app's release, if there is one, and waits until its resources are gone.
-func uninstallRelease(kubeconfig, namespace string, logger *slog.Logger) error {
-	helmCfg, err := HelmConfiguration(kubeconfig, namespace, logger)
+func uninstallRelease(t Target, namespace string, logger *slog.Logger) error {
+	helmCfg, err := helmFor(t, namespace, logger)
 	if err != nil {
 		return err
 	}
@@ -227,16 +224,17 @@ func uninstallRelease(kubeconfig, namespace string, logger *slog.Logger) error {
 	return nil
 }
 
-func (r *caseRunner) helm() (*action.Configuration, error) {
-	return HelmConfiguration(r.lab.Kubeconfig, r.cfg.Plan.Namespace(), r.cfg.Logger)
+func helmFor(t Target, namespace string, logger *slog.Logger) (*action.Configuration, error) {
+	file, kubeContext := t.Kubeconfig()
+	return HelmConfiguration(file, kubeContext, namespace, logger)
 }
 
 // install replaces the release with the case's values and waits until every Pod is Ready.
 func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
-	if err := uninstallRelease(r.lab.Kubeconfig, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
+	if err := uninstallRelease(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
 		return err
 	}
-	helmCfg, err := r.helm()
+	helmCfg, err := helmFor(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger)
 	if err != nil {
 		return err
 	}
@@ -245,8 +243,7 @@ func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 		return err
 	}
 	values := charts.CowwebValues(c.App)
-	// No load balancer gives a lab Service an address, and helm --wait would wait for one.
-	values["service"] = map[string]any{"type": "ClusterIP", "port": 80}
+	r.target.AdjustValues(values)
 	install := action.NewInstall(helmCfg)
 	install.ReleaseName, install.Namespace = ReleaseName, r.cfg.Plan.Namespace()
 	install.Wait, install.Timeout = true, 5*time.Minute
@@ -259,7 +256,7 @@ func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 // restart does what `kubectl rollout restart deployment/cowweb` does: patch the restartedAt annotation.
 func (r *caseRunner) restart(ctx context.Context) error {
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
-	_, err := r.lab.Client.AppsV1().Deployments(r.cfg.Plan.Namespace()).Patch(ctx, ReleaseName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	_, err := r.target.Client().AppsV1().Deployments(r.cfg.Plan.Namespace()).Patch(ctx, ReleaseName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
 	return err
 }
 
@@ -267,7 +264,7 @@ func (r *caseRunner) restart(ctx context.Context) error {
 func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) error {
 	viewer := &polymorphichelpers.DeploymentStatusViewer{}
 	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		d, err := r.lab.Client.AppsV1().Deployments(r.cfg.Plan.Namespace()).Get(ctx, ReleaseName, metav1.GetOptions{})
+		d, err := r.target.Client().AppsV1().Deployments(r.cfg.Plan.Namespace()).Get(ctx, ReleaseName, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -294,40 +291,26 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if err := r.install(ctx, c); err != nil {
 		return err
 	}
-	serviceAddr := fmt.Sprintf("%s.%s:80", ReleaseName, r.cfg.Plan.Namespace())
-	programCtx, cancelProgram := context.WithTimeout(ctx, time.Minute)
-	err := r.lab.Dataplane.WaitProgrammed(programCtx, serviceAddr, c.App.Replicas)
-	cancelProgram()
+	namespace := r.cfg.Plan.Namespace()
+	servingCtx, cancelServing := context.WithTimeout(ctx, time.Minute)
+	err := r.target.WaitServing(servingCtx, namespace, ReleaseName, servicePort, c.App.Replicas, c)
+	cancelServing()
 	if err != nil {
 		return err
 	}
-	events, unsubscribe := r.lab.Agent.Events.Subscribe(100000)
-	var recorded []lab.Event
-	var recordMu sync.Mutex
-	collected := make(chan struct{})
-	go func() {
-		defer close(collected)
-		for e := range events {
-			recordMu.Lock()
-			recorded = append(recorded, e)
-			recordMu.Unlock()
-		}
-	}()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	if err := watchEndpointSlices(watchCtx, r.lab.Client, r.cfg.Plan.Namespace(), func(e lab.Event) { r.lab.Agent.Events.Record(e) }); err != nil {
-		unsubscribe()
+	stopRecording, err := r.target.Record(ctx, namespace)
+	if err != nil {
 		return err
 	}
 	labels := load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
-	url := "http://" + serviceAddr + c.Load.Path
+	url, dial := r.target.LoadURL(c, namespace, ReleaseName, servicePort)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	attackDone := make(chan error, 1)
 	var failures []load.Outcome // appended by the attacker's one observing goroutine, read after it ends
 	phase(PhaseWarmUp)
 	go func() {
-		_, err := r.session.Attack(loadCtx, c, run, url, r.lab.Dataplane.Dial, func(p load.Progress) {
+		_, err := r.session.Attack(loadCtx, c, run, url, dial, func(p load.Progress) {
 			if r.cfg.Progress != nil {
 				r.cfg.Progress(c.Name, run, currentPhase.Load().(string), p)
 			}
@@ -358,9 +341,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	attackErr := <-attackDone
 	// Pods still terminating after the load belong to this case's timeline too.
 	time.Sleep(time.Second)
-	stopWatch()
-	unsubscribe()
-	<-collected
+	recorded := stopRecording()
 	byClass := Attribute(failures, recorded)
 	attribution := byClass.ByPhase()
 	for _, phase := range analysis.AttributionPhases {

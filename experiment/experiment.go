@@ -330,6 +330,21 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		}
 		rep.Runs = append(rep.Runs, caseRun)
 	}
+	if len(rep.Runs) > 0 {
+		w := rep.Runs[0].Load
+		for _, r := range rep.Runs[1:] {
+			if r.Load.Start.Before(w.Start) {
+				w.Start = r.Load.Start
+			}
+			if r.Load.End.After(w.End) {
+				w.End = r.Load.End
+			}
+		}
+		var err error
+		if rep.ServiceOut, err = analysis.MeasureServiceOut(ctx, api, w, now); err != nil {
+			return rep, err
+		}
+	}
 	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang)
 }
 

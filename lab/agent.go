@@ -67,11 +67,10 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	if err := os.MkdirAll(filepath.Join(opts.StateDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	events, err := NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"))
+	events, err := NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics)
 	if err != nil {
 		return nil, err
 	}
-	events.metrics = opts.Metrics
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a := &Agent{opts: opts, client: client, Events: events, logger: opts.Logger, ctx: runCtx, cancel: cancel, pods: map[types.UID]*podWorker{}}
 	for i := 1; i <= opts.Nodes; i++ {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -48,6 +49,7 @@ func (m ServiceOutModel) draw(r *rand.Rand) time.Duration {
 // node's view when it opens, as iptables/nftables DNAT does, and stays on it.
 type Dataplane struct {
 	client   kubernetes.Interface
+	logger   *slog.Logger
 	nodes    []string
 	model    ServiceOutModel
 	recorder *Recorder
@@ -73,8 +75,8 @@ type sliceChange struct {
 }
 
 // StartDataplane watches Services and EndpointSlices and keeps each node's view.
-func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder) (*Dataplane, error) {
-	d := &Dataplane{client: client, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger) (*Dataplane, error) {
+	d := &Dataplane{client: client, logger: logger, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
 		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
 	for _, n := range nodes {
@@ -125,32 +127,39 @@ func (d *Dataplane) setService(obj any, deleted bool) {
 	} else {
 		d.services[key] = svc
 	}
-	// Every Service port also gets a loopback port that forwards the same way, for curl and browsers.
-	wanted := map[string]bool{}
+	// Every Service port also gets a loopback port that forwards the same way, for curl and browsers; a node port
+	// (type NodePort or LoadBalancer) is also served on 127.0.0.1:<nodePort>, as on a node of a cluster.
+	wanted := map[string]int{} // forward name → the loopback port to listen on (0: any)
 	if !deleted {
 		for _, p := range svc.Spec.Ports {
-			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = true
+			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = 0
+			if p.NodePort != 0 {
+				wanted[fmt.Sprintf("%s:%d/node:%d", key, p.Port, p.NodePort)] = int(p.NodePort)
+			}
 		}
 	}
 	for name, ln := range d.forwards {
-		if strings.HasPrefix(name, key+":") && !wanted[name] {
+		if _, ok := wanted[name]; strings.HasPrefix(name, key+":") && !ok {
 			ln.Close()
 			delete(d.forwards, name)
 		}
 	}
-	for name := range wanted {
+	for name, listenPort := range wanted {
 		if _, ok := d.forwards[name]; ok {
 			continue
 		}
-		port, _ := strconv.Atoi(name[strings.LastIndex(name, ":")+1:])
-		ln, err := d.forward(svc.Name+"."+svc.Namespace, port)
-		if err == nil {
-			d.forwards[name] = ln
+		servicePort, _ := strconv.Atoi(strings.SplitN(name[len(key)+1:], "/", 2)[0])
+		ln, err := d.forward(svc.Name+"."+svc.Namespace, servicePort, listenPort)
+		if err != nil {
+			d.logger.Warn("forward", "service", name, "err", err)
+			continue
 		}
+		d.forwards[name] = ln
 	}
 }
 
-// Forwards lists the loopback address of every Service port ("namespace/name:port" → "127.0.0.1:PORT").
+// Forwards lists the loopback address of every Service port ("namespace/name:port" → "127.0.0.1:PORT"), and of
+// every node port ("namespace/name:port/node:NODEPORT" → "127.0.0.1:NODEPORT").
 func (d *Dataplane) Forwards() map[string]string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -376,9 +385,10 @@ func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, e
 	return (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, endpoint)
 }
 
-// forward listens on a loopback port and forwards each connection to the Service as the dataplane routes it.
-func (d *Dataplane) forward(service string, port int) (net.Listener, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// forward listens on a loopback port (listenPort, or any when 0) and forwards each connection to the Service as the
+// dataplane routes it.
+func (d *Dataplane) forward(service string, port, listenPort int) (net.Listener, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(listenPort)))
 	if err != nil {
 		return nil, err
 	}

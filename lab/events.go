@@ -23,6 +23,8 @@ const (
 	EventRestarted       = "restarted"
 	// EventListenerClosed is the app's own record (its JSON log line "event":"listener_closed") of closing its listener.
 	EventListenerClosed = "listener_closed"
+	// EventKilling is the kubelet's "Killing" Event on a real cluster: it begins the preStop hook, then SIGTERM.
+	EventKilling = "killing"
 	// EventEndpointNotReady is the EndpointSlice controller marking the Pod's endpoint not ready (terminating).
 	EventEndpointNotReady = "endpoint_not_ready"
 )
@@ -58,13 +60,13 @@ type Recorder struct {
 	next     int
 }
 
-// NewRecorder appends events to path.
-func NewRecorder(path string) (*Recorder, error) {
+// NewRecorder appends events to path and counts them in metrics (nil: not counted).
+func NewRecorder(path string, metrics *Metrics) (*Recorder, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	return &Recorder{start: time.Now(), file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}, deletion: map[string]time.Time{}}, nil
+	return &Recorder{start: time.Now(), metrics: metrics, file: f, enc: json.NewEncoder(f), subs: map[int]chan Event{}, deletion: map[string]time.Time{}}, nil
 }
 
 // Record stamps and stores an event; an event that carries its own time (the app logged it) keeps it.

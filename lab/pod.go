@@ -658,6 +658,10 @@ func (w *podWorker) shutdown(deleted *corev1.Pod) {
 		}()
 	}
 	wg.Wait()
+	if deleted != nil {
+		// As the kubelet: the containers' terminated states reach the API before the Pod object goes.
+		w.updateStatus()
+	}
 }
 
 func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time.Time) {

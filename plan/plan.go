@@ -106,6 +106,7 @@ func Parse(file string, data []byte) (*Plan, error) {
 		c := Case{Name: cs.name, Description: cs.description, Settings: s}
 		v := &validator{d: d, loc: loc, fallback: cs.nameNode}
 		c.Requests = v.validateCase(&c)
+		v.validateLoadURL(c.Load.URL, p.Target.Kind)
 		p.Cases = append(p.Cases, c)
 	}
 	if len(d.errs) > 0 {

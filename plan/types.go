@@ -177,6 +177,9 @@ type Strategy struct {
 type Load struct {
 	// Path is requested on the Service, query included.
 	Path string `yaml:"path"`
+	// URL is where a real cluster's Service is reachable from the runner (LoadBalancer, Ingress, NodePort):
+	// scheme://host[:port], Path appended. Target kind kubernetes only: the lab routes load through its dataplane.
+	URL string `yaml:"url,omitempty"`
 	// Method is GET or POST; Body is POST's body. Go's client, like browsers, retries an idempotent request cut on a
 	// reused keep-alive connection by itself, so cuts of GETs on keep-alive connections show as latency; a POST's show.
 	Method    string   `yaml:"method"`

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -85,6 +86,20 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
 	for image, argv := range p.Lab.Images {
 		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
+	}
+}
+
+// validateLoadURL checks load.url against the target: required on a cluster, meaningless in the lab.
+func (v *validator) validateLoadURL(raw, targetKind string) {
+	switch {
+	case targetKind == "lab" && raw != "":
+		v.fail("load.url", "only with target kind kubernetes: the lab sends load through its own Service dataplane")
+	case targetKind == "kubernetes" && raw == "":
+		v.fail("load.url", "required with target kind kubernetes: where the Service is reachable from the runner, e.g. http://203.0.113.10 (LoadBalancer), an Ingress host, or a node's address with the NodePort")
+	case raw != "":
+		u, err := url.Parse(raw)
+		v.check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && (u.Path == "" || u.Path == "/") && u.RawQuery == "",
+			"load.url", "want scheme://host[:port] with http or https and no path (load.path is appended), got %q", raw)
 	}
 }
 

@@ -18,26 +18,34 @@ func newApplyCommand() *cobra.Command {
 	var resultsRoot, resume, metricsListen string
 	var scrapeInterval time.Duration
 	var prom prometheusFlags
+	var cluster clusterFlags
 	cmd := &cobra.Command{
 		Use:   "apply PLAN",
 		Short: "Run a plan: install cowweb, load it, restart it during the load, and report per case",
-		Long: `Run every case of a plan on the embedded lab: install the chart with the case's values (Helm SDK), wait for
+		Long: `Run every case of a plan on the embedded lab (or, with target kind kubernetes, on a cluster): install the chart with the case's values (Helm SDK), wait for
 every Pod Ready, send the plan's open-model load through the lab's Service dataplane, do what
 ` + "`kubectl rollout restart`" + ` does at rollout.at and wait as ` + "`kubectl rollout status`" + ` does, record every Pod's lifecycle,
 and write results/<plan>/<UTC time>/ (report.md, report.json, report.csv, charts/, events per case, the TSDB).
 Ctrl-C (or SIGTERM) stops the load, removes what was installed, stops the lab and writes what finished, marked
-partial; a second one exits at once. --resume RESULTS_DIR then runs what did not finish, with the same plan file.`,
+partial; a second one exits at once. --resume RESULTS_DIR then runs what did not finish, with the same plan file.
+
+On a cluster (--target kubernetes, or target.kind in the plan) the kubeconfig is read as kubectl reads it, but the
+context must be named (--context or target.context): the current one is never used. Before installing anything
+the runner shows the cluster, context, namespace, server version and the planned load, and asks on a terminal
+(--yes skips the question). Load goes from this process to load.url (or --load-url).`,
 		Example: `  runner apply plans/quick.yaml
   runner apply plans/l640-rep8-rps200.yaml
-  runner apply plans/l640-rep8-rps200.yaml --resume results/l640-rep8-rps200/20261128T031500Z`,
+  runner apply plans/l640-rep8-rps200.yaml --resume results/l640-rep8-rps200/20261128T031500Z
+  runner apply plans/quick.yaml --target kubernetes --context kind-rollout --load-url http://172.18.0.2:30080`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := plan.LoadFile(args[0])
 			if err != nil {
 				return err
 			}
-			if p.Target.Kind != "lab" {
-				return fmt.Errorf("%s: target %s is not supported yet; use target kind lab", args[0], p.Target.Kind)
+			connect, err := cluster.connect(cmd, args[0], p)
+			if err != nil {
+				return err
 			}
 			self, err := os.Executable()
 			if err != nil {
@@ -54,7 +62,8 @@ partial; a second one exits at once. --resume RESULTS_DIR then runs what did not
 				Config: experiment.Config{Plan: p, PlanSource: args[0], ResultsRoot: resultsRoot, ScrapeInterval: scrapeInterval,
 					PrometheusURL: prom.url, PrometheusToken: token, MetricsListen: metricsListen,
 					Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: resume},
-				Cowweb: []string{self, CowwebSubcommand},
+				Connect: connect,
+				Cowweb:  []string{self, CowwebSubcommand},
 				Progress: func(caseName string, run int, phase string, pr load.Progress) {
 					c, _ := p.Case(caseName)
 					progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)
@@ -89,6 +98,7 @@ partial; a second one exits at once. --resume RESULTS_DIR then runs what did not
 	cmd.Flags().DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
 	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics (docker-compose.yaml's Prometheus scrapes 127.0.0.1:9464)")
 	prom.register(cmd)
+	cluster.register(cmd)
 	return cmd
 }
 

@@ -24,6 +24,8 @@ const (
 // Streams are where the runner writes.
 type Streams struct {
 	Out, Err io.Writer
+	// In answers confirmations; only a terminal is asked (nil: never).
+	In io.Reader
 }
 
 // Main runs the runner with args (without the program name) and returns its exit code.
@@ -70,6 +72,9 @@ and the cases to compare. See README.md for the plan format.`,
 	}
 	root.SetOut(streams.Out)
 	root.SetErr(streams.Err)
+	if streams.In != nil {
+		root.SetIn(streams.In)
+	}
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug details")
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand())
 	return root

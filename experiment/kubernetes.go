@@ -1,0 +1,275 @@
+package experiment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+// ClusterInfo is what the runner tells the user before it changes anything on a cluster.
+type ClusterInfo struct {
+	Kubeconfig    string // the file, or the KUBECONFIG list / ~/.kube/config kubectl would read
+	Context       string
+	Cluster       string
+	Server        string
+	ServerVersion string
+}
+
+// ErrNoContext is returned when no context was named: a plan must never run on whatever the current context is.
+var ErrNoContext = errors.New("no kubeconfig context given: name one with --context (or target.context in the plan); " +
+	"rollout-lab never uses the current context, so a plan cannot land on a cluster by accident")
+
+// Kubernetes is a real cluster reached through a kubeconfig, as kubectl reaches it.
+type Kubernetes struct {
+	Info       ClusterInfo
+	kubeconfig string
+	client     kubernetes.Interface
+	recorder   *lab.Recorder
+}
+
+// OpenKubernetes loads the kubeconfig (file, or KUBECONFIG / ~/.kube/config when empty) and the named context, and
+// asks the server its version. It installs nothing.
+func OpenKubernetes(ctx context.Context, kubeconfig, kubeContext string) (*Kubernetes, error) {
+	if kubeContext == "" {
+		return nil, ErrNoContext
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if kubeconfig != "" {
+		rules.ExplicitPath = kubeconfig
+	}
+	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext})
+	raw, err := loader.RawConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	kc, ok := raw.Contexts[kubeContext]
+	if !ok {
+		return nil, fmt.Errorf("kubeconfig %s: no context %q", strings.Join(rules.GetLoadingPrecedence(), ":"), kubeContext)
+	}
+	config, err := loader.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", kubeContext, err)
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return nil, err
+	}
+	version, err := client.Discovery().ServerVersion()
+	if err != nil {
+		return nil, fmt.Errorf("context %s (%s): %w", kubeContext, config.Host, err)
+	}
+	file := kubeconfig
+	if file == "" {
+		file = strings.Join(rules.GetLoadingPrecedence(), string(filepath.ListSeparator))
+	}
+	return &Kubernetes{kubeconfig: kubeconfig, client: client, Info: ClusterInfo{Kubeconfig: file, Context: kubeContext,
+		Cluster: kc.Cluster, Server: config.Host, ServerVersion: version.GitVersion}}, nil
+}
+
+// Connect records the cluster's events into the session's results and metrics.
+func (k *Kubernetes) Connect() Connect {
+	return func(_ context.Context, s *Session) (Target, error) {
+		var err error
+		k.recorder, err = lab.NewRecorder(filepath.Join(s.Dir, "cluster-events.jsonl"), lab.NewMetrics(s.Registry))
+		return k, err
+	}
+}
+
+func (k *Kubernetes) Provenance() map[string]string {
+	return map[string]string{"kind": "kubernetes", "context": k.Info.Context, "cluster": k.Info.Cluster,
+		"server": k.Info.Server, "kubernetes": k.Info.ServerVersion}
+}
+
+func (k *Kubernetes) Kubeconfig() (string, string) { return k.kubeconfig, k.Info.Context }
+
+func (k *Kubernetes) Client() kubernetes.Interface { return k.client }
+
+// AdjustValues keeps the chart's Service as the plan gives it (type LoadBalancer by default; app.values may say
+// NodePort).
+func (k *Kubernetes) AdjustValues(map[string]any) {}
+
+// WaitServing waits until the Service's EndpointSlices hold every replica ready and load.url answers 200: nothing
+// tells the runner when every kube-proxy has programmed them.
+func (k *Kubernetes) WaitServing(ctx context.Context, namespace, service string, _, replicas int, c plan.Case) error {
+	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		slices, err := k.client.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
+		if err != nil {
+			return false, err
+		}
+		return readyEndpoints(slices.Items) == replicas, nil
+	})
+	if err != nil {
+		return fmt.Errorf("service %s/%s: waiting for %d ready endpoints: %w", namespace, service, replicas, err)
+	}
+	health := strings.TrimSuffix(c.Load.URL, "/") + "/health" // the chart's probe path
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	return wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
+		if err != nil {
+			return false, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+}
+
+func readyEndpoints(slices []discoveryv1.EndpointSlice) int {
+	n := 0
+	for _, s := range slices {
+		for _, ep := range s.Endpoints {
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (k *Kubernetes) LoadURL(c plan.Case, _, _ string, _ int) (string, load.DialFunc) {
+	return strings.TrimSuffix(c.Load.URL, "/") + c.Load.Path, nil
+}
+
+// Record follows the namespace's Pods, EndpointSlices and Events. A cluster has no node agent telling the runner
+// its steps: preStop start and end, SIGTERM, SIGKILL, each node's service-out and the app's listener_closed are
+// missing; the kubelet's Killing event (preStop, then SIGTERM, begin) stands in their place.
+func (k *Kubernetes) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
+	events, unsubscribe := k.recorder.Subscribe(100000)
+	collector := collect(events)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	record := func(e lab.Event) { k.recorder.Record(e) }
+	err := watchEndpointSlices(watchCtx, k.client, namespace, record)
+	if err == nil {
+		err = watchPods(watchCtx, k.client, namespace, record)
+	}
+	if err != nil {
+		stopWatch()
+		unsubscribe()
+		return nil, err
+	}
+	return func() []lab.Event {
+		stopWatch()
+		unsubscribe()
+		return collector()
+	}, nil
+}
+
+func (k *Kubernetes) Close() error {
+	if k.recorder != nil {
+		return k.recorder.Close()
+	}
+	return nil
+}
+
+// podSeen is what watchPods last saw of a Pod.
+type podSeen struct {
+	ready, deleting bool
+	exited          map[string]bool
+}
+
+// watchPods turns Pod changes and the kubelet's Events into timeline events.
+func watchPods(ctx context.Context, client kubernetes.Interface, namespace string, record func(lab.Event)) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
+	var mu sync.Mutex
+	seen := map[string]*podSeen{}
+	event := func(p *corev1.Pod, eventType string) lab.Event {
+		return lab.Event{Type: eventType, Namespace: p.Namespace, Pod: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, PodIP: p.Status.PodIP}
+	}
+	observe := func(p *corev1.Pod, initial bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		s, known := seen[string(p.UID)]
+		if !known {
+			s = &podSeen{exited: map[string]bool{}}
+			seen[string(p.UID)] = s
+			if !initial {
+				record(event(p, lab.EventPodCreated))
+			}
+		}
+		ready := false
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				ready = c.Status == corev1.ConditionTrue
+			}
+		}
+		switch {
+		case ready && !s.ready && !initial:
+			record(event(p, lab.EventPodReady))
+		case !ready && s.ready && p.DeletionTimestamp == nil:
+			record(event(p, lab.EventPodNotReady))
+		}
+		s.ready = ready
+		if p.DeletionTimestamp != nil && !s.deleting {
+			s.deleting = true
+			record(event(p, lab.EventDeletionSeen))
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if t := cs.State.Terminated; t != nil && !s.exited[cs.Name] {
+				s.exited[cs.Name] = true
+				e := event(p, lab.EventContainerExited)
+				code := int(t.ExitCode)
+				e.Container, e.ExitCode, e.Message = cs.Name, &code, t.Reason
+				record(e)
+			}
+		}
+	}
+	pods := factory.Core().V1().Pods().Informer()
+	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc:    func(obj any, initial bool) { observe(obj.(*corev1.Pod), initial) },
+		UpdateFunc: func(_, obj any) { observe(obj.(*corev1.Pod), false) },
+		DeleteFunc: func(obj any) {
+			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tombstone.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				mu.Lock()
+				delete(seen, string(p.UID))
+				mu.Unlock()
+				record(event(p, lab.EventPodRemoved))
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	kubeEvents := factory.Core().V1().Events().Informer()
+	if _, err := kubeEvents.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) {
+			e, ok := obj.(*corev1.Event)
+			if !ok || initial || e.InvolvedObject.Kind != "Pod" || e.Reason != "Killing" {
+				return
+			}
+			record(lab.Event{Type: lab.EventKilling, Namespace: e.Namespace, Pod: e.InvolvedObject.Name, UID: string(e.InvolvedObject.UID),
+				Message: e.Message})
+		},
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !cache.WaitForCacheSync(syncCtx.Done(), pods.HasSynced, kubeEvents.HasSynced) {
+		return fmt.Errorf("watch Pods and Events in %s: not synced", namespace)
+	}
+	return nil
+}

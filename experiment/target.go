@@ -1,0 +1,143 @@
+package experiment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+// Target is where the app runs and how load reaches it: the one part that differs between the embedded lab and a
+// real cluster. Everything else in an apply is one code path.
+type Target interface {
+	// Provenance describes the target for the results (no credentials).
+	Provenance() map[string]string
+	// Kubeconfig is the kubeconfig file and context the Helm SDK uses.
+	Kubeconfig() (file, context string)
+	// Client is the Kubernetes API.
+	Client() kubernetes.Interface
+	// AdjustValues sets the chart values the target needs (the lab has no load balancer: ClusterIP).
+	AdjustValues(values map[string]any)
+	// WaitServing waits until the Service sends new connections to every one of its replicas.
+	WaitServing(ctx context.Context, namespace, service string, port, replicas int, c plan.Case) error
+	// LoadURL is where a case's load goes, and the dialer that takes it there (nil: the host's network).
+	LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc)
+	// Record records the lifecycle of the namespace's Pods until stop, which returns the events.
+	Record(ctx context.Context, namespace string) (stop func() []lab.Event, err error)
+	// Close releases the target (the lab stops).
+	Close() error
+}
+
+// Connect opens a target once the session (registry, results directory) exists.
+type Connect func(ctx context.Context, session *Session) (Target, error)
+
+// labTarget is the embedded lab, started for one apply.
+type labTarget struct {
+	lab     *lab.Lab
+	model   string
+	tempDir string // the lab's state when no directory was given: removed with the lab
+}
+
+// ConnectLab starts the lab the plan describes, in dir or (when empty) a temporary directory removed on Close.
+func ConnectLab(dir string, cowweb []string) Connect {
+	return func(ctx context.Context, s *Session) (Target, error) {
+		p := s.cfg.Plan
+		t := &labTarget{model: fmt.Sprintf("uniform %s–%s per node after the EndpointSlice change", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)}
+		if dir == "" {
+			// The lab's keys and etcd are not results: keep them out of the results directory.
+			var err error
+			if dir, err = os.MkdirTemp("", "rollout-lab-"); err != nil {
+				return nil, err
+			}
+			t.tempDir = dir
+		}
+		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
+			ServiceOut: &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
+			Metrics:    lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
+		t.lab = l
+		if err != nil {
+			return nil, errors.Join(err, t.Close())
+		}
+		return t, nil
+	}
+}
+
+func (t *labTarget) Provenance() map[string]string {
+	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
+		"serviceOutModel": t.model}
+}
+
+func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }
+
+func (t *labTarget) Client() kubernetes.Interface { return t.lab.Client }
+
+func (t *labTarget) AdjustValues(values map[string]any) {
+	// No load balancer gives a lab Service an address, and helm --wait would wait for one.
+	values["service"] = map[string]any{"type": "ClusterIP", "port": 80}
+}
+
+func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, port, replicas int, _ plan.Case) error {
+	return t.lab.Dataplane.WaitProgrammed(ctx, fmt.Sprintf("%s.%s:%d", service, namespace, port), replicas)
+}
+
+func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
+	return fmt.Sprintf("http://%s.%s:%d%s", service, namespace, port, c.Load.Path), t.lab.Dataplane.Dial
+}
+
+// Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.
+func (t *labTarget) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
+	events, unsubscribe := t.lab.Agent.Events.Subscribe(100000)
+	collector := collect(events)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	if err := watchEndpointSlices(watchCtx, t.lab.Client, namespace, func(e lab.Event) { t.lab.Agent.Events.Record(e) }); err != nil {
+		stopWatch()
+		unsubscribe()
+		return nil, err
+	}
+	return func() []lab.Event {
+		stopWatch()
+		unsubscribe()
+		return collector()
+	}, nil
+}
+
+func (t *labTarget) Close() error {
+	var err error
+	if t.lab != nil {
+		err = t.lab.Down()
+	}
+	if t.tempDir != "" {
+		err = errors.Join(err, os.RemoveAll(t.tempDir))
+	}
+	return err
+}
+
+// collect gathers events until the channel closes; the returned function waits for that and hands them over.
+func collect(events <-chan lab.Event) func() []lab.Event {
+	var (
+		mu       sync.Mutex
+		recorded []lab.Event
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range events {
+			mu.Lock()
+			recorded = append(recorded, e)
+			mu.Unlock()
+		}
+	}()
+	return func() []lab.Event {
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return recorded
+	}
+}

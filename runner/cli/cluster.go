@@ -1,0 +1,116 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+// clusterFlags are kubectl's flags for reaching a cluster, and the runner's own for running there.
+type clusterFlags struct {
+	target, kubeconfig, context, namespace, loadURL string
+	yes                                             bool
+}
+
+func (f *clusterFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.target, "target", "", "lab or kubernetes; default the plan's target.kind")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default KUBECONFIG or ~/.kube/config, as kubectl)")
+	fl.StringVar(&f.context, "context", "", "kubeconfig context; required on a cluster (the current context is never used)")
+	fl.StringVarP(&f.namespace, "namespace", "n", "", "namespace of the release (default target.namespace, else the plan's name)")
+	fl.StringVar(&f.loadURL, "load-url", "", "where the Service is reachable from here on a cluster (sets every case's load.url)")
+	fl.BoolVar(&f.yes, "yes", false, "do not ask before installing on a cluster")
+}
+
+// connect lays the flags over the plan's target and, for a cluster, opens it and asks before anything is
+// installed; nil means the lab.
+func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan) (experiment.Connect, error) {
+	if f.target != "" {
+		if f.target != "lab" && f.target != "kubernetes" {
+			return nil, fmt.Errorf("--target %q: want lab or kubernetes", f.target)
+		}
+		p.Target.Kind = f.target
+	}
+	for flag, value := range map[string]string{"kubeconfig": f.kubeconfig, "context": f.context, "namespace": f.namespace, "load-url": f.loadURL} {
+		if value != "" && p.Target.Kind == "lab" {
+			return nil, fmt.Errorf("--%s is for a cluster; %s runs on the lab (use --target kubernetes)", flag, planFile)
+		}
+	}
+	if p.Target.Kind == "lab" {
+		return nil, nil
+	}
+	if f.kubeconfig != "" {
+		p.Target.Kubeconfig = f.kubeconfig
+	}
+	if f.context != "" {
+		p.Target.Context = f.context
+	}
+	if f.namespace != "" {
+		p.Target.Namespace = f.namespace
+	}
+	for i := range p.Cases {
+		if f.loadURL != "" {
+			p.Cases[i].Load.URL = f.loadURL
+		}
+		if p.Cases[i].Load.URL == "" {
+			return nil, fmt.Errorf("%s: case %s: load.url: required on a cluster: where the Service is reachable from here (or --load-url)", planFile, p.Cases[i].Name)
+		}
+	}
+	k, err := experiment.OpenKubernetes(cmd.Context(), p.Target.Kubeconfig, p.Target.Context)
+	if err != nil {
+		return nil, err
+	}
+	interactive := false
+	if in, ok := cmd.InOrStdin().(*os.File); ok && in != nil {
+		interactive = term.IsTerminal(int(in.Fd()))
+	}
+	describeCluster(cmd.ErrOrStderr(), k.Info, p)
+	if !f.yes && interactive {
+		ok, err := confirm(cmd.InOrStdin(), cmd.ErrOrStderr())
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("not confirmed: nothing was installed")
+		}
+	}
+	return k.Connect(), nil
+}
+
+// describeCluster says where a plan is about to run and what it will send.
+func describeCluster(w io.Writer, info experiment.ClusterInfo, p *plan.Plan) {
+	var requests int64
+	maxRate := 0.0
+	for _, c := range p.Cases {
+		requests += c.Requests * int64(p.Repeats)
+		maxRate = max(maxRate, c.Load.Rate, c.Load.StartRate)
+		for _, s := range c.Load.Stages {
+			maxRate = max(maxRate, s.Target)
+		}
+	}
+	fmt.Fprintf(w, "About to run plan %s on a Kubernetes cluster:\n", p.Name)
+	fmt.Fprintf(w, "  context     %s (cluster %s, server %s, Kubernetes %s)\n", info.Context, info.Cluster, info.Server, info.ServerVersion)
+	fmt.Fprintf(w, "  kubeconfig  %s\n", info.Kubeconfig)
+	fmt.Fprintf(w, "  namespace   %s (Helm release %s; created if missing and then removed at the end)\n", p.Namespace(), experiment.ReleaseName)
+	fmt.Fprintf(w, "  load        %d case(s) × %d run(s), %d requests in all, up to %g/s, from this process to %s\n",
+		len(p.Cases), p.Repeats, requests, maxRate, p.Cases[0].Load.URL)
+}
+
+// confirm asks whether to go on; only "y" or "yes" goes on.
+func confirm(in io.Reader, out io.Writer) (bool, error) {
+	fmt.Fprint(out, "Proceed? [y/N] ")
+	answer, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && answer == "" {
+		return false, fmt.Errorf("reading the answer: %w", err)
+	}
+	answer = strings.ToLower(strings.TrimSpace(answer))
+	return answer == "y" || answer == "yes", nil
+}

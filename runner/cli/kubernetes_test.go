@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/rundir"
+)
+
+// freeNodePort finds a port of Kubernetes' node port range free on loopback now.
+func freeNodePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		port := 30000 + rand.IntN(2768)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free node port")
+	return 0
+}
+
+func TestApplyRefusesAClusterWithoutANamedContext(t *testing.T) {
+	dir := t.TempDir()
+	planFile := filepath.Join(dir, "cluster.yaml")
+	if err := os.WriteFile(planFile, []byte("name: cluster\ntarget: {kind: kubernetes}\nload: {rate: 1, duration: 1s, url: 'http://127.0.0.1:1'}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := run(t, "apply", planFile, "--results", filepath.Join(dir, "results"))
+	if code != ExitError || !strings.Contains(errOut, "no kubeconfig context given") || !strings.Contains(errOut, "never uses the current context") {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "results")); !os.IsNotExist(err) {
+		t.Errorf("a results directory was made before the refusal: %v", err)
+	}
+	code, _, errOut = run(t, "apply", "../../plans/quick.yaml", "--context", "x")
+	if code != ExitError || !strings.Contains(errOut, "--context is for a cluster") {
+		t.Errorf("--context on a lab plan: exit %d: %s", code, errOut)
+	}
+}
+
+func TestConfirmTakesOnlyYes(t *testing.T) {
+	for answer, want := range map[string]bool{"y\n": true, "YES\n": true, "\n": false, "n\n": false, "yes please\n": false} {
+		var out bytes.Buffer
+		got, err := confirm(strings.NewReader(answer), &out)
+		if err != nil || got != want || out.String() != "Proceed? [y/N] " {
+			t.Errorf("%q: %v %v %q", answer, got, err, out.String())
+		}
+	}
+	if _, err := confirm(strings.NewReader(""), &bytes.Buffer{}); err == nil {
+		t.Error("no answer at all is not a yes")
+	}
+}
+
+// The kubernetes target against a real apiserver — the lab's, through the kubeconfig it writes — with the load sent
+// to the Service's node port as a user would send it to a cluster: the same steps, a timeline from watches. As an
+// admin the runner creates the namespace and removes it; as a user holding only deploy/rbac/runner.yaml's Role (the
+// requests impersonate it) it works in a namespace made for it and leaves the namespace.
+func TestApplyOnAClusterThroughTheLabsAPIServer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	cluster, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(dir, "lab"), Nodes: 2, Cowweb: []string{self, CowwebSubcommand}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Down()
+	for _, tc := range []struct {
+		name, namespace string
+		leastPrivilege  bool
+	}{
+		{"admin", "rollout-admin", false},
+		{"least-privilege", "rollout-rbac", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kubeconfig := cluster.Kubeconfig
+			if tc.leastPrivilege {
+				kubeconfig = grantRunnerRole(t, cluster, tc.namespace, filepath.Join(dir, tc.name+".kubeconfig"))
+			}
+			applyOnCluster(t, cluster, kubeconfig, tc.namespace, filepath.Join(dir, tc.name))
+			_, err := cluster.Client.CoreV1().Namespaces().Get(ctx, tc.namespace, metav1.GetOptions{})
+			if tc.leastPrivilege && err != nil {
+				t.Errorf("the namespace made for the runner is gone: %v", err)
+			}
+			if !tc.leastPrivilege {
+				err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+					_, err := cluster.Client.CoreV1().Namespaces().Get(ctx, tc.namespace, metav1.GetOptions{})
+					return apierrors.IsNotFound(err), nil
+				})
+				if err != nil {
+					t.Errorf("the namespace the runner created is left: %v", err)
+				}
+			}
+			secrets, err := cluster.Client.CoreV1().Secrets(tc.namespace).List(ctx, metav1.ListOptions{LabelSelector: "owner=helm"})
+			if err != nil || len(secrets.Items) != 0 {
+				t.Errorf("Helm release records left: %v %v", secrets, err)
+			}
+			deployments, err := cluster.Client.AppsV1().Deployments(tc.namespace).List(ctx, metav1.ListOptions{})
+			if err != nil || len(deployments.Items) != 0 {
+				t.Errorf("Deployments left: %v %v", deployments, err)
+			}
+		})
+	}
+}
+
+// grantRunnerRole makes the namespace, applies deploy/rbac/runner.yaml, binds its roles to a user, and writes a
+// kubeconfig whose requests impersonate that user.
+func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) string {
+	t.Helper()
+	ctx := context.Background()
+	const user = "rollout-lab-runner-test"
+	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("../../deploy/rbac/runner.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+		if err != nil {
+			t.Fatalf("deploy/rbac/runner.yaml: %v", err)
+		}
+		switch o := obj.(type) {
+		case *rbacv1.Role:
+			if _, err := cluster.Client.RbacV1().Roles(namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Subjects: subjects,
+				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: o.Name}}
+			if _, err := cluster.Client.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		case *rbacv1.ClusterRole:
+			if _, err := cluster.Client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Subjects: subjects,
+				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: o.Name}}
+			if _, err := cluster.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("deploy/rbac/runner.yaml: unexpected %T", obj)
+		}
+	}
+	config, err := clientcmd.LoadFromFile(cluster.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, auth := range config.AuthInfos {
+		auth.Impersonate = user
+	}
+	if err := clientcmd.WriteToFile(*config, file); err != nil {
+		t.Fatal(err)
+	}
+	// Without the Role the same user may do nothing there: the grant is what lets the run pass.
+	review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
+		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "default", Verb: "create", Group: "apps", Resource: "deployments"}}}
+	got, err := cluster.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+	if err != nil || got.Status.Allowed {
+		t.Fatalf("the runner's user may create Deployments outside its namespace: %v %v", got.Status, err)
+	}
+	return file
+}
+
+func applyOnCluster(t *testing.T, cluster *lab.Lab, kubeconfig, namespace, dir string) {
+	t.Helper()
+	nodePort := freeNodePort(t)
+	planText := fmt.Sprintf(`
+name: on-cluster
+target: {kind: kubernetes, namespace: %s}
+app:
+  replicas: 2
+  load: 50
+  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}
+  terminationGracePeriod: 10s
+  preStop: {sleep: 2s}
+  values: {service: {type: NodePort, nodePort: %d}}
+load: {rate: 20, duration: 10s, timeout: 5s, url: 'http://127.0.0.1:%d'}
+rollout: {at: 2s, timeout: 60s}
+report: {lang: en}
+`, namespace, nodePort, nodePort)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	planFile := filepath.Join(dir, "cluster.yaml")
+	if err := os.WriteFile(planFile, []byte(planText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "apply", planFile, "--kubeconfig", kubeconfig, "--context", "rollout-lab", "--yes",
+		"--results", filepath.Join(dir, "results"))
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"About to run plan on-cluster on a Kubernetes cluster", "context     rollout-lab (cluster rollout-lab, server https://127.0.0.1:",
+		"Kubernetes " + lab.KubernetesVersion, "namespace   " + namespace, "200 requests in all, up to 20/s, from this process to http://127.0.0.1:"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("the description lacks %q:\n%s", want, errOut)
+		}
+	}
+	resultsDir := onlyDir(t, filepath.Join(dir, "results", "on-cluster", "*"))
+	m, err := rundir.Load(resultsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Partial || len(m.Runs) != 1 || m.Runs[0].Summary.Completed != 200 || m.Provenance.Target["kind"] != "kubernetes" ||
+		m.Provenance.Target["context"] != "rollout-lab" || m.Provenance.Target["kubernetes"] != lab.KubernetesVersion {
+		t.Fatalf("run.json: partial %v, runs %+v, target %v", m.Partial, m.Runs, m.Provenance.Target)
+	}
+	t.Logf("outcomes through the node port: %v", m.Runs[0].Summary.ByClass)
+	data, err := os.ReadFile(filepath.Join(resultsDir, "cases", "default", "run-1", "events.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []lab.Event
+	if err := json.Unmarshal(data, &events); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, e := range events {
+		count[e.Type]++
+	}
+	// From watches only: no node agent on a cluster (no preStop, SIGTERM or service-out rows).
+	if count[lab.EventDeletionSeen] != 2 || count[lab.EventEndpointNotReady] != 2 || count[lab.EventContainerExited] != 2 ||
+		count[lab.EventPodCreated] != 2 || count[lab.EventPodReady] != 2 || count[lab.EventSIGTERM] != 0 || count[lab.EventServiceOut] != 0 {
+		t.Errorf("timeline from watches: %v", count)
+	}
+}
