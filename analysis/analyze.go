@@ -200,9 +200,16 @@ func Analyze(ctx context.Context, api promv1.API, s Selector, cond Conditions, o
 		return run, err
 	}
 	for _, sample := range phases {
-		if v := float64(sample.Value); v > 0 {
-			run.Phases[string(sample.Metric["phase"])] = time.Unix(0, int64(v*1e9)).UTC()
+		v := float64(sample.Value)
+		if v <= 0 {
+			continue
 		}
+		// Several attackers (in-cluster workers) mark their own phases: the load spans the first start to the last end.
+		t, name := time.Unix(0, int64(v*1e9)).UTC(), string(sample.Metric["phase"])
+		if prev, ok := run.Phases[name]; ok && (name == load.PhaseLoadStart && prev.Before(t) || name != load.PhaseLoadStart && prev.After(t)) {
+			continue
+		}
+		run.Phases[name] = t
 	}
 	start, ok := run.Phases[load.PhaseLoadStart]
 	if !ok {
@@ -247,6 +254,11 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// QueryVector runs an instant query that must return a vector.
+func QueryVector(ctx context.Context, api promv1.API, q string, ts time.Time) (model.Vector, error) {
+	return queryVector(ctx, api, q, ts)
 }
 
 func queryVector(ctx context.Context, api promv1.API, q string, ts time.Time) (model.Vector, error) {

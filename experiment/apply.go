@@ -204,6 +204,30 @@ func HelmConfiguration(kubeconfig, kubeContext, namespace string, logger *slog.L
 	return cfg, cfg.Init(flags, namespace, "secret", func(format string, args ...any) { logger.Debug(fmt.Sprintf(format, args...)) })
 }
 
+// inCluster runs the case's load from a Job of worker Pods and records the run from Prometheus' totals.
+func (r *caseRunner) inCluster(ctx context.Context, c plan.Case, run int, url string, labels load.Labels, started chan<- struct{}) error {
+	job, err := WorkerJob(r.cfg.Plan, c, run, url, r.session.Manifest.Provenance.Version)
+	if err != nil {
+		return err
+	}
+	query := func(ctx context.Context, q string) (map[string]float64, error) {
+		vec, err := analysis.QueryVector(ctx, r.session.API, q, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]float64{}
+		for _, sample := range vec {
+			out[string(sample.Metric["error"])] = float64(sample.Value)
+		}
+		return out, nil
+	}
+	summary, err := inClusterLoad(ctx, r.target.Client(), r.cfg.Plan.Namespace(), job, r.session.Prometheus(), query, labels, started)
+	if err != nil {
+		return err
+	}
+	return r.session.RecordRun(rundir.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()})
+}
+
 // uninstallRelease removes the app's release, if there is one, and waits until its resources are gone.
 func uninstallRelease(t Target, namespace string, logger *slog.Logger) error {
 	helmCfg, err := helmFor(t, namespace, logger)
@@ -307,9 +331,15 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	attackDone := make(chan error, 1)
+	loadStarted := make(chan struct{})
 	var failures []load.Outcome // appended by the attacker's one observing goroutine, read after it ends
 	phase(PhaseWarmUp)
 	go func() {
+		if c.Load.InCluster.Pods > 0 {
+			attackDone <- r.inCluster(loadCtx, c, run, url, labels, loadStarted)
+			return
+		}
+		close(loadStarted)
 		_, err := r.session.Attack(loadCtx, c, run, url, dial, func(p load.Progress) {
 			if r.cfg.Progress != nil {
 				r.cfg.Progress(c.Name, run, currentPhase.Load().(string), p)
@@ -322,7 +352,15 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 		attackDone <- err
 	}()
 	var rolloutErr error
-	if c.Rollout.Restart {
+	started := false
+	select {
+	case <-loadStarted:
+		started = true
+	case err := <-attackDone:
+		attackDone <- err
+	case <-ctx.Done():
+	}
+	if c.Rollout.Restart && started {
 		select {
 		case <-time.After(c.RolloutAt()):
 			phase(PhaseRollout)

@@ -263,8 +263,13 @@ func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, 
 	if err != nil {
 		return record, err
 	}
+	return record, s.RecordRun(record)
+}
+
+// RecordRun adds a finished (or stopped) run to the manifest.
+func (s *Session) RecordRun(record rundir.RunRecord) error {
 	s.Manifest.Runs = append(s.Manifest.Runs, record)
-	return record, s.Manifest.Save(s.Dir)
+	return s.Manifest.Save(s.Dir)
 }
 
 // FinalScrape waits until Prometheus holds every sample up to t.

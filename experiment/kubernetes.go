@@ -119,6 +119,9 @@ func (k *Kubernetes) WaitServing(ctx context.Context, namespace, service string,
 	if err != nil {
 		return fmt.Errorf("service %s/%s: waiting for %d ready endpoints: %w", namespace, service, replicas, err)
 	}
+	if c.Load.URL == "" {
+		return nil // in-cluster workers reach the Service by its name; the runner cannot
+	}
 	health := strings.TrimSuffix(c.Load.URL, "/") + "/health" // the chart's probe path
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	return wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
@@ -147,7 +150,11 @@ func readyEndpoints(slices []discoveryv1.EndpointSlice) int {
 	return n
 }
 
-func (k *Kubernetes) LoadURL(c plan.Case, _, _ string, _ int) (string, load.DialFunc) {
+// LoadURL is load.url, or for in-cluster workers without one the Service's cluster DNS name.
+func (k *Kubernetes) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
+	if c.Load.URL == "" {
+		return fmt.Sprintf("http://%s.%s.svc:%d%s", service, namespace, port, c.Load.Path), nil
+	}
 	return strings.TrimSuffix(c.Load.URL, "/") + c.Load.Path, nil
 }
 
@@ -182,6 +189,9 @@ func (k *Kubernetes) Close() error {
 	return nil
 }
 
+// isWorker tells the runner's own load Pods from the app's.
+func isWorker(p *corev1.Pod) bool { return p.Labels["app.kubernetes.io/name"] == "rollout-lab-worker" }
+
 // podSeen is what watchPods last saw of a Pod.
 type podSeen struct {
 	ready, deleting bool
@@ -197,6 +207,9 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 		return lab.Event{Type: eventType, Namespace: p.Namespace, Pod: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, PodIP: p.Status.PodIP}
 	}
 	observe := func(p *corev1.Pod, initial bool) {
+		if isWorker(p) {
+			return
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		s, known := seen[string(p.UID)]
@@ -242,7 +255,7 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = tombstone.Obj
 			}
-			if p, ok := obj.(*corev1.Pod); ok {
+			if p, ok := obj.(*corev1.Pod); ok && !isWorker(p) {
 				mu.Lock()
 				delete(seen, string(p.UID))
 				mu.Unlock()

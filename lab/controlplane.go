@@ -41,9 +41,10 @@ import (
 // KubernetesVersion is the release the lab's components come from.
 const KubernetesVersion = "v1.37.2"
 
-// Controllers the lab's controller-manager runs: what Deployments, Services and namespaces need.
+// Controllers the lab's controller-manager runs: what Deployments, Services, namespaces and Jobs (in-cluster load) need.
 var Controllers = []string{"deployment-controller", "replicaset-controller", "endpointslice-controller", "garbage-collector-controller",
-	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "root-ca-certificate-publisher-controller"}
+	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "root-ca-certificate-publisher-controller",
+	"job-controller"}
 
 // ServiceClusterIPRange is the Services' virtual address range.
 const ServiceClusterIPRange = "10.96.0.0/16"

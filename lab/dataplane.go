@@ -50,6 +50,7 @@ func (m ServiceOutModel) draw(r *rand.Rand) time.Duration {
 type Dataplane struct {
 	client   kubernetes.Interface
 	logger   *slog.Logger
+	nodeIP   string // the nodes' address as Pods see it: node ports are served there too
 	nodes    []string
 	model    ServiceOutModel
 	recorder *Recorder
@@ -75,8 +76,8 @@ type sliceChange struct {
 }
 
 // StartDataplane watches Services and EndpointSlices and keeps each node's view.
-func StartDataplane(client kubernetes.Interface, nodes []string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger) (*Dataplane, error) {
-	d := &Dataplane{client: client, logger: logger, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+func StartDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger) (*Dataplane, error) {
+	d := &Dataplane{client: client, logger: logger, nodeIP: nodeIP, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
 		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
 	for _, n := range nodes {
@@ -129,12 +130,16 @@ func (d *Dataplane) setService(obj any, deleted bool) {
 	}
 	// Every Service port also gets a loopback port that forwards the same way, for curl and browsers; a node port
 	// (type NodePort or LoadBalancer) is also served on 127.0.0.1:<nodePort>, as on a node of a cluster.
-	wanted := map[string]int{} // forward name → the loopback port to listen on (0: any)
+	wanted := map[string]string{} // forward name → the address to listen on
 	if !deleted {
 		for _, p := range svc.Spec.Ports {
-			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = 0
+			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = "127.0.0.1:0"
 			if p.NodePort != 0 {
-				wanted[fmt.Sprintf("%s:%d/node:%d", key, p.Port, p.NodePort)] = int(p.NodePort)
+				// On loopback for the host's clients, and on the node's address for Pods (NodeIP:NodePort).
+				wanted[fmt.Sprintf("%s:%d/node:%d", key, p.Port, p.NodePort)] = fmt.Sprintf("127.0.0.1:%d", p.NodePort)
+				if d.nodeIP != "" {
+					wanted[fmt.Sprintf("%s:%d/node:%d@%s", key, p.Port, p.NodePort, d.nodeIP)] = net.JoinHostPort(d.nodeIP, strconv.Itoa(int(p.NodePort)))
+				}
 			}
 		}
 	}
@@ -144,12 +149,12 @@ func (d *Dataplane) setService(obj any, deleted bool) {
 			delete(d.forwards, name)
 		}
 	}
-	for name, listenPort := range wanted {
+	for name, listen := range wanted {
 		if _, ok := d.forwards[name]; ok {
 			continue
 		}
 		servicePort, _ := strconv.Atoi(strings.SplitN(name[len(key)+1:], "/", 2)[0])
-		ln, err := d.forward(svc.Name+"."+svc.Namespace, servicePort, listenPort)
+		ln, err := d.forward(svc.Name+"."+svc.Namespace, servicePort, listen)
 		if err != nil {
 			d.logger.Warn("forward", "service", name, "err", err)
 			continue
@@ -385,10 +390,9 @@ func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, e
 	return (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, endpoint)
 }
 
-// forward listens on a loopback port (listenPort, or any when 0) and forwards each connection to the Service as the
-// dataplane routes it.
-func (d *Dataplane) forward(service string, port, listenPort int) (net.Listener, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(listenPort)))
+// forward listens on listen and forwards each connection to the Service as the dataplane routes it.
+func (d *Dataplane) forward(service string, port int, listen string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, err
 	}

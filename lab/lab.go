@@ -78,7 +78,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		opts.Metrics.ModelBound.WithLabelValues("min").Set(model.Min.Seconds())
 		opts.Metrics.ModelBound.WithLabelValues("max").Set(model.Max.Seconds())
 	}
-	l.Dataplane, err = StartDataplane(l.Client, l.Agent.Nodes, model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
+	l.Dataplane, err = StartDataplane(l.Client, l.Agent.Nodes, l.Network.HostIP().String(), model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
 	return l, err
 }
 

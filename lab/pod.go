@@ -560,6 +560,7 @@ func (w *podWorker) updateStatus() {
 		status.PodIPs = []corev1.PodIP{{IP: w.ip.String()}}
 	}
 	allRunning := w.ip != nil
+	allTerminated, allSucceeded := len(w.ctrs) > 0, true
 	for _, c := range w.ctrs {
 		c.mu.Lock()
 		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: c.spec.Image, RestartCount: c.restarts,
@@ -570,6 +571,7 @@ func (w *podWorker) updateStatus() {
 			case <-c.exited:
 				cs.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: exitReason(c.exitCode), StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
 				cs.Ready = false
+				allSucceeded = allSucceeded && c.exitCode == 0
 			default:
 				running = true
 				cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.startedAt)}
@@ -580,9 +582,17 @@ func (w *podWorker) updateStatus() {
 		if c.lastState != nil {
 			cs.LastTerminationState.Terminated = c.lastState
 		}
+		allTerminated = allTerminated && cs.State.Terminated != nil
 		c.mu.Unlock()
 		allRunning = allRunning && running
 		status.ContainerStatuses = append(status.ContainerStatuses, cs)
+	}
+	// A Pod whose containers all ended and will not be restarted is done, as the kubelet reports it (Jobs count on it).
+	if policy := w.pod.Spec.RestartPolicy; allTerminated && (policy == corev1.RestartPolicyNever || policy == corev1.RestartPolicyOnFailure && allSucceeded) {
+		status.Phase = corev1.PodFailed
+		if allSucceeded {
+			status.Phase = corev1.PodSucceeded
+		}
 	}
 	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
 		s := corev1.ConditionFalse

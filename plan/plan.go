@@ -106,7 +106,7 @@ func Parse(file string, data []byte) (*Plan, error) {
 		c := Case{Name: cs.name, Description: cs.description, Settings: s}
 		v := &validator{d: d, loc: loc, fallback: cs.nameNode}
 		c.Requests = v.validateCase(&c)
-		v.validateLoadURL(c.Load.URL, p.Target.Kind)
+		v.validateLoadURL(c.Load, p.Target.Kind)
 		p.Cases = append(p.Cases, c)
 	}
 	if len(d.errs) > 0 {
@@ -419,4 +419,15 @@ func (p *Plan) Case(name string) (Case, bool) {
 		}
 	}
 	return Case{}, false
+}
+
+// Share is one of n equal shares of the load, for n workers: every rate divided by n.
+func (l Load) Share(n int) Load {
+	l.Rate /= float64(n)
+	l.StartRate /= float64(n)
+	l.Stages = append([]Stage(nil), l.Stages...)
+	for i := range l.Stages {
+		l.Stages[i].Target /= float64(n)
+	}
+	return l
 }

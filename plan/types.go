@@ -180,6 +180,8 @@ type Load struct {
 	// URL is where a real cluster's Service is reachable from the runner (LoadBalancer, Ingress, NodePort):
 	// scheme://host[:port], Path appended. Target kind kubernetes only: the lab routes load through its dataplane.
 	URL string `yaml:"url,omitempty"`
+	// InCluster, with Pods > 0, sends the load from a Job of worker Pods in the cluster instead of the runner's process.
+	InCluster InCluster `yaml:"inCluster"`
 	// Method is GET or POST; Body is POST's body. Go's client, like browsers, retries an idempotent request cut on a
 	// reused keep-alive connection by itself, so cuts of GETs on keep-alive connections show as latency; a POST's show.
 	Method    string   `yaml:"method"`
@@ -197,6 +199,14 @@ type Load struct {
 	// Rate and Duration give a constant rate instead of stages.
 	Rate     float64  `yaml:"rate,omitempty"`
 	Duration Duration `yaml:"duration,omitempty"`
+}
+
+// InCluster is load sent from inside a cluster: a Job of Pods each running `runner worker` at rate/Pods, their
+// metrics scraped by Prometheus (the embedded one when it can reach Pod addresses, else a cluster's).
+type InCluster struct {
+	Pods int `yaml:"pods"`
+	// Image is the runner's image; empty: ghcr.io/rollout-lab/runner tagged with the runner's version.
+	Image string `yaml:"image,omitempty"`
 }
 
 // Stage is one linear segment of the arrival rate.

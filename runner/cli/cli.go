@@ -76,6 +76,6 @@ and the cases to compare. See README.md for the plan format.`,
 		root.SetIn(streams.In)
 	}
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug details")
-	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand())
+	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand(), newWorkerCommand())
 	return root
 }

@@ -60,7 +60,7 @@ func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan
 		if f.loadURL != "" {
 			p.Cases[i].Load.URL = f.loadURL
 		}
-		if p.Cases[i].Load.URL == "" {
+		if p.Cases[i].Load.URL == "" && p.Cases[i].Load.InCluster.Pods == 0 {
 			return nil, fmt.Errorf("%s: case %s: load.url: required on a cluster: where the Service is reachable from here (or --load-url)", planFile, p.Cases[i].Name)
 		}
 	}
@@ -100,8 +100,15 @@ func describeCluster(w io.Writer, info experiment.ClusterInfo, p *plan.Plan) {
 	fmt.Fprintf(w, "  context     %s (cluster %s, server %s, Kubernetes %s)\n", info.Context, info.Cluster, info.Server, info.ServerVersion)
 	fmt.Fprintf(w, "  kubeconfig  %s\n", info.Kubeconfig)
 	fmt.Fprintf(w, "  namespace   %s (Helm release %s; created if missing and then removed at the end)\n", p.Namespace(), experiment.ReleaseName)
-	fmt.Fprintf(w, "  load        %d case(s) × %d run(s), %d requests in all, up to %g/s, from this process to %s\n",
-		len(p.Cases), p.Repeats, requests, maxRate, p.Cases[0].Load.URL)
+	from, to := "this process", p.Cases[0].Load.URL
+	if pods := p.Cases[0].Load.InCluster.Pods; pods > 0 {
+		from = fmt.Sprintf("a Job of %d worker Pods", pods)
+		if to == "" {
+			to = fmt.Sprintf("the Service %s.%s.svc", experiment.ReleaseName, p.Namespace())
+		}
+	}
+	fmt.Fprintf(w, "  load        %d case(s) × %d run(s), %d requests in all, up to %g/s, from %s to %s\n",
+		len(p.Cases), p.Repeats, requests, maxRate, from, to)
 }
 
 // confirm asks whether to go on; only "y" or "yes" goes on.

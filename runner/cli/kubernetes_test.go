@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
@@ -87,7 +88,9 @@ func TestApplyOnAClusterThroughTheLabsAPIServer(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	cluster, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(dir, "lab"), Nodes: 2, Cowweb: []string{self, CowwebSubcommand}})
+	// The runner's image is this binary, which plays `runner worker` (TestMain).
+	cluster, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(dir, "lab"), Nodes: 2, Cowweb: []string{self, CowwebSubcommand},
+		Images: map[string][]string{experiment.RunnerImage: {self}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,17 +98,25 @@ func TestApplyOnAClusterThroughTheLabsAPIServer(t *testing.T) {
 	for _, tc := range []struct {
 		name, namespace string
 		leastPrivilege  bool
+		workers         int
 	}{
-		{"admin", "rollout-admin", false},
-		{"least-privilege", "rollout-rbac", true},
+		{"admin", "rollout-admin", false, 0},
+		{"least-privilege", "rollout-rbac", true, 0},
+		// In-cluster load: a Job of 2 `runner worker` Pods sending to the node's address and node port, scraped by the
+		// embedded Prometheus at their Pod addresses.
+		{"in-cluster", "rollout-job", false, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			kubeconfig := cluster.Kubeconfig
 			if tc.leastPrivilege {
 				kubeconfig = grantRunnerRole(t, cluster, tc.namespace, filepath.Join(dir, tc.name+".kubeconfig"))
 			}
-			applyOnCluster(t, cluster, kubeconfig, tc.namespace, filepath.Join(dir, tc.name))
-			_, err := cluster.Client.CoreV1().Namespaces().Get(ctx, tc.namespace, metav1.GetOptions{})
+			applyOnCluster(t, cluster, kubeconfig, tc.namespace, filepath.Join(dir, tc.name), tc.workers)
+			jobs, err := cluster.Client.BatchV1().Jobs(tc.namespace).List(ctx, metav1.ListOptions{})
+			if err != nil || len(jobs.Items) != 0 {
+				t.Errorf("load Jobs left: %v %v", jobs, err)
+			}
+			_, err = cluster.Client.CoreV1().Namespaces().Get(ctx, tc.namespace, metav1.GetOptions{})
 			if tc.leastPrivilege && err != nil {
 				t.Errorf("the namespace made for the runner is gone: %v", err)
 			}
@@ -192,9 +203,13 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 	return file
 }
 
-func applyOnCluster(t *testing.T, cluster *lab.Lab, kubeconfig, namespace, dir string) {
+func applyOnCluster(t *testing.T, cluster *lab.Lab, kubeconfig, namespace, dir string, workers int) {
 	t.Helper()
 	nodePort := freeNodePort(t)
+	address, from := "127.0.0.1", "this process"
+	if workers > 0 {
+		address, from = cluster.Network.HostIP().String(), fmt.Sprintf("a Job of %d worker Pods", workers)
+	}
 	planText := fmt.Sprintf(`
 name: on-cluster
 target: {kind: kubernetes, namespace: %s}
@@ -205,10 +220,10 @@ app:
   terminationGracePeriod: 10s
   preStop: {sleep: 2s}
   values: {service: {type: NodePort, nodePort: %d}}
-load: {rate: 20, duration: 10s, timeout: 5s, url: 'http://127.0.0.1:%d'}
+load: {rate: 20, duration: 10s, timeout: 5s, url: 'http://%s:%d', inCluster: {pods: %d}}
 rollout: {at: 2s, timeout: 60s}
 report: {lang: en}
-`, namespace, nodePort, nodePort)
+`, namespace, nodePort, address, nodePort, workers)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +237,7 @@ report: {lang: en}
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	for _, want := range []string{"About to run plan on-cluster on a Kubernetes cluster", "context     rollout-lab (cluster rollout-lab, server https://127.0.0.1:",
-		"Kubernetes " + lab.KubernetesVersion, "namespace   " + namespace, "200 requests in all, up to 20/s, from this process to http://127.0.0.1:"} {
+		"Kubernetes " + lab.KubernetesVersion, "namespace   " + namespace, "200 requests in all, up to 20/s, from " + from + " to http://" + address} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("the description lacks %q:\n%s", want, errOut)
 		}

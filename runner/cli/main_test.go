@@ -1,16 +1,21 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"testing"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
 )
 
-// TestMain lets this test binary play the runner's hidden cowweb subcommand, which the lab runs as the cowweb image.
+// TestMain lets this test binary play the runner's hidden subcommands the lab runs as images: cowweb, and the
+// in-cluster load worker (the runner's image).
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == CowwebSubcommand {
 		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == WorkerSubcommand {
+		os.Exit(Main(context.Background(), os.Args[1:], Streams{Out: os.Stdout, Err: os.Stderr}))
 	}
 	os.Exit(m.Run())
 }
