@@ -162,24 +162,13 @@ func (k *Kubernetes) LoadURL(c plan.Case, namespace, service string, port int) (
 // its steps: preStop start and end, SIGTERM, SIGKILL, each node's service-out and the app's listener_closed are
 // missing; the kubelet's Killing event (preStop, then SIGTERM, begin) stands in their place.
 func (k *Kubernetes) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
-	events, unsubscribe := k.recorder.Subscribe(100000)
-	collector := collect(events)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	record := func(e lab.Event) { k.recorder.Record(e) }
-	err := watchEndpointSlices(watchCtx, k.client, namespace, record)
-	if err == nil {
-		err = watchPods(watchCtx, k.client, namespace, record)
-	}
-	if err != nil {
-		stopWatch()
-		unsubscribe()
-		return nil, err
-	}
-	return func() []lab.Event {
-		stopWatch()
-		unsubscribe()
-		return collector()
-	}, nil
+	return recordWith(ctx, k.recorder,
+		func(ctx context.Context, record func(lab.Event)) error {
+			return watchEndpointSlices(ctx, k.client, namespace, record)
+		},
+		func(ctx context.Context, record func(lab.Event)) error {
+			return watchPods(ctx, k.client, namespace, record)
+		})
 }
 
 func (k *Kubernetes) Close() error {

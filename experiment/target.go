@@ -93,19 +93,9 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.
 func (t *labTarget) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
-	events, unsubscribe := t.lab.Agent.Events.Subscribe(100000)
-	collector := collect(events)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	if err := watchEndpointSlices(watchCtx, t.lab.Client, namespace, func(e lab.Event) { t.lab.Agent.Events.Record(e) }); err != nil {
-		stopWatch()
-		unsubscribe()
-		return nil, err
-	}
-	return func() []lab.Event {
-		stopWatch()
-		unsubscribe()
-		return collector()
-	}, nil
+	return recordWith(ctx, t.lab.Agent.Events, func(ctx context.Context, record func(lab.Event)) error {
+		return watchEndpointSlices(ctx, t.lab.Client, namespace, record)
+	})
 }
 
 func (t *labTarget) Close() error {
@@ -117,6 +107,26 @@ func (t *labTarget) Close() error {
 		err = errors.Join(err, os.RemoveAll(t.tempDir))
 	}
 	return err
+}
+
+// recordWith subscribes to the recorder, starts the watches (which record into it) and returns the function that
+// stops them and hands over what was recorded in between.
+func recordWith(ctx context.Context, recorder *lab.Recorder, watches ...func(context.Context, func(lab.Event)) error) (func() []lab.Event, error) {
+	events, unsubscribe := recorder.Subscribe(100000)
+	collected := collect(events)
+	watchCtx, stopWatches := context.WithCancel(ctx)
+	for _, watch := range watches {
+		if err := watch(watchCtx, func(e lab.Event) { recorder.Record(e) }); err != nil {
+			stopWatches()
+			unsubscribe()
+			return nil, err
+		}
+	}
+	return func() []lab.Event {
+		stopWatches()
+		unsubscribe()
+		return collected()
+	}, nil
 }
 
 // collect gathers events until the channel closes; the returned function waits for that and hands them over.
