@@ -40,6 +40,7 @@ var badPlans = []struct {
 	{"cluster without url", "name: a\ntarget: {kind: kubernetes, context: kind-a}\n" + okLoad, []string{"load.url: required with target kind kubernetes"}},
 	{"url with a path", "name: a\ntarget: {kind: kubernetes}\nload: {rate: 10, duration: 10s, url: 'http://x/say'}\n", []string{`bad.yaml:3:38: load.url: want scheme://host[:port] with http or https and no path (load.path is appended), got "http://x/say"`}},
 	{"in-cluster load in the lab", "name: a\nload: {rate: 10, duration: 10s, inCluster: {pods: 2}}\n", []string{"bad.yaml:2:51: load.inCluster.pods: only with target kind kubernetes"}},
+	{"bad prometheus url", "name: a\nprometheus: {url: 'localhost:9090'}\n" + okLoad, []string{`bad.yaml:2:19: prometheus.url: want an http or https URL, got "localhost:9090"`}},
 	{"negative delay", "name: a\n" + okLoad + "app: {delay: -1s}\n", []string{"bad.yaml:3:14: app.delay: must not be negative, got -1s"}},
 	{"unknown method", "name: a\nload: {rate: 10, duration: 10s, method: PUT}\n", []string{`bad.yaml:2:41: load.method: "PUT" is not one of GET, POST`}},
 	{"GET with a body", "name: a\nload: {rate: 10, duration: 10s, body: moo}\n", []string{"bad.yaml:2:39: load.body: a GET sends no body; use method: POST"}},

@@ -24,14 +24,15 @@ func DefaultsYAML() []byte { return defaultsYAML }
 
 // Plan is a plan resolved: defaults applied and every case expanded with its settings.
 type Plan struct {
-	Source      string `yaml:"source" json:"source"`
-	Name        string `yaml:"name" json:"name"`
-	Description string `yaml:"description,omitempty" json:"description,omitempty"`
-	Target      Target `yaml:"target" json:"target"`
-	Lab         Lab    `yaml:"lab" json:"lab"`
-	Repeats     int    `yaml:"repeats" json:"repeats"`
-	Report      Report `yaml:"report" json:"report"`
-	Cases       []Case `yaml:"cases" json:"cases"`
+	Source      string     `yaml:"source" json:"source"`
+	Name        string     `yaml:"name" json:"name"`
+	Description string     `yaml:"description,omitempty" json:"description,omitempty"`
+	Target      Target     `yaml:"target" json:"target"`
+	Lab         Lab        `yaml:"lab" json:"lab"`
+	Repeats     int        `yaml:"repeats" json:"repeats"`
+	Report      Report     `yaml:"report" json:"report"`
+	Prometheus  Prometheus `yaml:"prometheus" json:"prometheus"`
+	Cases       []Case     `yaml:"cases" json:"cases"`
 }
 
 // Case is one condition of the experiment with everything it needs to run.
@@ -87,7 +88,7 @@ func Parse(file string, data []byte) (*Plan, error) {
 	topLoc := located{}
 	d.decode(merged, reflect.ValueOf(&top).Elem(), "", topLoc)
 
-	p := &Plan{Source: file, Name: top.Name, Description: top.Description, Target: top.Target, Lab: top.Lab, Repeats: top.Repeats, Report: top.Report}
+	p := &Plan{Source: file, Name: top.Name, Description: top.Description, Target: top.Target, Lab: top.Lab, Repeats: top.Repeats, Report: top.Report, Prometheus: top.Prometheus}
 	d.validateTop(p, topLoc)
 
 	base := settingsNode(merged)

@@ -57,12 +57,13 @@ func (v IntOrPercent) isZero() bool { return strings.TrimSuffix(string(v), "%") 
 
 // Spec is a plan file as written: shared settings, the cases that override them, and how to run and report.
 type Spec struct {
-	Name        string `yaml:"name"`
-	Description string `yaml:"description,omitempty"`
-	Target      Target `yaml:"target"`
-	Lab         Lab    `yaml:"lab"`
-	Repeats     int    `yaml:"repeats"`
-	Report      Report `yaml:"report"`
+	Name        string     `yaml:"name"`
+	Description string     `yaml:"description,omitempty"`
+	Target      Target     `yaml:"target"`
+	Lab         Lab        `yaml:"lab"`
+	Repeats     int        `yaml:"repeats"`
+	Report      Report     `yaml:"report"`
+	Prometheus  Prometheus `yaml:"prometheus"`
 	Settings    `yaml:",inline"`
 	Cases       []CaseSpec `yaml:"cases,omitempty"`
 	Matrix      *Matrix    `yaml:"matrix,omitempty"`
@@ -74,6 +75,14 @@ type Settings struct {
 	Load    Load    `yaml:"load"`
 	Rollout Rollout `yaml:"rollout"`
 	Expect  Expect  `yaml:"expect"`
+}
+
+// Prometheus is an external Prometheus for the analysis (what --prometheus-url gives); empty: the embedded one.
+type Prometheus struct {
+	// URL must scrape the runner's metrics address (runner apply --metrics-listen).
+	URL string `yaml:"url,omitempty"`
+	// TokenFile holds a bearer token for URL.
+	TokenFile string `yaml:"tokenFile,omitempty"`
 }
 
 // Target says where the experiment runs.

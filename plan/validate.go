@@ -81,6 +81,11 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	}
 	v.check(p.Repeats >= 1 && p.Repeats <= maxRepeats, "repeats", "must be between 1 and %d, got %d", maxRepeats, p.Repeats)
 	v.oneOf(p.Report.Lang, "report.lang", "ja", "en")
+	if raw := p.Prometheus.URL; raw != "" {
+		u, err := url.Parse(raw)
+		v.check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "", "prometheus.url", "want an http or https URL, got %q", raw)
+	}
+	v.check(p.Prometheus.TokenFile == "" || p.Prometheus.URL != "", "prometheus.tokenFile", "is for prometheus.url, which is not set")
 	v.check(p.Lab.Nodes >= 1 && p.Lab.Nodes <= maxNodes, "lab.nodes", "must be between 1 and %d, got %d", maxNodes, p.Lab.Nodes)
 	v.check(p.Lab.ServiceOut.Min >= 0, "lab.serviceOut.min", "must not be negative, got %s", p.Lab.ServiceOut.Min)
 	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)

@@ -51,6 +51,9 @@ the runner shows the cluster, context, namespace, server version and the planned
 			if err != nil {
 				return err
 			}
+			if prom.url == "" && p.Prometheus.URL != "" {
+				prom.url, prom.tokenFile = p.Prometheus.URL, p.Prometheus.TokenFile
+			}
 			token, err := prom.token()
 			if err != nil {
 				return err
