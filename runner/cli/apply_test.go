@@ -111,18 +111,7 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 		t.Errorf("graceful with a long preStop: %d errors (%v)", s.Errors(), s.ByClass)
 	}
 	// Every old Pod's termination is in the case's events.
-	data, err := os.ReadFile(filepath.Join(resultsDir, "cases", "gs-slp4", "run-1", "events.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var events []lab.Event
-	if err := json.Unmarshal(data, &events); err != nil {
-		t.Fatal(err)
-	}
-	count := map[string]int{}
-	for _, e := range events {
-		count[e.Type]++
-	}
+	count := eventCounts(t, resultsDir, "gs-slp4")
 	if count[lab.EventSIGTERM] != 3 || count[lab.EventPreStopEnd] != 3 || count[lab.EventServiceOut] != 6 ||
 		count[lab.EventEndpointNotReady] != 3 || count[lab.EventListenerClosed] != 3 {
 		t.Errorf("events of gs-slp4: %v", count)
@@ -136,6 +125,24 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 	}
 	t.Logf("\n%s", md)
 	dashboardQueriesAnswer(t, resultsDir, m)
+}
+
+// eventCounts reads a case's first run's events.json and counts its events by type.
+func eventCounts(t *testing.T, resultsDir, caseName string) map[string]int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(resultsDir, "cases", caseName, "run-1", "events.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []lab.Event
+	if err := json.Unmarshal(data, &events); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, e := range events {
+		count[e.Type]++
+	}
+	return count
 }
 
 // dashboardQueriesAnswer runs every query of the Grafana dashboards over the finished run's stored TSDB: each must

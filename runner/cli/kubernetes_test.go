@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -252,18 +251,7 @@ report: {lang: en}
 		t.Fatalf("run.json: partial %v, runs %+v, target %v", m.Partial, m.Runs, m.Provenance.Target)
 	}
 	t.Logf("outcomes through the node port: %v", m.Runs[0].Summary.ByClass)
-	data, err := os.ReadFile(filepath.Join(resultsDir, "cases", "default", "run-1", "events.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var events []lab.Event
-	if err := json.Unmarshal(data, &events); err != nil {
-		t.Fatal(err)
-	}
-	count := map[string]int{}
-	for _, e := range events {
-		count[e.Type]++
-	}
+	count := eventCounts(t, resultsDir, "default")
 	// From watches only: no node agent on a cluster (no preStop, SIGTERM or service-out rows).
 	if count[lab.EventDeletionSeen] != 2 || count[lab.EventEndpointNotReady] != 2 || count[lab.EventContainerExited] != 2 ||
 		count[lab.EventPodCreated] != 2 || count[lab.EventPodReady] != 2 || count[lab.EventSIGTERM] != 0 || count[lab.EventServiceOut] != 0 {
