@@ -4,8 +4,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
 	"github.com/rollout-lab/rollout-lab/runner/cli"
@@ -16,12 +14,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == cli.CowwebSubcommand {
 		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// The first signal cancels ctx and the runner cleans up; unregistering then lets a second one end it at once.
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
+	ctx, stop := cli.SignalContext(context.Background())
 	code := cli.Main(ctx, os.Args[1:], cli.Streams{Out: os.Stdout, Err: os.Stderr, In: os.Stdin})
 	stop()
 	os.Exit(code)

@@ -14,6 +14,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == CowwebSubcommand {
 		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if os.Getenv(signalHelperEnv) != "" {
+		signalHelper()
+	}
 	if len(os.Args) > 1 && os.Args[1] == WorkerSubcommand {
 		os.Exit(Main(context.Background(), os.Args[1:], Streams{Out: os.Stdout, Err: os.Stderr}))
 	}
