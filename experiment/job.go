@@ -106,12 +106,11 @@ func inClusterLoad(ctx context.Context, client kubernetes.Interface, namespace s
 			return false, err
 		}
 		var targets []embedprom.Target
-		var addresses []string
+		var key strings.Builder // the addresses, to announce only a change
 		for _, p := range pods.Items {
 			if p.Status.PodIP != "" && p.Status.Phase == corev1.PodRunning {
-				address := fmt.Sprintf("%s:%d", p.Status.PodIP, workerMetricsPort)
-				targets = append(targets, embedprom.Target{Address: address})
-				addresses = append(addresses, address)
+				targets = append(targets, embedprom.Target{Address: fmt.Sprintf("%s:%d", p.Status.PodIP, workerMetricsPort)})
+				key.WriteString(p.Status.PodIP + ",")
 			}
 		}
 		if !isStarted && len(targets) == int(*job.Spec.Completions) {
@@ -119,8 +118,8 @@ func inClusterLoad(ctx context.Context, client kubernetes.Interface, namespace s
 			summary.Start = time.Now()
 			close(started)
 		}
-		if key := strings.Join(addresses, ","); prom != nil && len(targets) > 0 && key != announced {
-			announced = key
+		if prom != nil && len(targets) > 0 && key.String() != announced {
+			announced = key.String()
 			if err := prom.SetTargets(WorkersJob, targets); err != nil {
 				return false, err
 			}
@@ -130,7 +129,7 @@ func inClusterLoad(ctx context.Context, client kubernetes.Interface, namespace s
 			return false, err
 		}
 		for _, c := range j.Status.Conditions {
-			if c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobFailed) {
+			if c.Status == corev1.ConditionTrue && c.Type == batchv1.JobFailed {
 				return false, fmt.Errorf("in-cluster load: job %s failed: %s", created.Name, c.Message)
 			}
 		}
