@@ -41,8 +41,11 @@ func loadCompose(t *testing.T, env map[string]string, profiles ...string) *types
 
 var pinnedImage = regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+$`)
 
+// composeEnv is what the README's set-up step puts in .env.
+var composeEnv = map[string]string{"GRAFANA_SECRET_GID": "1000"}
+
 func TestComposeLoadsWithPinnedImagesAndExistingFiles(t *testing.T) {
-	project := loadCompose(t, map[string]string{})
+	project := loadCompose(t, composeEnv)
 	if project.Name != "rollout-lab" {
 		t.Errorf("project name %q", project.Name)
 	}
@@ -51,7 +54,7 @@ func TestComposeLoadsWithPinnedImagesAndExistingFiles(t *testing.T) {
 	if !slices.Equal(names, []string{"grafana", "prometheus"}) {
 		t.Errorf("default services %v, want grafana and prometheus", names)
 	}
-	withResults := loadCompose(t, map[string]string{"RUN_TSDB": "/tmp/a-run-tsdb"}, "results")
+	withResults := loadCompose(t, map[string]string{"RUN_TSDB": "/tmp/a-run-tsdb", "GRAFANA_SECRET_GID": "1000"}, "results")
 	results, err := withResults.GetService("prometheus-results")
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +88,29 @@ func TestComposeLoadsWithPinnedImagesAndExistingFiles(t *testing.T) {
 	for key, value := range grafana.Environment {
 		if value != nil && strings.Contains(strings.ToLower(key), "password") && !strings.HasSuffix(key, "__FILE") {
 			t.Errorf("a password in the environment: %s", key)
+		}
+	}
+	// Grafana (uid 472) reads the bind-mounted 0640 secret through the file's group; without it it would keep the
+	// default password "admin" without a word.
+	if file := grafana.Environment["GF_SECURITY_ADMIN_PASSWORD__FILE"]; file == nil || *file != "/run/secrets/"+grafana.Secrets[0].Source {
+		t.Errorf("the password file %v is not where the secret %v is mounted", file, grafana.Secrets)
+	}
+	if !slices.Equal(grafana.GroupAdd, []string{"1000"}) {
+		t.Errorf("group_add %v: Grafana must run with the secret file's group (GRAFANA_SECRET_GID)", grafana.GroupAdd)
+	}
+	root, _ := filepath.Abs("..")
+	_, err = loader.LoadWithContext(context.Background(), types.ConfigDetails{WorkingDir: root,
+		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(root, "docker-compose.yaml")}}, Environment: map[string]string{}})
+	if err == nil || !strings.Contains(err.Error(), "GRAFANA_SECRET_GID") {
+		t.Errorf("without GRAFANA_SECRET_GID the compose file must not load: %v", err)
+	}
+	prometheus, err := project.GetService("prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arg := range prometheus.Command {
+		if strings.Contains(arg, "enable-lifecycle") || strings.Contains(arg, "enable-admin-api") {
+			t.Errorf("Prometheus with %s: any local page could POST /-/quit", arg)
 		}
 	}
 }
@@ -124,7 +150,7 @@ func TestGrafanaProvisioningPointsAtTheDashboardsAndDatasources(t *testing.T) {
 		} `yaml:"providers"`
 	}
 	readYAML(t, "grafana/provisioning/dashboards/rollout-lab.yaml", &providers)
-	project := loadCompose(t, map[string]string{})
+	project := loadCompose(t, composeEnv)
 	grafana, _ := project.GetService("grafana")
 	mounted := false
 	for _, v := range grafana.Volumes {

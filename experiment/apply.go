@@ -37,6 +37,15 @@ const ReleaseName = "cowweb"
 // servicePort is the chart's Service port.
 const servicePort = 80
 
+// InstalledByLabel marks the Helm releases the runner installs (Helm keeps it on the release record): only those
+// are ever uninstalled, so a release of the same name that someone else made stays.
+const InstalledByLabel, InstalledByValue = "rollout-lab/installed-by", "runner"
+
+// restrictedNamespaceLabels make a namespace the runner creates enforce the "restricted" Pod Security Standard:
+// the chart and the load workers pass it, and nothing else should run there.
+var restrictedNamespaceLabels = map[string]string{"pod-security.kubernetes.io/enforce": "restricted",
+	"pod-security.kubernetes.io/enforce-version": "latest"}
+
 // ApplyConfig is what `runner apply` needs.
 type ApplyConfig struct {
 	Config
@@ -113,7 +122,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 				// There already, or not ours to look at (a Role in it may still let us work there).
 				return nil
 			}
-			_, err := namespaces.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{})
+			_, err := namespaces.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: restrictedNamespaceLabels}}, metav1.CreateOptions{})
 			createdNamespace = err == nil
 			if apierrors.IsAlreadyExists(err) {
 				return nil
@@ -234,10 +243,20 @@ func uninstallRelease(t Target, namespace string, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if _, err := helmCfg.Releases.Last(ReleaseName); errors.Is(err, driver.ErrReleaseNotFound) {
+	return uninstallOwnRelease(helmCfg, namespace, logger)
+}
+
+// uninstallOwnRelease uninstalls the release only when the runner installed it.
+func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger *slog.Logger) error {
+	last, err := helmCfg.Releases.Last(ReleaseName)
+	if errors.Is(err, driver.ErrReleaseNotFound) {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	if last.Labels[InstalledByLabel] != InstalledByValue {
+		return fmt.Errorf("namespace %s already has a Helm release %s that rollout-lab did not install (no %s=%s label): "+
+			"it is left alone; remove it yourself or give the plan another namespace (target.namespace, -n)", namespace, ReleaseName, InstalledByLabel, InstalledByValue)
 	}
 	uninstall := action.NewUninstall(helmCfg)
 	uninstall.Wait, uninstall.Timeout = true, 2*time.Minute
@@ -270,6 +289,7 @@ func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 	r.target.AdjustValues(values)
 	install := action.NewInstall(helmCfg)
 	install.ReleaseName, install.Namespace = ReleaseName, r.cfg.Plan.Namespace()
+	install.Labels = map[string]string{InstalledByLabel: InstalledByValue}
 	install.Wait, install.Timeout = true, 5*time.Minute
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
 		return fmt.Errorf("helm install: %w", err)
@@ -322,7 +342,8 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if err != nil {
 		return err
 	}
-	stopRecording, err := r.target.Record(ctx, namespace)
+	attributor := NewAttributor(settleTime, FailureSampleLimit)
+	stopRecording, err := r.target.Record(ctx, namespace, attributor.Event)
 	if err != nil {
 		return err
 	}
@@ -332,7 +353,6 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	defer stopLoad()
 	attackDone := make(chan error, 1)
 	loadStarted := make(chan struct{})
-	var failures []load.Outcome // appended by the attacker's one observing goroutine, read after it ends
 	phase(PhaseWarmUp)
 	go func() {
 		if c.Load.InCluster.Pods > 0 {
@@ -344,11 +364,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 			if r.cfg.Progress != nil {
 				r.cfg.Progress(c.Name, run, currentPhase.Load().(string), p)
 			}
-		}, func(o load.Outcome) {
-			if o.Class != load.ClassNone {
-				failures = append(failures, o)
-			}
-		})
+		}, attributor.Outcome)
 		attackDone <- err
 	}()
 	var rolloutErr error
@@ -380,7 +396,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	// Pods still terminating after the load belong to this case's timeline too.
 	time.Sleep(time.Second)
 	recorded := stopRecording()
-	byClass := Attribute(failures, recorded)
+	byClass, failures := attributor.Finish()
 	attribution := byClass.ByPhase()
 	for _, phase := range analysis.AttributionPhases {
 		r.session.Attributed.WithLabelValues(labels.Plan, labels.Case, labels.Run, phase).Add(float64(attribution[phase]))
@@ -406,6 +422,12 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 		return err
 	}
 	if err := rundir.WriteFileAtomic(eventsFile, data, 0o644); err != nil {
+		return err
+	}
+	if data, err = json.MarshalIndent(failures, "", "  "); err != nil {
+		return err
+	}
+	if err := rundir.WriteFileAtomic(filepath.Join(filepath.Dir(eventsFile), "failures.json"), data, 0o644); err != nil {
 		return err
 	}
 	if rolloutErr != nil {

@@ -2,6 +2,7 @@ package experiment
 
 import (
 	"net"
+	"sync"
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
@@ -34,37 +35,135 @@ func (a Attribution) ByPhase() map[string]uint64 {
 // Attribute sorts failed requests into phases from where they went (the endpoint) and when, against the Pods'
 // recorded lifecycle.
 func Attribute(failures []load.Outcome, events []lab.Event) Attribution {
-	pods := map[string]*podTimeline{} // by Pod IP
+	a := NewAttributor(0, 0)
 	for _, e := range events {
-		if e.PodIP == "" || e.Type == lab.EventServiceOut {
-			continue
-		}
-		p := pods[e.PodIP]
-		if p == nil {
-			p = &podTimeline{}
-			pods[e.PodIP] = p
-		}
-		switch e.Type {
-		case lab.EventSIGTERM:
-			if p.sigterm.IsZero() {
-				p.sigterm = e.Time
-			}
-		case lab.EventContainerExited:
-			if p.exited.IsZero() && !p.sigterm.IsZero() {
-				p.exited = e.Time
-				p.graceful = e.ExitCode != nil && *e.ExitCode == 0
-			}
-		}
+		a.Event(e)
 	}
-	out := Attribution{}
 	for _, f := range failures {
-		phase := attributeOne(f, pods)
-		if out[phase] == nil {
-			out[phase] = map[string]uint64{}
-		}
-		out[phase][f.Class]++
+		a.pending = append(a.pending, f)
 	}
+	out, _ := a.Finish()
 	return out
+}
+
+// settleTime is how long a failed request waits for its Pod's timeline before it is attributed: the events that
+// decide it (SIGTERM, the exit) reach the recorder within milliseconds in the lab and within seconds from a
+// cluster's watches. Only failures of the last settleTime are held, so memory grows with the failure rate, not
+// with the run's length.
+const settleTime = 10 * time.Second
+
+// FailureSampleLimit is how many failed requests a run keeps one by one (failures.json); beyond it they are only
+// counted, by phase and class.
+const FailureSampleLimit = 10000
+
+// Failure is one failed request as kept for a run's timeline.
+type Failure struct {
+	Sent      time.Time `json:"sent"`
+	LatencyMs float64   `json:"latencyMs"`
+	Class     string    `json:"class"`
+	Cause     string    `json:"cause"`
+	Endpoint  string    `json:"endpoint,omitempty"`
+	Code      uint16    `json:"code,omitempty"`
+}
+
+// Failures is a run's bounded record of failed requests.
+type Failures struct {
+	Limit   int       `json:"limit"`
+	Dropped uint64    `json:"dropped"` // counted in the attribution, not kept one by one
+	Kept    []Failure `json:"failures"`
+}
+
+// Attributor attributes failed requests as they arrive, against the timeline as it is recorded: it holds only the
+// failures younger than its settle time and a bounded sample, whatever the run's length or failure count.
+type Attributor struct {
+	mu      sync.Mutex
+	settle  time.Duration
+	now     func() time.Time
+	pods    map[string]*podTimeline // by Pod IP
+	pending []load.Outcome          // in arrival order; those before head are decided
+	head    int
+	counts  Attribution
+	sample  Failures
+}
+
+// NewAttributor holds failures for settle before deciding them and keeps up to sampleLimit of them.
+func NewAttributor(settle time.Duration, sampleLimit int) *Attributor {
+	return &Attributor{settle: settle, now: time.Now, pods: map[string]*podTimeline{}, counts: Attribution{},
+		sample: Failures{Limit: sampleLimit, Kept: []Failure{}}}
+}
+
+// Event takes one timeline event.
+func (a *Attributor) Event(e lab.Event) {
+	if e.PodIP == "" || e.Type == lab.EventServiceOut {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pods[e.PodIP]
+	if p == nil {
+		p = &podTimeline{}
+		a.pods[e.PodIP] = p
+	}
+	switch e.Type {
+	case lab.EventSIGTERM:
+		if p.sigterm.IsZero() {
+			p.sigterm = e.Time
+		}
+	case lab.EventContainerExited:
+		if p.exited.IsZero() && !p.sigterm.IsZero() {
+			p.exited = e.Time
+			p.graceful = e.ExitCode != nil && *e.ExitCode == 0
+		}
+	}
+}
+
+// Outcome takes a request's outcome; successes are ignored.
+func (a *Attributor) Outcome(o load.Outcome) {
+	if o.Class == load.ClassNone {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pending = append(a.pending, o)
+	now := a.now()
+	for ; a.head < len(a.pending); a.head++ {
+		f := a.pending[a.head]
+		if now.Sub(f.Sent.Add(f.Latency)) < a.settle {
+			break
+		}
+		a.decide(f)
+	}
+	// Compact once half is decided, so the backing array does not keep every failure ever held.
+	if a.head > 0 && a.head >= len(a.pending)/2 {
+		n := copy(a.pending, a.pending[a.head:])
+		clear(a.pending[n:])
+		a.pending, a.head = a.pending[:n], 0
+	}
+}
+
+func (a *Attributor) decide(f load.Outcome) {
+	phase := attributeOne(f, a.pods)
+	if a.counts[phase] == nil {
+		a.counts[phase] = map[string]uint64{}
+	}
+	a.counts[phase][f.Class]++
+	if len(a.sample.Kept) < a.sample.Limit {
+		a.sample.Kept = append(a.sample.Kept, Failure{Sent: f.Sent, LatencyMs: float64(f.Latency) / float64(time.Millisecond),
+			Class: f.Class, Cause: phase, Endpoint: f.Endpoint, Code: f.Code})
+	} else {
+		a.sample.Dropped++
+	}
+}
+
+// Finish decides the failures still held, against the whole timeline, and returns the counts and the sample.
+func (a *Attributor) Finish() (Attribution, Failures) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, f := range a.pending[a.head:] {
+		a.decide(f)
+	}
+	a.pending, a.head = nil, 0
+	return a.counts, a.sample
 }
 
 func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {

@@ -1,6 +1,8 @@
 package experiment
 
 import (
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -43,5 +45,86 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 	}
 	if n := attribution[analysis.PhaseInFlightCut]; n[load.ClassReset] != 1 {
 		t.Errorf("in-flight-cut by class: %v", n)
+	}
+}
+
+// feedFailures sends n failed requests at 1000/s of simulated time to an attributor whose clock follows them.
+func feedFailures(a *Attributor, n int) {
+	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
+	now := t0
+	a.now = func() time.Time { return now }
+	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.2", Time: t0.Add(time.Hour)})
+	for i := range n {
+		now = t0.Add(time.Duration(i) * time.Millisecond)
+		a.Outcome(load.Outcome{Seq: uint64(i), Sent: now.Add(-time.Millisecond), Latency: time.Millisecond, Class: load.ClassRefused,
+			Endpoint: fmt.Sprintf("198.18.0.%d:8080", 2+i%200)})
+	}
+}
+
+// heapOf is how much live heap what f builds holds.
+func heapOf(f func() *Attributor) (uint64, *Attributor) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	a := f()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	return after.HeapAlloc - min(before.HeapAlloc, after.HeapAlloc), a
+}
+
+// A dead target at a high rate fails every request: what the attribution holds must not grow with their number.
+func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
+	small, a1 := heapOf(func() *Attributor { a := NewAttributor(settleTime, FailureSampleLimit); feedFailures(a, 100_000); return a })
+	large, a2 := heapOf(func() *Attributor { a := NewAttributor(settleTime, FailureSampleLimit); feedFailures(a, 1_000_000); return a })
+	t.Logf("heap with 100k failures %d KiB, with 1M %d KiB", small>>10, large>>10)
+	if float64(large) > 1.2*float64(small) {
+		t.Errorf("10× more failures took %.2f× the heap", float64(large)/float64(small))
+	}
+	for _, tc := range []struct {
+		a *Attributor
+		n uint64
+	}{{a1, 100_000}, {a2, 1_000_000}} {
+		counts, sample := tc.a.Finish()
+		var total uint64
+		for _, classes := range counts {
+			for _, n := range classes {
+				total += n
+			}
+		}
+		if total != tc.n || counts[analysis.PhaseOther][load.ClassRefused] != tc.n {
+			t.Errorf("%d failures attributed as %v", tc.n, counts)
+		}
+		if len(sample.Kept) != FailureSampleLimit || sample.Dropped != tc.n-FailureSampleLimit {
+			t.Errorf("sample: kept %d dropped %d", len(sample.Kept), sample.Dropped)
+		}
+	}
+}
+
+// Failures decided as they arrive, against the timeline recorded so far, match the post-run attribution.
+func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
+	now := t0
+	a := NewAttributor(settleTime, 2)
+	a.now = func() time.Time { return now }
+	killed := 143
+	// Refused after SIGTERM: SIGTERM is recorded before the failure arrives.
+	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.2", Time: t0})
+	now = t0.Add(300 * time.Millisecond)
+	a.Outcome(load.Outcome{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: t0.Add(200 * time.Millisecond)})
+	// A cut whose exit event arrives 2 s after the failure: it waits for it.
+	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.3", Time: t0})
+	a.Outcome(load.Outcome{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: t0.Add(100 * time.Millisecond), Latency: 200 * time.Millisecond})
+	now = t0.Add(2300 * time.Millisecond)
+	a.Event(lab.Event{Type: lab.EventContainerExited, PodIP: "198.18.0.3", Time: t0.Add(290 * time.Millisecond), ExitCode: &killed})
+	// Later failures push the clock past the settle time; the held ones are then decided.
+	now = t0.Add(30 * time.Second)
+	a.Outcome(load.Outcome{Class: load.ClassTimeout, Sent: now})
+	counts, sample := a.Finish()
+	if counts[analysis.PhaseBeforeServiceOut][load.ClassRefused] != 1 || counts[analysis.PhaseInFlightCut][load.ClassReset] != 1 ||
+		counts[analysis.PhaseOther][load.ClassTimeout] != 1 {
+		t.Errorf("attribution %v", counts)
+	}
+	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != analysis.PhaseBeforeServiceOut || sample.Kept[1].Cause != analysis.PhaseInFlightCut {
+		t.Errorf("sample %+v", sample)
 	}
 }

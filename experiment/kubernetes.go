@@ -161,8 +161,8 @@ func (k *Kubernetes) LoadURL(c plan.Case, namespace, service string, port int) (
 // Record follows the namespace's Pods, EndpointSlices and Events. A cluster has no node agent telling the runner
 // its steps: preStop start and end, SIGTERM, SIGKILL, each node's service-out and the app's listener_closed are
 // missing; the kubelet's Killing event (preStop, then SIGTERM, begin) stands in their place.
-func (k *Kubernetes) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
-	return recordWith(ctx, k.recorder,
+func (k *Kubernetes) Record(ctx context.Context, namespace string, observe func(lab.Event)) (func() []lab.Event, error) {
+	return recordWith(ctx, k.recorder, observe,
 		func(ctx context.Context, record func(lab.Event)) error {
 			return watchEndpointSlices(ctx, k.client, namespace, record)
 		},

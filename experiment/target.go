@@ -29,8 +29,9 @@ type Target interface {
 	WaitServing(ctx context.Context, namespace, service string, port, replicas int, c plan.Case) error
 	// LoadURL is where a case's load goes, and the dialer that takes it there (nil: the host's network).
 	LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc)
-	// Record records the lifecycle of the namespace's Pods until stop, which returns the events.
-	Record(ctx context.Context, namespace string) (stop func() []lab.Event, err error)
+	// Record records the lifecycle of the namespace's Pods until stop, which returns the events; observe (when
+	// not nil) sees each event as it is recorded.
+	Record(ctx context.Context, namespace string, observe func(lab.Event)) (stop func() []lab.Event, err error)
 	// Close releases the target (the lab stops).
 	Close() error
 }
@@ -92,8 +93,8 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 }
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.
-func (t *labTarget) Record(ctx context.Context, namespace string) (func() []lab.Event, error) {
-	return recordWith(ctx, t.lab.Agent.Events, func(ctx context.Context, record func(lab.Event)) error {
+func (t *labTarget) Record(ctx context.Context, namespace string, observe func(lab.Event)) (func() []lab.Event, error) {
+	return recordWith(ctx, t.lab.Agent.Events, observe, func(ctx context.Context, record func(lab.Event)) error {
 		return watchEndpointSlices(ctx, t.lab.Client, namespace, record)
 	})
 }
@@ -111,9 +112,9 @@ func (t *labTarget) Close() error {
 
 // recordWith subscribes to the recorder, starts the watches (which record into it) and returns the function that
 // stops them and hands over what was recorded in between.
-func recordWith(ctx context.Context, recorder *lab.Recorder, watches ...func(context.Context, func(lab.Event)) error) (func() []lab.Event, error) {
+func recordWith(ctx context.Context, recorder *lab.Recorder, observe func(lab.Event), watches ...func(context.Context, func(lab.Event)) error) (func() []lab.Event, error) {
 	events, unsubscribe := recorder.Subscribe(100000)
-	collected := collect(events)
+	collected := collect(events, observe)
 	watchCtx, stopWatches := context.WithCancel(ctx)
 	for _, watch := range watches {
 		if err := watch(watchCtx, func(e lab.Event) { recorder.Record(e) }); err != nil {
@@ -130,7 +131,7 @@ func recordWith(ctx context.Context, recorder *lab.Recorder, watches ...func(con
 }
 
 // collect gathers events until the channel closes; the returned function waits for that and hands them over.
-func collect(events <-chan lab.Event) func() []lab.Event {
+func collect(events <-chan lab.Event, observe func(lab.Event)) func() []lab.Event {
 	var (
 		mu       sync.Mutex
 		recorded []lab.Event
@@ -139,6 +140,9 @@ func collect(events <-chan lab.Event) func() []lab.Event {
 	go func() {
 		defer close(done)
 		for e := range events {
+			if observe != nil {
+				observe(e)
+			}
 			mu.Lock()
 			recorded = append(recorded, e)
 			mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -51,6 +52,8 @@ type Agent struct {
 	wg       sync.WaitGroup
 	factory  informers.SharedInformerFactory
 	stopOnce sync.Once
+	files    *podFiles
+	setpriv  string // util-linux's setpriv: how Pod processes become their user
 }
 
 // NodeName is the name of the lab's i-th Node (from 1).
@@ -67,17 +70,28 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	if err := os.MkdirAll(filepath.Join(opts.StateDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	events, err := NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return nil, fmt.Errorf("the lab runs Pods as their securityContext's user with setpriv (Debian package util-linux): %w", err)
+	}
+	files, err := newPodFiles()
 	if err != nil {
 		return nil, err
 	}
+	events, err := NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics)
+	if err != nil {
+		files.Close()
+		return nil, err
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a := &Agent{opts: opts, client: client, Events: events, logger: opts.Logger, ctx: runCtx, cancel: cancel, pods: map[types.UID]*podWorker{}}
+	a := &Agent{opts: opts, client: client, Events: events, logger: opts.Logger, ctx: runCtx, cancel: cancel, pods: map[types.UID]*podWorker{},
+		files: files, setpriv: setpriv}
 	for i := 1; i <= opts.Nodes; i++ {
 		name := NodeName(i)
 		if err := a.registerNode(ctx, name); err != nil {
 			cancel()
 			events.Close()
+			files.Close()
 			return nil, err
 		}
 		a.Nodes = append(a.Nodes, name)
@@ -100,6 +114,8 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	})
 	if err != nil {
 		cancel()
+		events.Close()
+		files.Close()
 		return nil, err
 	}
 	a.factory.Start(runCtx.Done())
@@ -240,6 +256,9 @@ func (a *Agent) Stop() {
 		a.wg.Wait()
 		a.factory.Shutdown()
 		a.Events.Close()
+		if err := a.files.Close(); err != nil {
+			a.logger.Warn("pod directories", "err", err)
+		}
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -62,6 +63,8 @@ type ControlPlane struct {
 	Config     *rest.Config
 	Client     kubernetes.Interface
 	Server     string // https://127.0.0.1:PORT
+	// EtcdURL is etcd's client URL (TLS, the etcd CA's client certificates only).
+	EtcdURL string
 	// APIReadyAfter is how long the start took until the apiserver answered /readyz.
 	APIReadyAfter time.Duration
 	pki           *pki
@@ -163,9 +166,13 @@ func (cp *ControlPlane) startEtcd() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	client := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(clientPort)}
-	peer := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(peerPort)}
+	// TLS with client-certificate authentication on both ports: a local user without the apiserver's etcd
+	// client key (0600, in the 0700 state directory) cannot read or write the cluster's objects behind RBAC's back.
+	client := url.URL{Scheme: "https", Host: "127.0.0.1:" + strconv.Itoa(clientPort)}
+	peer := url.URL{Scheme: "https", Host: "127.0.0.1:" + strconv.Itoa(peerPort)}
 	cfg := embed.NewConfig()
+	tlsInfo := transport.TLSInfo{CertFile: cp.pki.EtcdCertFile, KeyFile: cp.pki.EtcdKeyFile, TrustedCAFile: cp.pki.EtcdCAFile, ClientCertAuth: true}
+	cfg.ClientTLSInfo, cfg.PeerTLSInfo = tlsInfo, tlsInfo
 	cfg.Name = "rollout-lab"
 	cfg.Dir = filepath.Join(cp.Dir, "etcd")
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
@@ -179,6 +186,7 @@ func (cp *ControlPlane) startEtcd() (string, error) {
 		return "", fmt.Errorf("start etcd: %w", err)
 	}
 	cp.etcd = e
+	cp.EtcdURL = client.String()
 	select {
 	case <-e.Server.ReadyNotify():
 		return client.String(), nil
@@ -237,6 +245,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) erro
 	p := cp.pki
 	args := []string{
 		"--etcd-servers=" + etcdURL,
+		"--etcd-cafile=" + p.EtcdCAFile, "--etcd-certfile=" + p.APIServerEtcdCertFile, "--etcd-keyfile=" + p.APIServerEtcdKeyFile,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(port),
 		"--endpoint-reconciler-type=none",

@@ -2,8 +2,13 @@ package lab
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +68,7 @@ func TestControlPlaneRunsDeploymentsAndServicesAndRestarts(t *testing.T) {
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("kubeconfig %v mode %v", err, info.Mode())
 	}
+	etcdRefusesClientsWithoutItsCertificate(t, cp)
 	version, err := cp.Client.Discovery().ServerVersion()
 	if err != nil {
 		t.Fatal(err)
@@ -144,5 +150,52 @@ func TestControlPlaneRunsDeploymentsAndServicesAndRestarts(t *testing.T) {
 	defer again.Stop()
 	if _, err := again.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
 		t.Error(err)
+	}
+}
+
+// etcd answers only TLS clients with a certificate from its own CA: not plain HTTP, not a client without a
+// certificate, not the admin's kubeconfig certificate (lab CA); the apiserver's etcd client certificate works.
+func etcdRefusesClientsWithoutItsCertificate(t *testing.T, cp *ControlPlane) {
+	t.Helper()
+	if !strings.HasPrefix(cp.EtcdURL, "https://127.0.0.1:") {
+		t.Fatalf("etcd listens at %s, want https on loopback", cp.EtcdURL)
+	}
+	caPEM, err := os.ReadFile(cp.pki.EtcdCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	get := func(scheme string, certFile, keyFile string) error {
+		tlsConfig := &tls.Config{RootCAs: roots}
+		if certFile != "" {
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tlsConfig.Certificates = []tls.Certificate{cert}
+		}
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
+		resp, err := client.Get(scheme + strings.TrimPrefix(cp.EtcdURL, "https") + "/version")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	if err := get("http", "", ""); err == nil {
+		t.Error("etcd answered plain HTTP")
+	}
+	if err := get("https", "", ""); err == nil {
+		t.Error("etcd answered a client without a certificate")
+	}
+	if err := get("https", cp.pki.AdminCertFile, cp.pki.AdminKeyFile); err == nil {
+		t.Error("etcd answered the admin's certificate from the lab CA")
+	}
+	if err := get("https", cp.pki.APIServerEtcdCertFile, cp.pki.APIServerEtcdKeyFile); err != nil {
+		t.Errorf("the apiserver's etcd client certificate: %v", err)
 	}
 }

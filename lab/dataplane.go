@@ -75,14 +75,21 @@ type sliceChange struct {
 	deleted  bool
 }
 
+// proxyQueueSize is how many EndpointSlice changes a node's proxy holds before the watch waits for it.
+const proxyQueueSize = 4096
+
 // StartDataplane watches Services and EndpointSlices and keeps each node's view.
 func StartDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger) (*Dataplane, error) {
+	return startDataplane(client, nodes, nodeIP, model, recorder, logger, proxyQueueSize)
+}
+
+func startDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger, queueSize int) (*Dataplane, error) {
 	d := &Dataplane{client: client, logger: logger, nodeIP: nodeIP, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
 		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
 	for _, n := range nodes {
 		d.views[n] = map[string]*discoveryv1.EndpointSlice{}
-		d.queues[n] = make(chan sliceChange, 4096)
+		d.queues[n] = make(chan sliceChange, queueSize)
 		d.workers.Add(1)
 		go d.program(n)
 	}
@@ -183,15 +190,25 @@ func (d *Dataplane) sliceChanged(obj any, deleted bool) {
 		return
 	}
 	seen := time.Now()
+	changes := make([]sliceChange, len(d.nodes))
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, node := range d.nodes {
+	for i, node := range d.nodes {
 		at := seen.Add(d.model.draw(d.rng))
 		if last := d.applyAt[node]; at.Before(last) {
 			at = last
 		}
 		d.applyAt[node] = at
-		d.queues[node] <- sliceChange{at: at, seen: seen, key: slice.Namespace + "/" + slice.Name, slice: slice, deleted: deleted}
+		changes[i] = sliceChange{at: at, seen: seen, key: slice.Namespace + "/" + slice.Name, slice: slice, deleted: deleted}
+	}
+	d.mu.Unlock()
+	// Queued without the lock: a node's proxy takes d.mu to apply a change, so a full queue must not be waited on
+	// while holding it. The informer calls this from one goroutine, so each queue keeps the order of the changes.
+	for i, node := range d.nodes {
+		select {
+		case d.queues[node] <- changes[i]:
+		case <-d.stop:
+			return
+		}
 	}
 }
 

@@ -3,6 +3,9 @@ package lab
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,6 +91,9 @@ load: {rate: 1, duration: 1s}
 	if err != nil || len(before) != 8 {
 		t.Fatalf("%d Pods ready after install --wait: %v", len(before), err)
 	}
+	for _, pod := range before {
+		assertRunsAs(t, l, pod, 65532)
+	}
 	if err := restart(ctx, l, ns, "cowweb"); err != nil {
 		t.Fatal(err)
 	}
@@ -144,5 +150,44 @@ load: {rate: 1, duration: 1s}
 		if addr == fmt.Sprintf("%s:8080", brokenIP) {
 			t.Fatalf("connection %d routed to the Pod whose readiness fails", i)
 		}
+	}
+}
+
+// assertRunsAs checks a Pod's process: its user and group, no capabilities, no way to gain privileges, and its
+// private home directory.
+func assertRunsAs(t *testing.T, l *Lab, pod corev1.Pod, uid int) {
+	t.Helper()
+	l.Agent.mu.Lock()
+	w := l.Agent.pods[pod.UID]
+	l.Agent.mu.Unlock()
+	if w == nil || len(w.ctrs) == 0 || !w.ctrs[0].running() {
+		t.Fatalf("pod %s: no running container", pod.Name)
+	}
+	w.ctrs[0].mu.Lock()
+	pid := w.ctrs[0].cmd.Process.Pid
+	w.ctrs[0].mu.Unlock()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	id := fmt.Sprint(uid)
+	for key, want := range map[string]string{"Uid": strings.Repeat(id+" ", 3) + id, "Gid": strings.Repeat(id+" ", 3) + id,
+		"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "NoNewPrivs": "1"} {
+		if fields[key] != want {
+			t.Errorf("pod %s process %d: %s %q, want %q", pod.Name, pid, key, fields[key], want)
+		}
+	}
+	info, err := os.Stat(w.home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := info.Sys().(*syscall.Stat_t); int(st.Uid) != uid || info.Mode().Perm() != 0o700 {
+		t.Errorf("pod %s home %s: owner %d mode %v", pod.Name, w.home, st.Uid, info.Mode().Perm())
 	}
 }

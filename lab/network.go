@@ -70,7 +70,8 @@ type NetnsNetwork struct {
 	base    uint32 // first address of the lab's block
 	owner   int
 	mu      sync.Mutex
-	next    uint32 // next host number in the block
+	hosts   *addressPool // host numbers in the block
+	serial  uint64       // numbers the Pods' namespaces and veths: never reused while the lab runs
 	pods    map[string]podNet
 	closed  bool
 }
@@ -79,6 +80,7 @@ type podNet struct {
 	ns   string
 	veth string
 	ip   net.IP
+	host uint32
 }
 
 func ipCommand(args ...string) error {
@@ -93,7 +95,12 @@ func ipCommand(args ...string) error {
 
 func ipv4(v uint32) net.IP { return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)) }
 
-func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+// staleOwner says whether the lab of process pid made this network and is gone: only names whose PID carries a
+// marker of this project are ever removed, and only once that very process (PID and start time) has ended.
+func staleOwner(pid int) bool {
+	o, ok := readMarker(pid)
+	return ok && !o.Alive()
+}
 
 // NewNetnsNetwork removes leftovers of dead labs, then creates this process's bridge on a free block.
 func NewNetnsNetwork() (*NetnsNetwork, error) {
@@ -124,7 +131,14 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 			}
 		}
 	}
-	owner := os.Getpid()
+	self, err := SelfOwner()
+	if err != nil {
+		return nil, err
+	}
+	owner := self.PID
+	if err := writeMarker(self); err != nil {
+		return nil, fmt.Errorf("lab network marker: %w", err)
+	}
 	first := uint32(198)<<24 | uint32(18)<<16
 	for i := 0; i < blocks; i++ {
 		block := uint32((owner + i) % blocks)
@@ -133,7 +147,9 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		if used[gateway.String()] {
 			continue
 		}
-		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner, next: 2, pods: map[string]podNet{}}
+		// .0 is the block, .1 the gateway, the last the broadcast address.
+		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner,
+			hosts: newAddressPool(2, 1<<blockBits-2, addressQuarantine), pods: map[string]podNet{}}
 		for _, args := range [][]string{
 			{"link", "add", n.Bridge, "type", "bridge"},
 			{"addr", "add", fmt.Sprintf("%s/%d", gateway, podPrefixLength), "dev", n.Bridge},
@@ -141,11 +157,13 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		} {
 			if err := ipCommand(args...); err != nil {
 				_ = ipCommand("link", "del", n.Bridge)
+				_ = os.Remove(markerFile(owner))
 				return nil, err
 			}
 		}
 		return n, nil
 	}
+	_ = os.Remove(markerFile(owner))
 	return nil, fmt.Errorf("every block of %s is in use by other labs", podNetworkCIDR)
 }
 
@@ -164,8 +182,9 @@ func ownerOf(name string) (int, bool) {
 }
 
 // CleanStaleNetwork removes the namespaces, processes and bridges that labs of dead processes left (after a crash,
-// say); those of running labs stay.
+// say); those of running labs stay, and so does anything named like them that no lab of this project marked.
 func CleanStaleNetwork() error {
+	stale := map[int]bool{}
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		return fmt.Errorf("ip netns list: %w", err)
@@ -173,9 +192,10 @@ func CleanStaleNetwork() error {
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
 		pid, ok := ownerOf(name)
-		if !ok || !strings.HasPrefix(name, netnsPrefix) || alive(pid) {
+		if !ok || !strings.HasPrefix(name, netnsPrefix) || !staleOwner(pid) {
 			continue
 		}
+		stale[pid] = true
 		// Processes of a crashed lab may still run in it; deleting the namespace would not stop them.
 		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
 			for _, field := range strings.Fields(string(pids)) {
@@ -193,10 +213,24 @@ func CleanStaleNetwork() error {
 		return err
 	}
 	for _, iface := range interfaces {
-		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && !alive(pid) {
+		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && staleOwner(pid) {
 			if err := ipCommand("link", "del", iface.Name); err != nil {
 				return err
 			}
+			stale[pid] = true
+		}
+	}
+	// Markers of dead labs with nothing left (the lab closed its network but died before removing the marker).
+	if entries, err := os.ReadDir(labMarkerDir); err == nil {
+		for _, e := range entries {
+			if pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".json")); err == nil && staleOwner(pid) {
+				stale[pid] = true
+			}
+		}
+	}
+	for pid := range stale {
+		if err := os.Remove(markerFile(pid)); err != nil && !os.IsNotExist(err) {
+			return err
 		}
 	}
 	return nil
@@ -209,14 +243,15 @@ func (n *NetnsNetwork) Setup(podKey string) (net.IP, error) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("pod network closed")
 	}
-	id := n.next
-	n.next++
+	n.serial++
+	id := n.serial
 	n.mu.Unlock()
-	if id >= 1<<blockBits-1 {
-		return nil, fmt.Errorf("the lab's Pod addresses are exhausted")
+	host, err := n.hosts.take()
+	if err != nil {
+		return nil, fmt.Errorf("pod %s network: %w", podKey, err)
 	}
 	p := podNet{ns: fmt.Sprintf("%s%d-%d", netnsPrefix, n.owner, id),
-		veth: "rv" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatInt(int64(id), 36), ip: ipv4(n.base + id)}
+		veth: "rv" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatInt(int64(id), 36), ip: ipv4(n.base + host), host: host}
 	steps := [][]string{
 		{"netns", "add", p.ns},
 		{"link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.ns},
@@ -229,6 +264,7 @@ func (n *NetnsNetwork) Setup(podKey string) (net.IP, error) {
 	for _, args := range steps {
 		if err := ipCommand(args...); err != nil {
 			_ = ipCommand("netns", "del", p.ns)
+			n.hosts.release(host)
 			return nil, fmt.Errorf("pod %s network: %w", podKey, err)
 		}
 	}
@@ -258,7 +294,11 @@ func (n *NetnsNetwork) Teardown(podKey string) error {
 	if !ok {
 		return nil
 	}
-	return ipCommand("netns", "del", p.ns)
+	err := ipCommand("netns", "del", p.ns)
+	if err == nil {
+		n.hosts.release(p.host)
+	}
+	return err
 }
 
 // Close removes every namespace and the bridge.
@@ -277,6 +317,8 @@ func (n *NetnsNetwork) Close() error {
 		}
 	}
 	if err := ipCommand("link", "del", n.Bridge); err != nil {
+		errs = append(errs, err)
+	} else if err := os.Remove(markerFile(n.owner)); err != nil && !os.IsNotExist(err) {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

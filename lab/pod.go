@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -41,6 +42,7 @@ type podWorker struct {
 	termOnce  sync.Once
 	killed    chan struct{}
 	killOnce  sync.Once
+	home      string // the Pod's private directory: HOME and the default working directory
 }
 
 type containerRunner struct {
@@ -95,6 +97,14 @@ func (w *podWorker) run() {
 		return
 	}
 	w.ip = ip
+	// One directory per Pod, owned by the first container's user (a Pod's containers share a user in practice).
+	owner := identity{}
+	if len(w.pod.Spec.Containers) > 0 {
+		owner, _ = containerIdentity(w.pod, w.pod.Spec.Containers[0])
+	}
+	if w.home, err = w.agent.files.home(w.pod, owner); err != nil {
+		w.agent.logger.Error("pod directory", "pod", w.key, "err", err)
+	}
 	ctx, stopProbes := context.WithCancel(w.agent.ctx)
 	for _, spec := range w.pod.Spec.Containers {
 		c := &containerRunner{spec: spec, startupOK: spec.StartupProbe == nil}
@@ -136,33 +146,63 @@ func (w *podWorker) env(c corev1.Container) []string {
 			set(e.Name, expansion.Expand(e.Value, expansion.MappingFuncFor(values)))
 		}
 	}
-	out := []string{"PATH=" + os.Getenv("PATH"), "HOME=/tmp", "HOSTNAME=" + w.pod.Name}
+	out := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + w.home, "HOSTNAME=" + w.pod.Name}
 	for _, k := range order {
 		out = append(out, k+"="+values[k])
 	}
 	return out
 }
 
+// command makes the process that runs argv in the Pod's network as the container's user (see security.go).
+func (w *podWorker) command(c corev1.Container, argv []string) (*exec.Cmd, error) {
+	id, err := containerIdentity(w.pod, c)
+	if err != nil {
+		return nil, err
+	}
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("container %s: empty command", c.Name)
+	}
+	argv = slices.Clone(argv)
+	if id.uid != 0 {
+		if argv[0], err = w.agent.files.executable(argv[0]); err != nil {
+			return nil, err
+		}
+	}
+	cmd, err := w.agent.opts.Network.Command(w.key, id.wrap(w.agent.setpriv, argv))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Env = w.env(c)
+	cmd.Dir = c.WorkingDir
+	if cmd.Dir == "" {
+		cmd.Dir = w.home
+	}
+	cmd.SysProcAttr = podProcAttr()
+	return cmd, nil
+}
+
 func (w *podWorker) startContainer(c *containerRunner) {
+	waitReason := "CreateContainerError"
 	argv, err := w.agent.resolveArgv(c.spec)
 	if err == nil {
 		mapping := expansion.MappingFuncFor(envMap(w.env(c.spec)))
 		for i := range argv {
 			argv[i] = expansion.Expand(argv[i], mapping)
 		}
+		if _, idErr := containerIdentity(w.pod, c.spec); idErr != nil {
+			err, waitReason = idErr, "CreateContainerConfigError"
+		}
 	}
 	var cmd *exec.Cmd
 	if err == nil {
-		cmd, err = w.agent.opts.Network.Command(w.key, argv)
+		cmd, err = w.command(c.spec, argv)
 	}
 	var logFile *os.File
 	if err == nil {
 		logFile, err = os.OpenFile(filepath.Join(w.agent.opts.StateDir, "logs", fmt.Sprintf("%s_%s_%s.log", w.pod.Namespace, w.pod.Name, c.spec.Name)),
-			os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	}
 	if err == nil {
-		cmd.Env = w.env(c.spec)
-		cmd.Dir = c.spec.WorkingDir
 		out := &appLogWriter{file: logFile, onEvent: func(event string, at time.Time) {
 			if event == EventListenerClosed {
 				w.record(EventListenerClosed, c.spec.Name, func(e *Event) { e.Time = at })
@@ -171,8 +211,6 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		cmd.Stdout, cmd.Stderr = out, out
 		// A process it started that keeps the pipe open must not hold the container's exit.
 		cmd.WaitDelay = time.Second
-		// Its own process group, so a signal for the container reaches what it started.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		err = cmd.Start()
 	}
 	c.mu.Lock()
@@ -181,7 +219,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		if logFile != nil {
 			logFile.Close()
 		}
-		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		c.waitReason, c.waitMessage = waitReason, err.Error()
 		w.agent.logger.Warn("container", "pod", w.key, "container", c.spec.Name, "err", err)
 		return
 	}
@@ -365,11 +403,10 @@ func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunn
 		conn.Close()
 		return true
 	case p.Exec != nil:
-		cmd, err := w.agent.opts.Network.Command(w.key, p.Exec.Command)
+		cmd, err := w.command(c.spec, p.Exec.Command)
 		if err != nil {
 			return false
 		}
-		cmd.Env = w.env(c.spec)
 		return runWithContext(ctx, cmd) == nil
 	}
 	return true
@@ -380,7 +417,6 @@ var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: tru
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 func runWithContext(ctx context.Context, cmd *exec.Cmd) error {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -717,11 +753,10 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 func (w *podWorker) runHook(ctx context.Context, h *corev1.LifecycleHandler, c *containerRunner) error {
 	switch {
 	case h.Exec != nil:
-		cmd, err := w.agent.opts.Network.Command(w.key, h.Exec.Command)
+		cmd, err := w.command(c.spec, h.Exec.Command)
 		if err != nil {
 			return err
 		}
-		cmd.Env = w.env(c.spec)
 		return runWithContext(ctx, cmd)
 	case h.Sleep != nil:
 		select {
@@ -751,6 +786,9 @@ func deadlineOf(ctx context.Context) time.Time {
 func (w *podWorker) remove() {
 	if err := w.agent.opts.Network.Teardown(w.key); err != nil {
 		w.agent.logger.Warn("pod network teardown", "pod", w.key, "err", err)
+	}
+	if err := w.agent.files.removeHome(w.pod); err != nil {
+		w.agent.logger.Warn("pod directory", "pod", w.key, "err", err)
 	}
 	select {
 	case <-w.killed:

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 )
 
 // Startup (tcpSocket), readiness (exec) and liveness (httpGet) probes, the restart back-off, and the native sleep
@@ -34,8 +37,15 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 	ctr := &probed.Spec.Template.Spec.Containers[0]
 	ctr.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}},
 		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 10}
-	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "test -n \"$POD_IP\""}}},
+	// The probe runs as the container's user, with its private home; the app binary sits in a directory only root
+	// can enter, so the agent stages it.
+	ctr.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c",
+		`test -n "$POD_IP" && test "$(id -u):$(id -g)" = 1000:1001 && test -w "$HOME" && test "$PWD" = "$HOME"`}}},
 		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
+	probed.Spec.Template.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](1001)}
+	// runAsNonRoot without a user would run as root: the kubelet refuses to start it.
+	rootless := cowwebDeployment("rootless", 1, 0, "graceful")
+	rootless.Spec.Template.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true)}
 	// Killed by a failing liveness probe, then restarted after the kubelet's 10 s back-off.
 	dying := cowwebDeployment("dying", 1, 0, "graceful")
 	dying.Spec.Template.Spec.Containers[0].LivenessProbe = &corev1.Probe{
@@ -47,7 +57,7 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 	getter := cowwebDeployment("getter", 1, 0, "graceful")
 	getter.Spec.Template.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
 		HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}}}
-	for _, d := range []*appsv1.Deployment{probed, dying, sleeper, getter} {
+	for _, d := range []*appsv1.Deployment{probed, dying, sleeper, getter, rootless} {
 		if _, err := c.Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -62,6 +72,14 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 	if s := pods[0].Status.ContainerStatuses[0]; s.Started == nil || !*s.Started || !s.Ready {
 		t.Errorf("probed: started %v ready %v", s.Started, s.Ready)
 	}
+	eventually(t, "rootless refused as the kubelet does", 30*time.Second, func(ctx context.Context) (bool, error) {
+		pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=rootless"})
+		if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
+			return false, err
+		}
+		w := pods.Items[0].Status.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "CreateContainerConfigError" && strings.Contains(w.Message, "runAsNonRoot"), nil
+	})
 	eventually(t, "dying restarted once after its liveness failures", 30*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=dying"})
 		if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
@@ -112,17 +130,48 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 }
 
 // Leftovers of a lab whose process died (a namespace with a process in it, the bridge) go at the next start;
-// those of a lab still running stay.
+// those of a lab still running stay, and so do names like a lab's that no lab of this project marked.
 func TestStaleNetworkOfDeadLabsIsRemoved(t *testing.T) {
 	requireRoot(t)
-	dead := 4194300 // above any pid this machine hands out
-	ns := fmt.Sprintf("%s%d-1", netnsPrefix, dead)
-	if err := ipCommand("netns", "add", ns); err != nil {
+	boot, err := bootID()
+	if err != nil {
 		t.Fatal(err)
 	}
+	dead := 4194300 // above any pid this machine hands out
+	if err := writeMarker(Owner{PID: dead, Start: 1, BootID: boot}); err != nil {
+		t.Fatal(err)
+	}
+	// A live process whose PID a dead lab once had: the marker's start time is not its own.
+	reused := exec.Command("sleep", "300")
+	if err := reused.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer reused.Process.Kill()
+	reusedOwner, err := ProcessOwner(reused.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reusedOwner.Start--
+	if err := writeMarker(reusedOwner); err != nil {
+		t.Fatal(err)
+	}
+	unmarked := 4194299
+	ns := fmt.Sprintf("%s%d-1", netnsPrefix, dead)
+	reusedNS := fmt.Sprintf("%s%d-1", netnsPrefix, reused.Process.Pid)
+	unmarkedNS := fmt.Sprintf("%s%d-1", netnsPrefix, unmarked)
+	for _, name := range []string{ns, reusedNS, unmarkedNS} {
+		if err := ipCommand("netns", "add", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer ipCommand("netns", "del", unmarkedNS)
 	if err := ipCommand("link", "add", BridgeName(dead), "type", "bridge"); err != nil {
 		t.Fatal(err)
 	}
+	if err := ipCommand("link", "add", BridgeName(unmarked), "type", "bridge"); err != nil {
+		t.Fatal(err)
+	}
+	defer ipCommand("link", "del", BridgeName(unmarked))
 	sleeper := exec.Command("ip", "netns", "exec", ns, "sleep", "300")
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
@@ -137,15 +186,33 @@ func TestStaleNetworkOfDeadLabsIsRemoved(t *testing.T) {
 	if left, _ := Namespaces(dead); len(left) > 0 {
 		t.Errorf("stale namespaces left: %v", left)
 	}
+	if left, _ := Namespaces(reused.Process.Pid); len(left) > 0 {
+		t.Errorf("namespaces of a dead lab whose PID was reused left: %v", left)
+	}
 	if _, err := net.InterfaceByName(BridgeName(dead)); err == nil {
 		t.Errorf("stale bridge %s left", BridgeName(dead))
+	}
+	if _, ok := readMarker(dead); ok {
+		t.Error("the dead lab's marker is left")
 	}
 	select {
 	case <-exited:
 	case <-time.After(5 * time.Second):
 		t.Error("the process in the stale namespace still runs")
 	}
+	if err := syscall.Kill(reused.Process.Pid, 0); err != nil {
+		t.Errorf("the process that reused a dead lab's PID was touched: %v", err)
+	}
+	if left, _ := Namespaces(unmarked); len(left) != 1 {
+		t.Errorf("an unmarked namespace named like a lab's was removed: %v", left)
+	}
+	if _, err := net.InterfaceByName(BridgeName(unmarked)); err != nil {
+		t.Errorf("an unmarked bridge named like a lab's was removed: %v", err)
+	}
 	if _, err := net.InterfaceByName(n.Bridge); err != nil {
 		t.Errorf("this lab's bridge: %v", err)
+	}
+	if o, ok := readMarker(os.Getpid()); !ok || !o.Alive() {
+		t.Errorf("this lab's marker: %+v %v", o, ok)
 	}
 }

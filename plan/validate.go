@@ -89,10 +89,15 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	v.check(p.Lab.Nodes >= 1 && p.Lab.Nodes <= maxNodes, "lab.nodes", "must be between 1 and %d, got %d", maxNodes, p.Lab.Nodes)
 	v.check(p.Lab.ServiceOut.Min >= 0, "lab.serviceOut.min", "must not be negative, got %s", p.Lab.ServiceOut.Min)
 	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
+	v.check(p.Lab.ServiceOut.Max.D() <= MaxServiceOut, "lab.serviceOut.max", "must be at most %s (kube-proxy programs a change within seconds), got %s", MaxServiceOut, p.Lab.ServiceOut.Max)
 	for image, argv := range p.Lab.Images {
 		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
 	}
 }
+
+// MaxServiceOut bounds the lab's per-node proxy delay: each node's proxy holds the changes not yet programmed, and a
+// delay of minutes models no kube-proxy (its --iptables-min-sync-period defaults to 1 s).
+const MaxServiceOut = time.Minute
 
 // maxWorkerPods bounds an in-cluster load's Job.
 const maxWorkerPods = 100

@@ -64,16 +64,20 @@ func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan
 			return nil, fmt.Errorf("%s: case %s: load.url: required on a cluster: where the Service is reachable from here (or --load-url)", planFile, p.Cases[i].Name)
 		}
 	}
-	k, err := experiment.OpenKubernetes(cmd.Context(), p.Target.Kubeconfig, p.Target.Context)
-	if err != nil {
-		return nil, err
-	}
 	interactive := false
 	if in, ok := cmd.InOrStdin().(*os.File); ok && in != nil {
 		interactive = term.IsTerminal(int(in.Fd()))
 	}
+	if !f.yes && !interactive {
+		// Installing on a cluster is never done unasked: a script or CI says so with --yes.
+		return nil, fmt.Errorf("%s runs on a cluster (context %q) and there is no terminal to ask on: pass --yes to go on without asking", planFile, p.Target.Context)
+	}
+	k, err := experiment.OpenKubernetes(cmd.Context(), p.Target.Kubeconfig, p.Target.Context)
+	if err != nil {
+		return nil, err
+	}
 	describeCluster(cmd.ErrOrStderr(), k.Info, p)
-	if !f.yes && interactive {
+	if !f.yes {
 		ok, err := confirm(cmd.InOrStdin(), cmd.ErrOrStderr())
 		if err != nil {
 			return nil, err

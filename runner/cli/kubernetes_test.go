@@ -54,6 +54,12 @@ func TestApplyRefusesAClusterWithoutANamedContext(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "results")); !os.IsNotExist(err) {
 		t.Errorf("a results directory was made before the refusal: %v", err)
 	}
+	// No terminal to ask on and no --yes: refused before the cluster is even contacted.
+	code, _, errOut = run(t, "apply", planFile, "--context", "somewhere", "--kubeconfig", filepath.Join(dir, "missing-kubeconfig"),
+		"--results", filepath.Join(dir, "results"))
+	if code != ExitError || !strings.Contains(errOut, "no terminal to ask on: pass --yes") {
+		t.Errorf("without a terminal and --yes: exit %d: %s", code, errOut)
+	}
 	code, _, errOut = run(t, "apply", "../../plans/quick.yaml", "--context", "x")
 	if code != ExitError || !strings.Contains(errOut, "--context is for a cluster") {
 		t.Errorf("--context on a lab plan: exit %d: %s", code, errOut)
@@ -153,6 +159,12 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the file's comment tells users: the ClusterRole names the plan's namespace.
+	const placeholder = "    resourceNames: [quick]\n"
+	if strings.Count(string(data), placeholder) != 1 {
+		t.Fatalf("deploy/rbac/runner.yaml: the ClusterRole's %q line the README's sed edits is not there once", placeholder)
+	}
+	data = []byte(strings.Replace(string(data), placeholder, "    resourceNames: ["+namespace+"]\n", 1))
 	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
 	for _, doc := range strings.Split(string(data), "\n---\n") {
 		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
@@ -198,6 +210,15 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 	got, err := cluster.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
 	if err != nil || got.Status.Allowed {
 		t.Fatalf("the runner's user may create Deployments outside its namespace: %v %v", got.Status, err)
+	}
+	// The namespace ClusterRole reaches the plan's namespace only.
+	for target, want := range map[string]bool{namespace: true, "kube-system": false, "default": false} {
+		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "delete", Resource: "namespaces", Name: target}}}
+		got, err := cluster.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		if err != nil || got.Status.Allowed != want {
+			t.Errorf("the runner's user may delete namespace %s: %v, want %v (%v)", target, got.Status.Allowed, want, err)
+		}
 	}
 	return file
 }

@@ -19,12 +19,15 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // labState is what a running `runner lab up` leaves in its directory for `lab status` and `lab down`.
 type labState struct {
-	PID        int               `json:"pid"`
+	PID int `json:"pid"`
+	// Owner tells the lab's process from another that got its PID after a crash or reboot.
+	Owner      lab.Owner         `json:"owner"`
 	Server     string            `json:"server"`
 	Kubeconfig string            `json:"kubeconfig"`
 	Nodes      int               `json:"nodes"`
@@ -69,8 +72,8 @@ func newLabCommand() *cobra.Command {
 				}
 				imageMap[image] = strings.Fields(command)
 			}
-			if serviceOutMin < 0 || serviceOutMax < serviceOutMin {
-				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max", serviceOutMin, serviceOutMax)
+			if serviceOutMin < 0 || serviceOutMax < serviceOutMin || serviceOutMax > plan.MaxServiceOut {
+				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max ≤ %s", serviceOutMin, serviceOutMax, plan.MaxServiceOut)
 			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Images: imageMap,
 				ServiceOut: &lab.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
@@ -78,7 +81,11 @@ func newLabCommand() *cobra.Command {
 				return err
 			}
 			defer l.Down()
-			state := labState{PID: os.Getpid(), Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
+			owner, err := lab.SelfOwner()
+			if err != nil {
+				return err
+			}
+			state := labState{PID: owner.PID, Owner: owner, Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
 			writeState := func() error {
 				state.Services = l.Dataplane.Forwards()
 				data, _ := json.MarshalIndent(state, "", "  ")
@@ -119,9 +126,18 @@ func newLabCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			state, err := readLabState(dir)
-			if err == nil {
+			switch {
+			case err != nil:
+			case !state.Owner.Alive():
+				// The lab is gone (crash, reboot); its PID may belong to another process now: leave that alone.
+				fmt.Fprintf(cmd.OutOrStdout(), "the lab of %s is no longer running (process %d is not it): nothing to stop\n",
+					filepath.Join(dir, labStateFile), state.PID)
+				if err := os.Remove(filepath.Join(dir, labStateFile)); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			default:
 				if err := syscall.Kill(state.PID, syscall.SIGTERM); err == nil {
-					for i := 0; i < 300 && syscall.Kill(state.PID, 0) == nil; i++ {
+					for i := 0; i < 300 && state.Owner.Alive(); i++ {
 						time.Sleep(100 * time.Millisecond)
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "stopped the lab of process %d\n", state.PID)

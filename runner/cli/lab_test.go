@@ -141,3 +141,42 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 		t.Errorf("state file left: %v", err)
 	}
 }
+
+// A lab.json left by a crash names a PID that another process may have now: `lab down` must not signal it.
+func TestLabDownLeavesAStaleLabsProcessAlone(t *testing.T) {
+	other := exec.Command("sleep", "60")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Process.Kill()
+	exited := make(chan struct{})
+	go func() {
+		other.Wait()
+		close(exited)
+	}()
+	owner, err := lab.ProcessOwner(other.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner.Start-- // the lab that wrote the file started earlier: same PID, another process
+	dir := t.TempDir()
+	data, _ := json.Marshal(labState{PID: owner.PID, Owner: owner, Kubeconfig: filepath.Join(dir, "kubeconfig")})
+	if err := os.WriteFile(filepath.Join(dir, labStateFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, "lab", "down", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("lab down: %d %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "no longer running") {
+		t.Errorf("lab down said %q", stdout)
+	}
+	select {
+	case <-exited:
+		t.Fatal("lab down signalled a process that is not the lab")
+	case <-time.After(500 * time.Millisecond):
+	}
+	if _, err := os.Stat(filepath.Join(dir, labStateFile)); !os.IsNotExist(err) {
+		t.Errorf("the stale lab.json stays: %v", err)
+	}
+}

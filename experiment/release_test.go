@@ -1,0 +1,50 @@
+package experiment
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
+	kubefake "helm.sh/helm/v3/pkg/kube/fake"
+	"helm.sh/helm/v3/pkg/release"
+	"helm.sh/helm/v3/pkg/storage"
+	"helm.sh/helm/v3/pkg/storage/driver"
+)
+
+func memoryHelm(t *testing.T, labels map[string]string) *action.Configuration {
+	t.Helper()
+	store := storage.Init(driver.NewMemory())
+	rel := &release.Release{Name: ReleaseName, Namespace: "ns", Version: 1, Labels: labels,
+		Info:  &release.Info{Status: release.StatusDeployed},
+		Chart: &chart.Chart{Metadata: &chart.Metadata{Name: "cowweb", Version: "0.1.0", APIVersion: "v2"}}}
+	if err := store.Create(rel); err != nil {
+		t.Fatal(err)
+	}
+	return &action.Configuration{Releases: store, KubeClient: &kubefake.PrintingKubeClient{Out: io.Discard}, Log: func(string, ...any) {}}
+}
+
+// A release of the same name that the runner did not install is never uninstalled.
+func TestOnlyTheRunnersOwnReleaseIsUninstalled(t *testing.T) {
+	logger := slog.New(slog.DiscardHandler)
+	foreign := memoryHelm(t, nil)
+	err := uninstallOwnRelease(foreign, "ns", logger)
+	if err == nil || !strings.Contains(err.Error(), "rollout-lab did not install") {
+		t.Fatalf("a foreign release: %v", err)
+	}
+	if _, err := foreign.Releases.Last(ReleaseName); err != nil {
+		t.Errorf("the foreign release is gone: %v", err)
+	}
+	own := memoryHelm(t, map[string]string{InstalledByLabel: InstalledByValue})
+	if err := uninstallOwnRelease(own, "ns", logger); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.Releases.Last(ReleaseName); err == nil {
+		t.Error("the runner's own release stays")
+	}
+	if err := uninstallOwnRelease(&action.Configuration{Releases: storage.Init(driver.NewMemory())}, "ns", logger); err != nil {
+		t.Errorf("no release at all: %v", err)
+	}
+}
