@@ -74,8 +74,16 @@ func heapOf(f func() *Attributor) (uint64, *Attributor) {
 
 // A dead target at a high rate fails every request: what the attribution holds must not grow with their number.
 func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
-	small, a1 := heapOf(func() *Attributor { a := NewAttributor(settleTime, FailureSampleLimit); feedFailures(a, 100_000); return a })
-	large, a2 := heapOf(func() *Attributor { a := NewAttributor(settleTime, FailureSampleLimit); feedFailures(a, 1_000_000); return a })
+	small, a1 := heapOf(func() *Attributor {
+		a := NewAttributor(settleTime, FailureSampleLimit)
+		feedFailures(a, 100_000)
+		return a
+	})
+	large, a2 := heapOf(func() *Attributor {
+		a := NewAttributor(settleTime, FailureSampleLimit)
+		feedFailures(a, 1_000_000)
+		return a
+	})
 	t.Logf("heap with 100k failures %d KiB, with 1M %d KiB", small>>10, large>>10)
 	if float64(large) > 1.2*float64(small) {
 		t.Errorf("10× more failures took %.2f× the heap", float64(large)/float64(small))

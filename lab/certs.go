@@ -28,7 +28,7 @@ type pki struct {
 	adminCertPEM, adminKeyPEM, caPEM []byte
 	// etcd has its own CA, as kubeadm sets it up: only certificates it issued (etcd's own and the apiserver's
 	// etcd client) open etcd, not the admin's kubeconfig nor anything else the lab CA signs.
-	EtcdCAFile, EtcdCertFile, EtcdKeyFile          string
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile       string
 	APIServerEtcdCertFile, APIServerEtcdKeyFile string
 }
 

@@ -26,10 +26,10 @@ func TestContainerIdentityFollowsTheSecurityContext(t *testing.T) {
 	}{
 		{name: "no context: root with the runtime's default capabilities", want: identity{caps: defaultCapabilities}},
 		{name: "the chart's: 65532, nothing added", psc: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532), RunAsGroup: ptr.To[int64](65532)},
-			sc: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+			sc:   &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
 			want: identity{uid: 65532, gid: 65532}},
 		{name: "container wins over Pod, groups merged", psc: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000), SupplementalGroups: []int64{5, 3}, FSGroup: ptr.To[int64](3)},
-			sc: &corev1.SecurityContext{RunAsUser: ptr.To[int64](2000), Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_BIND_SERVICE"}}},
+			sc:   &corev1.SecurityContext{RunAsUser: ptr.To[int64](2000), Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_BIND_SERVICE"}}},
 			want: identity{uid: 2000, groups: []int64{3, 5}, caps: []string{"NET_BIND_SERVICE"}}},
 		{name: "root dropping some", sc: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW", "dac_override"}}},
 			want: identity{caps: slices.DeleteFunc(slices.Clone(defaultCapabilities), func(c string) bool { return c == "NET_RAW" || c == "DAC_OVERRIDE" })}},
