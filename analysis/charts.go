@@ -168,13 +168,28 @@ func WriteChart(w io.Writer, p *plot.Plot, format string) error {
 	return err
 }
 
-// chartFileName keeps case names safe as file names.
+// chartFileName makes a file name of a run's labels, which come from a results directory that may be anyone's:
+// only letters, digits, '.', '_' and '-' stay, and it never starts with a dot, so it cannot leave the directory.
 func chartFileName(r CaseRun, kind, format string) string {
-	name := strings.NewReplacer("/", "_", " ", "_").Replace(r.Case)
+	name := safeFileName(r.Case)
 	if r.Run != "" && r.Run != "1" {
-		name += "-run" + r.Run
+		name += "-run" + safeFileName(r.Run)
 	}
 	return fmt.Sprintf("%s-%s.%s", name, kind, format)
+}
+
+func safeFileName(s string) string {
+	safe := []rune(s)
+	for i, r := range safe {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			safe[i] = '_'
+		}
+	}
+	out := strings.TrimLeft(string(safe), ".")
+	if out == "" {
+		return "_"
+	}
+	return out
 }
 
 // WriteCharts writes the requests and latency charts of every run into dir, in every format, and returns the files.

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +173,23 @@ func TestExpectationsAreCheckedAndShown(t *testing.T) {
 	}
 	if CheckExpectations(plan.Expect{}, Outcome{Errors: 5}) != nil || fixtureReport().Failed() {
 		t.Error("no expectation, no failure")
+	}
+}
+
+// Run labels come from a results directory that may be anyone's: chart files stay in the charts directory.
+func TestChartFileNamesStayInTheirDirectory(t *testing.T) {
+	for _, tc := range []struct {
+		run  CaseRun
+		want string
+	}{
+		{CaseRun{Case: "gs-slp8", Run: "1"}, "gs-slp8-requests.png"},
+		{CaseRun{Case: "gs/slp 8", Run: "2"}, "gs_slp_8-run2-requests.png"},
+		{CaseRun{Case: "../../etc/cron.d/x", Run: "1"}, "_.._etc_cron.d_x-requests.png"},
+		{CaseRun{Case: "..", Run: "../x"}, "_-run_x-requests.png"},
+	} {
+		got := chartFileName(tc.run, "requests", "png")
+		if got != tc.want || filepath.Base(got) != got || strings.HasPrefix(got, ".") {
+			t.Errorf("%+v: %q, want %q", tc.run, got, tc.want)
+		}
 	}
 }

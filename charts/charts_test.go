@@ -123,6 +123,16 @@ func TestPreStopVariants(t *testing.T) {
 	if h := get.Lifecycle.PreStop; h.HTTPGet == nil || h.HTTPGet.Path != "/drain" || h.HTTPGet.Port != intstr.FromInt(8080) {
 		t.Errorf("httpGet preStop %+v", h)
 	}
+	// Paths are strings to the template: YAML in them stays text.
+	odd := `/drain?x=1#a: b, "c": [d]`
+	quoted := render(t, map[string]any{"preStop": map[string]any{"type": "httpGet", "httpGet": map[string]any{"path": odd, "port": "http"}},
+		"probes": map[string]any{"readiness": map[string]any{"path": odd}}}).container()
+	if h := quoted.Lifecycle.PreStop; h.HTTPGet == nil || h.HTTPGet.Path != odd || h.HTTPGet.Port != intstr.FromString("http") {
+		t.Errorf("httpGet preStop with an odd path %+v", h.HTTPGet)
+	}
+	if p := quoted.ReadinessProbe; p == nil || p.HTTPGet.Path != odd {
+		t.Errorf("readiness probe with an odd path %+v", p)
+	}
 	if none := render(t, map[string]any{"preStop": map[string]any{"type": "none", "sleepSeconds": 8}}).container(); none.Lifecycle != nil {
 		t.Errorf("type none renders a hook: %+v", none.Lifecycle)
 	}

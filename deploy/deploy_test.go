@@ -263,3 +263,39 @@ func TestExpandRefusesUnknownVariables(t *testing.T) {
 		t.Errorf("a typo passed: %v", err)
 	}
 }
+
+// `docker build .` sends the context to the builder: the lab's keys, results (with their Prometheus token), the
+// Grafana password and local credentials stay out.
+func TestDockerignoreKeepsSecretsOutOfTheBuildContext(t *testing.T) {
+	data, err := os.ReadFile("../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patterns []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			patterns = append(patterns, strings.TrimSuffix(line, "/"))
+		}
+	}
+	ignored := func(path string) bool {
+		for _, p := range patterns {
+			for dir := path; dir != "."; dir = filepath.Dir(dir) {
+				if ok, _ := filepath.Match(p, dir); ok {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, path := range []string{".lab/pki/ca.key", ".lab/kubeconfig", "results/quick/20261130T000000Z/prometheus.token",
+		"deploy/grafana/admin-password", ".env", "bin/runner", ".git/config"} {
+		if !ignored(path) {
+			t.Errorf("%s would be sent to the builder", path)
+		}
+	}
+	for _, path := range []string{"go.mod", "runner/main.go", "charts/cowweb/Chart.yaml"} {
+		if ignored(path) {
+			t.Errorf("%s, which the build needs, is ignored", path)
+		}
+	}
+}

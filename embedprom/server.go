@@ -66,6 +66,7 @@ type Server struct {
 	logger    *slog.Logger
 	db        *tsdb.DB
 	readOnly  *tsdb.DBReadOnly
+	sandbox   string // the read-only TSDB's scratch directory, removed on close
 	queryable storage.SampleAndChunkQueryable
 	engine    *promql.Engine
 	scraper   *scrape.Manager
@@ -169,8 +170,10 @@ func (s *Server) openStorage(reg prometheus.Registerer) error {
 		}
 		db, err := tsdb.OpenDBReadOnly(s.opts.Dir, sandbox, s.logger.With("component", "tsdb"))
 		if err != nil {
+			os.RemoveAll(sandbox)
 			return fmt.Errorf("open TSDB %s read-only: %w", s.opts.Dir, err)
 		}
+		s.sandbox = sandbox
 		s.readOnly, s.queryable = db, readOnlyQueryable{db}
 		return nil
 	}
@@ -191,10 +194,13 @@ func (s *Server) closeStorage() error {
 		return s.db.Close()
 	}
 	if s.readOnly != nil {
-		return s.readOnly.Close()
+		return errors.Join(s.readOnly.Close(), os.RemoveAll(s.sandbox))
 	}
 	return nil
 }
+
+// SandboxDir is the scratch directory of a read-only TSDB (empty otherwise).
+func (s *Server) SandboxDir() string { return s.sandbox }
 
 // readOnlyQueryable serves queries from a read-only TSDB.
 type readOnlyQueryable struct{ db *tsdb.DBReadOnly }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +153,16 @@ func TestScrapedTotalsEqualTheAttackersCounts(t *testing.T) {
 	roAPI, _ := ro.Client()
 	if got := instant(t, roAPI, `sum(rolloutlab_requests_total)`, now); got != total || got != 160 {
 		t.Errorf("read-only total %v, was %v", got, total)
+	}
+	sandbox := ro.SandboxDir()
+	if _, err := os.Stat(sandbox); sandbox == "" || err != nil {
+		t.Fatalf("read-only sandbox %q: %v", sandbox, err)
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sandbox); !os.IsNotExist(err) {
+		t.Errorf("the read-only TSDB's temporary directory %s stays: %v", sandbox, err)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/kubectl/pkg/polymorphichelpers"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
@@ -117,16 +118,8 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 			return err
 		}, cleanup: func() error { return target.Close() }},
 		{name: "create the namespace", do: func(ctx context.Context) error {
-			namespaces := target.Client().CoreV1().Namespaces()
-			if _, err := namespaces.Get(ctx, namespace, metav1.GetOptions{}); err == nil || !apierrors.IsNotFound(err) {
-				// There already, or not ours to look at (a Role in it may still let us work there).
-				return nil
-			}
-			_, err := namespaces.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: restrictedNamespaceLabels}}, metav1.CreateOptions{})
-			createdNamespace = err == nil
-			if apierrors.IsAlreadyExists(err) {
-				return nil
-			}
+			var err error
+			createdNamespace, err = ensureNamespace(ctx, target.Client(), namespace)
 			return err
 		}, cleanup: func() error {
 			// What was installed goes before the target does, as it must on a cluster that stays.
@@ -196,6 +189,21 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		runErr = fmt.Errorf("interrupted: %w", runErr)
 	}
 	return result, runErr
+}
+
+// ensureNamespace creates the namespace when it is missing, enforcing the "restricted" Pod Security Standard, and
+// says whether it did.
+func ensureNamespace(ctx context.Context, client kubernetes.Interface, name string) (created bool, err error) {
+	namespaces := client.CoreV1().Namespaces()
+	if _, err := namespaces.Get(ctx, name, metav1.GetOptions{}); err == nil || !apierrors.IsNotFound(err) {
+		// There already, or not ours to look at (a Role in it may still let us work there).
+		return false, nil
+	}
+	_, err = namespaces.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: restrictedNamespaceLabels}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 type caseRunner struct {

@@ -158,7 +158,7 @@ func Start(cfg Config) (_ *Session, err error) {
 		if s.API, err = embedprom.NewClient(cfg.PrometheusURL, cfg.PrometheusToken); err != nil {
 			return nil, err
 		}
-		cfg.Logger.Info("using an external Prometheus; it must scrape the metrics address above", "url", cfg.PrometheusURL)
+		cfg.Logger.Info("using an external Prometheus; it must scrape the metrics address above", "url", plan.RedactURL(cfg.PrometheusURL))
 		return s, nil
 	}
 	s.prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, rundir.TSDBDir), ScrapeInterval: cfg.ScrapeInterval,

@@ -1,6 +1,7 @@
 package experiment
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"strings"
@@ -12,6 +13,9 @@ import (
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage"
 	"helm.sh/helm/v3/pkg/storage/driver"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
 )
 
 func memoryHelm(t *testing.T, labels map[string]string) *action.Configuration {
@@ -46,5 +50,24 @@ func TestOnlyTheRunnersOwnReleaseIsUninstalled(t *testing.T) {
 	}
 	if err := uninstallOwnRelease(&action.Configuration{Releases: storage.Init(driver.NewMemory())}, "ns", logger); err != nil {
 		t.Errorf("no release at all: %v", err)
+	}
+}
+
+func TestANamespaceTheRunnerCreatesEnforcesRestricted(t *testing.T) {
+	ctx := context.Background()
+	client := k8sfake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "theirs"}})
+	created, err := ensureNamespace(ctx, client, "mine")
+	if err != nil || !created {
+		t.Fatalf("created %v, %v", created, err)
+	}
+	ns, err := client.CoreV1().Namespaces().Get(ctx, "mine", metav1.GetOptions{})
+	if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+		t.Errorf("the namespace the runner made: %v %v", ns.Labels, err)
+	}
+	if created, err := ensureNamespace(ctx, client, "theirs"); err != nil || created {
+		t.Errorf("an existing namespace: created %v, %v", created, err)
+	}
+	if ns, _ := client.CoreV1().Namespaces().Get(ctx, "theirs", metav1.GetOptions{}); len(ns.Labels) != 0 {
+		t.Errorf("an existing namespace was relabelled: %v", ns.Labels)
 	}
 }

@@ -26,6 +26,9 @@ import (
 var cowwebBinary string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(podParentHelperEnv) != "" {
+		os.Exit(runPodParentHelper())
+	}
 	dir, err := os.MkdirTemp("", "lab-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -129,7 +129,10 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 		maxWorkers = vegeta.DefaultMaxWorkers
 	}
 	attacker := vegeta.NewAttacker(vegeta.Client(client), vegeta.Workers(max(opts.Workers, 1)), vegeta.MaxWorkers(maxWorkers),
-		vegeta.Redirects(vegeta.NoFollow))
+		vegeta.Redirects(vegeta.NoFollow),
+		// Keep no response body in memory: vegeta still reads each one to its end (so a keep-alive connection is
+		// reused), within the request's timeout.
+		vegeta.MaxBody(0))
 
 	labels := opts.Labels.values()
 	sent := m.Sent.WithLabelValues(labels...)

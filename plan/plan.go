@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/url"
 	"os"
 	"reflect"
 	"regexp"
@@ -431,4 +432,26 @@ func (l Load) Share(n int) Load {
 		l.Stages[i].Target /= float64(n)
 	}
 	return l
+}
+
+// Redacted is a copy of the plan fit to store with results: passwords in URLs (load.url, prometheus.url) are
+// replaced by "xxxxx", as url.URL.Redacted does.
+func (p *Plan) Redacted() *Plan {
+	out := *p
+	out.Prometheus.URL = RedactURL(p.Prometheus.URL)
+	out.Cases = make([]Case, len(p.Cases))
+	for i, c := range p.Cases {
+		c.Load.URL = RedactURL(c.Load.URL)
+		out.Cases[i] = c
+	}
+	return &out
+}
+
+// RedactURL hides the password of a URL; text that is no URL comes back as it is.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
 }

@@ -101,7 +101,12 @@ func NewProvenance(version string, libraries map[string]string) Provenance {
 
 // Save writes run.json atomically.
 func (m *Manifest) Save(dir string) error {
-	data, err := json.MarshalIndent(m, "", "  ")
+	stored := *m
+	if m.Plan != nil {
+		stored.Plan = m.Plan.Redacted()
+	}
+	stored.Prometheus.URL = plan.RedactURL(m.Prometheus.URL)
+	data, err := json.MarshalIndent(&stored, "", "  ")
 	if err != nil {
 		return err
 	}

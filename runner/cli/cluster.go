@@ -104,7 +104,7 @@ func describeCluster(w io.Writer, info experiment.ClusterInfo, p *plan.Plan) {
 	fmt.Fprintf(w, "  context     %s (cluster %s, server %s, Kubernetes %s)\n", info.Context, info.Cluster, info.Server, info.ServerVersion)
 	fmt.Fprintf(w, "  kubeconfig  %s\n", info.Kubeconfig)
 	fmt.Fprintf(w, "  namespace   %s (Helm release %s; created if missing and then removed at the end)\n", p.Namespace(), experiment.ReleaseName)
-	from, to := "this process", p.Cases[0].Load.URL
+	from, to := "this process", plan.RedactURL(p.Cases[0].Load.URL)
 	if pods := p.Cases[0].Load.InCluster.Pods; pods > 0 {
 		from = fmt.Sprintf("a Job of %d worker Pods", pods)
 		if to == "" {

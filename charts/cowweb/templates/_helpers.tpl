@@ -51,7 +51,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "cowweb.probe" -}}
 httpGet:
-  path: {{ .path }}
+  path: {{ .path | quote }}
   port: http
 {{- with .initialDelaySeconds }}
 initialDelaySeconds: {{ . }}
