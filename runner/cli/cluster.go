@@ -68,6 +68,9 @@ func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan
 	if in, ok := cmd.InOrStdin().(*os.File); ok && in != nil {
 		interactive = term.IsTerminal(int(in.Fd()))
 	}
+	if p.Target.Context == "" {
+		return nil, experiment.ErrNoContext
+	}
 	if !f.yes && !interactive {
 		// Installing on a cluster is never done unasked: a script or CI says so with --yes.
 		return nil, fmt.Errorf("%s runs on a cluster (context %q) and there is no terminal to ask on: pass --yes to go on without asking", planFile, p.Target.Context)
