@@ -201,7 +201,7 @@ func plannedVsSent() error {
 	if err != nil {
 		return err
 	}
-	opts.Timeout, opts.KeepAlive, opts.Connections, opts.Workers = 5*time.Second, true, 100, 10
+	opts.Timeout, opts.Connection, opts.Connections, opts.Workers = 5*time.Second, plan.ConnectionPooled, 100, 10
 	s, err := load.Attack(context.Background(), opts, load.NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		return err

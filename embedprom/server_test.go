@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
 )
 
 // exporter serves a registry's metrics on loopback, as the runner serves its attacker's.
@@ -61,7 +62,7 @@ func TestScrapedTotalsEqualTheAttackersCounts(t *testing.T) {
 	defer app.Close()
 	pacer, _ := load.NewStagesPacer([]load.Segment{{Duration: 1500 * time.Millisecond, From: 50, To: 150}})
 	labels := load.Labels{Plan: "p", Case: "ok", Run: "1"}
-	summary, err := load.Attack(context.Background(), load.Options{URL: app.URL, Pacer: pacer, Timeout: time.Second, KeepAlive: true, Connections: 10, Workers: 5, Labels: labels}, metrics)
+	summary, err := load.Attack(context.Background(), load.Options{URL: app.URL, Pacer: pacer, Timeout: time.Second, Connection: plan.ConnectionPooled, Connections: 10, Workers: 5, Labels: labels}, metrics)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,7 @@ type Attributor struct {
 	mu      sync.Mutex
 	settle  time.Duration
 	now     func() time.Time
-	pods    map[string]*podTimeline // by Pod IP
+	pods    map[string]*podTimeline // by Pod UID, and by Pod IP for failures whose Pod is known by address only
 	pending []load.Outcome          // in arrival order; those before head are decided
 	head    int
 	counts  Attribution
@@ -94,15 +94,23 @@ func NewAttributor(settle time.Duration, sampleLimit int) *Attributor {
 
 // Event takes one timeline event.
 func (a *Attributor) Event(e lab.Event) {
-	if e.PodIP == "" || e.Type == lab.EventServiceOut {
+	if e.PodIP == "" && e.UID == "" || e.Type == lab.EventServiceOut {
 		return
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	p := a.pods[e.PodIP]
+	p := a.pods[uidKey(e.UID)]
+	if e.UID == "" {
+		p = a.pods[e.PodIP]
+	}
 	if p == nil {
 		p = &podTimeline{}
-		a.pods[e.PodIP] = p
+		if e.UID != "" {
+			a.pods[uidKey(e.UID)] = p
+		}
+	}
+	if e.PodIP != "" {
+		a.pods[e.PodIP] = p // an address is reused by later Pods: the latest holds it
 	}
 	switch e.Type {
 	case lab.EventSIGTERM:
@@ -166,12 +174,16 @@ func (a *Attributor) Finish() (Attribution, Failures) {
 	return a.counts, a.sample
 }
 
+// uidKey keeps UIDs and addresses apart in one map.
+func uidKey(uid string) string { return "uid:" + uid }
+
 func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
-	host, _, err := net.SplitHostPort(f.Endpoint)
-	if err != nil {
-		return analysis.PhaseOther
+	var p *podTimeline
+	if f.Pod != "" {
+		p = pods[uidKey(f.Pod)]
+	} else if host, _, err := net.SplitHostPort(f.Endpoint); err == nil {
+		p = pods[host]
 	}
-	p := pods[host]
 	if p == nil || p.sigterm.IsZero() {
 		return analysis.PhaseOther
 	}

@@ -136,3 +136,20 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 		t.Errorf("sample %+v", sample)
 	}
 }
+
+// Addresses are reused: a failure is attributed to the Pod the router chose, by UID, not to whichever Pod has its
+// address now.
+func TestAttributionFollowsThePodsUIDNotItsAddress(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
+	events := []lab.Event{
+		{Type: lab.EventSIGTERM, UID: "old", PodIP: "198.18.0.5", Time: t0},
+		{Type: lab.EventPodCreated, UID: "new", PodIP: "198.18.0.5", Time: t0.Add(2 * time.Second)},
+	}
+	failures := []load.Outcome{
+		// Routed to the old Pod after its SIGTERM; the connect timed out once the Pod was gone.
+		{Class: load.ClassTimeout, Endpoint: "198.18.0.5:8080", Pod: "old", Sent: t0.Add(500 * time.Millisecond), Latency: 5 * time.Second},
+	}
+	if got := Attribute(failures, events); got[analysis.PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
+		t.Errorf("attribution %v, want the timeout before-service-out (the old Pod)", got)
+	}
+}

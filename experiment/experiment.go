@@ -388,7 +388,7 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 func PlanFromFlags(name string, load map[string]string) (*plan.Plan, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "name: %s\nrollout: {restart: false}\nload:\n", name)
-	for _, key := range []string{"path", "timeout", "keepAlive", "connections", "workers", "maxWorkers", "startRate", "rate", "duration"} {
+	for _, key := range []string{"path", "timeout", "connection", "thinkTime", "connections", "workers", "maxWorkers", "startRate", "rate", "duration"} {
 		if v, ok := load[key]; ok {
 			if key == "path" {
 				v = strconv.Quote(v)

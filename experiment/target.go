@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 
@@ -60,8 +62,9 @@ func ConnectLab(dir string, cowweb []string) Connect {
 			t.tempDir = dir
 		}
 		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
-			ServiceOut: &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
-			Metrics:    lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
+			ServiceOut:   &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
+			LoadBalancer: &lab.LoadBalancerOptions{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
+			Metrics:      lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
 		t.lab = l
 		if err != nil {
 			return nil, errors.Join(err, t.Close())
@@ -72,24 +75,51 @@ func ConnectLab(dir string, cowweb []string) Connect {
 
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
-		"serviceOutModel": t.model}
+		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode()}
 }
 
 func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }
 
 func (t *labTarget) Client() kubernetes.Interface { return t.lab.Client }
 
-func (t *labTarget) AdjustValues(values map[string]any) {
-	// No load balancer gives a lab Service an address, and helm --wait would wait for one.
-	values["service"] = map[string]any{"type": "ClusterIP", "port": 80}
-}
+// AdjustValues leaves the chart's Service as it is: the lab's balancers give a LoadBalancer Service its address.
+func (t *labTarget) AdjustValues(map[string]any) {}
 
 func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, port, replicas int, _ plan.Case) error {
 	return t.lab.Dataplane.WaitProgrammed(ctx, fmt.Sprintf("%s.%s:%d", service, namespace, port), replicas)
 }
 
+// LoadURL sends the load to the Service's load balancer when it has one (the reference experiment's path), else
+// to the Service through a node's proxy, as a client in the cluster would. Either way each connection knows the
+// Pod it was routed to, for attribution.
 func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
-	return fmt.Sprintf("http://%s.%s:%d%s", service, namespace, port, c.Load.Path), t.lab.Dataplane.Dial
+	if ip, ok := t.lab.Balancers.Ingress(namespace, service); ok {
+		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			client := conn.LocalAddr().String()
+			route := func() load.Route {
+				r, _ := t.lab.Balancers.RouteOf(client)
+				return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID}
+			}
+			load.ReportRoute(ctx, route)
+			return load.NewRoutedConn(conn, route), nil
+		}
+		return fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), fmt.Sprint(port)), c.Load.Path), dial
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, r, err := t.lab.Dataplane.DialRouted(ctx, network, addr)
+		route := func() load.Route { return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID} }
+		load.ReportRoute(ctx, route)
+		if err != nil {
+			return nil, err
+		}
+		return load.NewRoutedConn(conn, route), nil
+	}
+	return fmt.Sprintf("http://%s.%s:%d%s", service, namespace, port, c.Load.Path), dial
 }
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.

@@ -306,17 +306,28 @@ func (d *Dataplane) lookup(host string) (*corev1.Service, error) {
 // Route picks the node for a new connection and the endpoint in its view: pod address and node, or an error
 // that reads like kube-proxy's REJECT (connection refused) when the node knows no ready endpoint.
 func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
+	r, err := d.RouteTo(addr)
+	return r.Endpoint, r.Node, err
+}
+
+// Routed is one routing decision: the node whose proxy decided, the Pod's address and port, and its UID.
+type Routed struct {
+	Node, Endpoint, PodUID string
+}
+
+// RouteTo decides a new connection's route as Route does, with the Pod's UID (addresses are reused).
+func (d *Dataplane) RouteTo(addr string) (Routed, error) {
 	host, portText, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", "", err
+		return Routed{}, err
 	}
 	port, err := strconv.Atoi(portText)
 	if err != nil {
-		return "", "", err
+		return Routed{}, err
 	}
 	svc, err := d.lookup(host)
 	if err != nil {
-		return "", "", err
+		return Routed{}, err
 	}
 	var portName string
 	found := false
@@ -326,13 +337,13 @@ func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
 		}
 	}
 	if !found {
-		return "", "", fmt.Errorf("lab dataplane: Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
+		return Routed{}, fmt.Errorf("lab dataplane: Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	node = d.nodes[d.next%len(d.nodes)]
+	node := d.nodes[d.next%len(d.nodes)]
 	d.next++
-	var candidates []string
+	var candidates []Routed
 	for _, slice := range d.views[node] {
 		if slice.Namespace != svc.Namespace || slice.Labels[discoveryv1.LabelServiceName] != svc.Name {
 			continue
@@ -348,14 +359,18 @@ func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
 		}
 		for _, e := range slice.Endpoints {
 			if readyEndpoint(e) && len(e.Addresses) > 0 {
-				candidates = append(candidates, net.JoinHostPort(e.Addresses[0], strconv.Itoa(target)))
+				r := Routed{Node: node, Endpoint: net.JoinHostPort(e.Addresses[0], strconv.Itoa(target))}
+				if e.TargetRef != nil {
+					r.PodUID = string(e.TargetRef.UID)
+				}
+				candidates = append(candidates, r)
 			}
 		}
 	}
 	if len(candidates) == 0 {
-		return "", node, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+		return Routed{Node: node}, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 	}
-	return candidates[d.rng.IntN(len(candidates))], node, nil
+	return candidates[d.rng.IntN(len(candidates))], nil
 }
 
 // WaitProgrammed blocks until every node's view holds want ready endpoints of the Service at addr (host:port), so
@@ -400,11 +415,19 @@ func (d *Dataplane) WaitProgrammed(ctx context.Context, addr string, want int) e
 
 // Dial is the load generator's dialer: a Service address is routed as kube-proxy would on the chosen node.
 func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	endpoint, _, err := d.Route(addr)
+	conn, _, err := d.DialRouted(ctx, network, addr)
+	return conn, err
+}
+
+// DialRouted dials as Dial does and also returns the routing decision, whether or not the connection opened: a
+// connection routed to a Pod that is already gone fails, and the failure belongs to that Pod.
+func (d *Dataplane) DialRouted(ctx context.Context, network, addr string) (net.Conn, Routed, error) {
+	r, err := d.RouteTo(addr)
 	if err != nil {
-		return nil, err
+		return nil, r, err
 	}
-	return (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, endpoint)
+	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, r.Endpoint)
+	return conn, r, err
 }
 
 // forward listens on listen and forwards each connection to the Service as the dataplane routes it.

@@ -23,6 +23,8 @@ type Options struct {
 	Images map[string][]string
 	// ServiceOut is the per-node proxy programming delay; zero value: DefaultServiceOutModel.
 	ServiceOut *ServiceOutModel
+	// LoadBalancer configures the balancers of Services of type LoadBalancer; nil: DefaultLoadBalancer.
+	LoadBalancer *LoadBalancerOptions
 	// Metrics, when set, get the lab's lifecycle metrics.
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -34,6 +36,7 @@ type Lab struct {
 	Agent     *Agent
 	Network   Network
 	Dataplane *Dataplane
+	Balancers *Balancers
 }
 
 // Up starts a lab.
@@ -79,12 +82,23 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		opts.Metrics.ModelBound.WithLabelValues("max").Set(model.Max.Seconds())
 	}
 	l.Dataplane, err = StartDataplane(l.Client, l.Agent.Nodes, l.Network.HostIP().String(), model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
+	if err != nil {
+		return l, err
+	}
+	balancer := DefaultLoadBalancer
+	if opts.LoadBalancer != nil {
+		balancer = *opts.LoadBalancer
+	}
+	l.Balancers, err = StartBalancers(l.Client, l.Dataplane, l.Network, balancer, opts.Metrics, opts.Logger.With("component", "load-balancer"))
 	return l, err
 }
 
 // Down stops everything the lab started and removes its processes and network; stopping twice is harmless.
 func (l *Lab) Down() error {
 	var errs []error
+	if l.Balancers != nil {
+		l.Balancers.Stop()
+	}
 	if l.Dataplane != nil {
 		l.Dataplane.Stop()
 	}

@@ -14,6 +14,10 @@ type Metrics struct {
 	ModelBound *prometheus.GaugeVec
 	// Pods counts the lab's Pods by state (starting, ready, not_ready, terminating), as kube-state-metrics would.
 	Pods *prometheus.GaugeVec
+	// The load balancers: backend connections opened, backend failures by class, and 502s sent (http mode).
+	BalancerBackendConnections *prometheus.CounterVec
+	BalancerBackendFailures    *prometheus.CounterVec
+	Balancer502s               *prometheus.CounterVec
 
 	mu       sync.Mutex
 	podState map[string]podState // by UID
@@ -60,9 +64,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "rolloutlab_lab_pods",
 			Help: "The lab's Pods by state: starting, ready, not_ready, terminating.",
 		}, []string{"namespace", "state"}),
+		BalancerBackendConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rolloutlab_lab_lb_backend_connections_total",
+			Help: "Backend connections the lab's load balancers opened (or tried to), by balancer mode.",
+		}, []string{"mode"}),
+		BalancerBackendFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rolloutlab_lab_lb_backend_failures_total",
+			Help: "Backend connections of the lab's load balancers that failed (connect or mid-response), by mode and error class.",
+		}, []string{"mode", "error"}),
+		Balancer502s: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rolloutlab_lab_lb_502_total",
+			Help: "502 Bad Gateway answers of the lab's http load balancers.",
+		}, []string{"mode"}),
 		podState: map[string]podState{},
 	}
-	reg.MustRegister(m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods)
+	reg.MustRegister(m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods, m.BalancerBackendConnections, m.BalancerBackendFailures, m.Balancer502s)
 	return m
 }
 

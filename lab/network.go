@@ -25,6 +25,10 @@ const (
 	blocks          = 1 << (17 - blockBits)
 	podPrefixLength = 32 - blockBits
 	networkLockFile = "/run/rollout-lab-network.lock"
+	// externalHosts are the block's last addresses (before broadcast): LoadBalancer Services' ingress addresses,
+	// on the bridge, where the host and the Pods reach them.
+	externalHosts = 15
+	lastPodHost   = 1<<blockBits - 2 - externalHosts
 )
 
 // Network gives each Pod its own address and a way to run processes there.
@@ -39,6 +43,9 @@ type Network interface {
 	HostIP() net.IP
 	// Close removes everything the network made.
 	Close() error
+	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and Pods reach.
+	AllocateExternal() (net.IP, error)
+	ReleaseExternal(net.IP) error
 }
 
 // Namespaces lists the Pod network namespaces of the lab run by process pid.
@@ -74,6 +81,8 @@ type NetnsNetwork struct {
 	serial  uint64       // numbers the Pods' namespaces and veths: never reused while the lab runs
 	pods    map[string]podNet
 	closed  bool
+	// external holds the ingress addresses in use.
+	external map[uint32]bool
 }
 
 type podNet struct {
@@ -149,7 +158,7 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		}
 		// .0 is the block, .1 the gateway, the last the broadcast address.
 		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner,
-			hosts: newAddressPool(2, 1<<blockBits-2, addressQuarantine), pods: map[string]podNet{}}
+			hosts: newAddressPool(2, lastPodHost, addressQuarantine), pods: map[string]podNet{}, external: map[uint32]bool{}}
 		for _, args := range [][]string{
 			{"link", "add", n.Bridge, "type", "bridge"},
 			{"addr", "add", fmt.Sprintf("%s/%d", gateway, podPrefixLength), "dev", n.Bridge},
@@ -325,4 +334,38 @@ func (n *NetnsNetwork) Close() error {
 		return fmt.Errorf("pod network cleanup: %v", errs)
 	}
 	return nil
+}
+
+// AllocateExternal gives a LoadBalancer Service an ingress address: one of the block's last, added to the bridge.
+func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for host := uint32(lastPodHost + 1); host <= 1<<blockBits-2; host++ {
+		if n.external[host] {
+			continue
+		}
+		ip := ipv4(n.base + host)
+		if err := ipCommand("addr", "add", ip.String()+"/32", "dev", n.Bridge); err != nil {
+			return nil, err
+		}
+		n.external[host] = true
+		return ip, nil
+	}
+	return nil, fmt.Errorf("the lab's %d load balancer addresses are all in use", externalHosts)
+}
+
+// ReleaseExternal takes an ingress address off the bridge.
+func (n *NetnsNetwork) ReleaseExternal(ip net.IP) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v := ip.To4()
+	if v == nil {
+		return fmt.Errorf("not an IPv4 address: %s", ip)
+	}
+	host := (uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])) - n.base
+	if !n.external[host] {
+		return nil
+	}
+	delete(n.external, host)
+	return ipCommand("addr", "del", ip.String()+"/32", "dev", n.Bridge)
 }

@@ -22,11 +22,14 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 type Options struct {
 	URL string
 	// Method is GET (empty) or POST with Body.
-	Method      string
-	Body        []byte
-	Pacer       *StagesPacer
-	Timeout     time.Duration
-	KeepAlive   bool
+	Method  string
+	Body    []byte
+	Pacer   *StagesPacer
+	Timeout time.Duration
+	// Connection is plan.ConnectionPerUser (a connection per request, held ThinkTime after the response, never
+	// reused) or plan.ConnectionPooled (a keep-alive pool of up to Connections idle connections).
+	Connection  string
+	ThinkTime   time.Duration
 	Connections int
 	Workers     uint64
 	MaxWorkers  uint64 // 0: no bound
@@ -50,7 +53,7 @@ func OptionsFromPlan(url string, l plan.Load, labels Labels) (Options, error) {
 	if l.Body != "" {
 		body = []byte(l.Body)
 	}
-	return Options{URL: url, Method: l.Method, Body: body, Pacer: pacer, Timeout: l.Timeout.D(), KeepAlive: l.KeepAlive, Connections: l.Connections,
+	return Options{URL: url, Method: l.Method, Body: body, Pacer: pacer, Timeout: l.Timeout.D(), Connection: l.Connection, ThinkTime: l.ThinkTime.D(), Connections: l.Connections,
 		Workers: uint64(l.Workers), MaxWorkers: uint64(l.MaxWorkers), Labels: labels}, nil
 }
 
@@ -61,8 +64,9 @@ type Outcome struct {
 	Latency time.Duration
 	Code    uint16
 	Class   string
-	// Endpoint is where a failed request's connection went (host:port), when known.
+	// Endpoint is where a failed request's connection went (host:port), when known; Pod is that Pod's UID.
 	Endpoint string
+	Pod      string
 }
 
 // Progress is the running state of an attack.
@@ -116,10 +120,21 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	if dial == nil {
 		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
 	}
+	perUser := opts.Connection != plan.ConnectionPooled
+	if perUser && opts.ThinkTime > 0 {
+		dial = holdOpen(dial, opts.ThinkTime)
+	}
+	idle := max(opts.Connections, 1)
+	if perUser {
+		// Per user: a new connection for every request, closed (after the think time) once its response is read —
+		// never reused, so Go's client never retries (it retries only on reused connections), as Gatling without
+		// shareConnections. The request still asks for keep-alive, as Gatling's does: the server keeps the
+		// connection open through the user's pause and sees the client close it.
+		idle = -1
+	}
 	transport := &http.Transport{
 		DialContext:         dial,
-		MaxIdleConnsPerHost: max(opts.Connections, 1),
-		DisableKeepAlives:   !opts.KeepAlive,
+		MaxIdleConnsPerHost: idle,
 		Proxy:               nil, // load must reach the target itself, never a proxy from the environment
 	}
 	defer transport.CloseIdleConnections()
@@ -214,7 +229,8 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 			latencySum += r.Latency
 			hist.observe(r.Latency)
 			if opts.Observe != nil {
-				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: Endpoint(r.Error)})
+				route := RouteOf(r.Error, r.Headers)
+				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod})
 			}
 		}
 	}

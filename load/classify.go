@@ -51,18 +51,18 @@ func classifyError(err error) string {
 	return ClassOther
 }
 
-// classifiedError carries the class of a transport error, and the endpoint the connection went to when known,
-// through vegeta, which keeps only error strings.
+// classifiedError carries the class of a transport error, and the route the connection took when known, through
+// vegeta, which keeps only error strings.
 type classifiedError struct {
-	class    string
-	endpoint string
-	err      error
+	class string
+	route Route
+	err   error
 }
 
 func (e *classifiedError) Error() string {
 	tag := e.class
-	if e.endpoint != "" {
-		tag += "@" + e.endpoint
+	if e.route.Endpoint != "" || e.route.Pod != "" {
+		tag += "@" + e.route.String()
 	}
 	return "[" + tag + "] " + e.err.Error()
 }
@@ -70,12 +70,13 @@ func (e *classifiedError) Unwrap() error { return e.err }
 
 var classTag = regexp.MustCompile(`\[(refused|reset|eof|timeout|other)(?:@([^\]\s]+))?\]`)
 
-// Endpoint is the address (host:port) a failed request's connection went to, when the transport knew it.
-func Endpoint(errText string) string {
-	if m := classTag.FindStringSubmatch(errText); m != nil {
-		return m[2]
+// RouteOf is the route a failed request's connection took, when the transport knew it: from the error's tag, or
+// from the response's route header.
+func RouteOf(errText string, headers http.Header) Route {
+	if m := classTag.FindStringSubmatch(errText); m != nil && m[2] != "" {
+		return ParseRoute(m[2])
 	}
-	return ""
+	return routeOfResponse(headers)
 }
 
 // Classify returns the class of one vegeta result from its status code and its error string.
@@ -113,21 +114,41 @@ func (t classifyingTransport) RoundTrip(req *http.Request) (*http.Response, erro
 	if t.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, t.timeout)
 	}
-	// Which endpoint the connection reached: the lab's dataplane picks one per connection, like DNAT.
-	var endpoint string
-	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		endpoint = info.Conn.RemoteAddr().String()
+	// Which Pod the connection reached: the lab's dataplane picks one per connection, like DNAT, and tells it on
+	// the connection; a dial that failed tells it through the sink.
+	sink := &routeSink{}
+	var conn net.Conn
+	traced := httptrace.WithClientTrace(context.WithValue(ctx, routeSinkKey{}, sink), &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		conn = info.Conn
 	}})
+	route := func() Route {
+		if routed, ok := conn.(*RoutedConn); ok {
+			return routed.Route()
+		}
+		if r := sink.get(); r != (Route{}) {
+			return r
+		}
+		if conn != nil {
+			return Route{Endpoint: conn.RemoteAddr().String()}
+		}
+		return Route{}
+	}
 	resp, err := t.next.RoundTrip(req.WithContext(traced))
 	if err != nil {
 		cancel()
+		r := route()
 		var opErr *net.OpError
-		if endpoint == "" && errors.As(err, &opErr) && opErr.Addr != nil {
-			endpoint = opErr.Addr.String()
+		if r.Endpoint == "" && errors.As(err, &opErr) && opErr.Addr != nil {
+			r.Endpoint = opErr.Addr.String()
 		}
-		return nil, &classifiedError{class: classifyRequestError(ctx, err), endpoint: endpoint, err: err}
+		return nil, &classifiedError{class: classifyRequestError(ctx, err), route: r, err: err}
 	}
-	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, endpoint: endpoint}
+	if resp.StatusCode >= 500 {
+		if r := route(); r != (Route{}) {
+			resp.Header.Set(RouteHeader, r.String())
+		}
+	}
+	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, route: route}
 	return resp, nil
 }
 
@@ -142,9 +163,9 @@ func classifyRequestError(ctx context.Context, err error) string {
 
 type classifyingBody struct {
 	io.ReadCloser
-	ctx      context.Context
-	cancel   context.CancelFunc
-	endpoint string
+	ctx    context.Context
+	cancel context.CancelFunc
+	route  func() Route
 }
 
 func (b classifyingBody) Close() error {
@@ -155,7 +176,7 @@ func (b classifyingBody) Close() error {
 func (b classifyingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
-		return n, &classifiedError{class: classifyRequestError(b.ctx, err), endpoint: b.endpoint, err: err}
+		return n, &classifiedError{class: classifyRequestError(b.ctx, err), route: b.route(), err: err}
 	}
 	return n, err
 }

@@ -112,7 +112,7 @@ func TestAttackCountsEveryOutcomeExactly(t *testing.T) {
 	pacer, _ := NewStagesPacer([]Segment{{Duration: time.Second, From: 0, To: 200}, {Duration: 500 * time.Millisecond, From: 200, To: 200}})
 	var observed int
 	summary, err := Attack(context.Background(), Options{URL: srv.URL + "/say?m=hi", Pacer: pacer, Timeout: 5 * time.Second,
-		KeepAlive: true, Connections: 100, Workers: 10, Labels: labels, Observe: func(Outcome) { observed++ }}, m)
+		Connection: plan.ConnectionPooled, Connections: 100, Workers: 10, Labels: labels, Observe: func(Outcome) { observed++ }}, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,11 +324,66 @@ func TestAttackPostsTheBody(t *testing.T) {
 	defer srv.Close()
 	pacer, _ := NewStagesPacer([]Segment{{Duration: 500 * time.Millisecond, From: 40, To: 40}})
 	summary, err := Attack(context.Background(), Options{URL: srv.URL + "/say", Method: http.MethodPost, Body: []byte("moo"),
-		Pacer: pacer, Timeout: 5 * time.Second, KeepAlive: true, Connections: 10, Workers: 2}, NewMetrics(prometheus.NewRegistry()))
+		Pacer: pacer, Timeout: 5 * time.Second, Connection: plan.ConnectionPooled, Connections: 10, Workers: 2}, NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if summary.ByClass[ClassNone] != 20 || posted.Load() != 20 {
 		t.Errorf("ok %d, posted %d, want 20 (%v)", summary.ByClass[ClassNone], posted.Load(), summary.ByClass)
+	}
+}
+
+// A connection routed to a Pod that is already gone never opens: the request times out, and its outcome still
+// names the Pod the router chose (by UID, since addresses are reused), reported through the dial's context.
+func TestTimedOutDialsNameTheRoutedPod(t *testing.T) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ReportRoute(ctx, func() Route { return Route{Endpoint: "198.18.0.7:8080", Pod: "uid-gone"} })
+		<-ctx.Done() // no answer from an address whose Pod is gone
+		return nil, ctx.Err()
+	}
+	var seen []Outcome
+	_, err := Attack(context.Background(), Options{URL: "http://cowweb.ns:80/say", Pacer: constantPacer(t, 10, 200*time.Millisecond),
+		Timeout: 300 * time.Millisecond, Dial: dial, Observe: func(o Outcome) { seen = append(seen, o) }}, NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 2 {
+		t.Fatalf("outcomes %+v", seen)
+	}
+	for _, o := range seen {
+		if o.Class != ClassTimeout || o.Endpoint != "198.18.0.7:8080" || o.Pod != "uid-gone" {
+			t.Errorf("outcome %+v, want a timeout at 198.18.0.7:8080 (uid-gone)", o)
+		}
+	}
+}
+
+// Per user: every request its own connection, never reused, held open for the think time after the response.
+func TestPerUserConnectionsAreNeverReused(t *testing.T) {
+	var opened, open, maxOpen atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+			if n := open.Add(1); n > maxOpen.Load() {
+				maxOpen.Store(n)
+			}
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	summary, err := Attack(context.Background(), Options{URL: srv.URL + "/say", Pacer: constantPacer(t, 50, time.Second),
+		Timeout: 5 * time.Second, Connection: plan.ConnectionPerUser, ThinkTime: 400 * time.Millisecond}, NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if summary.ByClass[ClassNone] != 50 || opened.Load() != 50 {
+		t.Errorf("ok %d over %d connections, want 50 over 50", summary.ByClass[ClassNone], opened.Load())
+	}
+	// 50/s with 400 ms of think time: about 20 connections open at once, not one per request in flight only.
+	if maxOpen.Load() < 12 {
+		t.Errorf("at most %d connections open at once: the think time does not hold them", maxOpen.Load())
 	}
 }

@@ -96,7 +96,7 @@ func TestDefaultsFillWhatThePlanLeavesOut(t *testing.T) {
 		c.App.Probes.Readiness.InitialDelay.D() != 10*time.Second || c.App.Strategy.MaxSurge != "25%" || c.App.PreStop.Action != "exec" {
 		t.Errorf("app defaults: %+v", c.App)
 	}
-	if c.Load.Path != "/say?m=rollout-lab" || !c.Load.KeepAlive || c.Load.Timeout.D() != 30*time.Second || c.Requests != 100 {
+	if c.Load.Path != "/say?m=rollout-lab" || c.Load.Connection != ConnectionPerUser || c.Load.Timeout.D() != 30*time.Second || c.Requests != 100 {
 		t.Errorf("load defaults: %+v, %d requests", c.Load, c.Requests)
 	}
 	if !c.Rollout.Restart || c.RolloutAt() != 5*time.Second || c.Rollout.Timeout.D() != 5*time.Minute {

@@ -106,6 +106,16 @@ type Lab struct {
 	ServiceOut ServiceOut `yaml:"serviceOut"`
 	// Images maps an image (or its repository) to the local command that plays it.
 	Images map[string][]string `yaml:"images,omitempty"`
+	// LoadBalancer is what stands in front of a Service of type LoadBalancer, as a cloud's balancer does.
+	LoadBalancer LoadBalancer `yaml:"loadBalancer"`
+}
+
+// LoadBalancer is the lab's cloud load balancer: mode tcp (one backend connection per client connection, the
+// reference cloud's default) or http (a reverse proxy with pooled keep-alive backends, 502 on a backend failure),
+// and how long pooled backend connections may stay idle (http).
+type LoadBalancer struct {
+	Mode        string   `yaml:"mode"`
+	IdleTimeout Duration `yaml:"idleTimeout"`
 }
 
 // ServiceOut is a uniform delay range.
@@ -182,6 +192,12 @@ type Strategy struct {
 	MaxUnavailable IntOrPercent `yaml:"maxUnavailable"`
 }
 
+// Connection models of a load.
+const (
+	ConnectionPerUser = "per-user"
+	ConnectionPooled  = "pooled"
+)
+
 // Load is the open-model HTTP load: arrivals follow the schedule whatever the responses do.
 type Load struct {
 	// Path is requested on the Service, query included.
@@ -193,11 +209,17 @@ type Load struct {
 	InCluster InCluster `yaml:"inCluster"`
 	// Method is GET or POST; Body is POST's body. Go's client, like browsers, retries an idempotent request cut on a
 	// reused keep-alive connection by itself, so cuts of GETs on keep-alive connections show as latency; a POST's show.
-	Method    string   `yaml:"method"`
-	Body      string   `yaml:"body,omitempty"`
-	Timeout   Duration `yaml:"timeout"`
-	KeepAlive bool     `yaml:"keepAlive"`
-	// Connections bounds idle connections per host; Workers is the initial worker count and MaxWorkers its bound (0: no bound).
+	Method  string   `yaml:"method"`
+	Body    string   `yaml:"body,omitempty"`
+	Timeout Duration `yaml:"timeout"`
+	// Connection is how requests use connections: per-user (each arrival is a new virtual user with a connection of
+	// its own, closed after its response and ThinkTime, never reused nor retried — as Gatling without
+	// shareConnections, the reference experiment's loader) or pooled (a keep-alive pool shared by all requests, as
+	// vegeta, wrk or a service's own client).
+	Connection string `yaml:"connection"`
+	// ThinkTime is how long a per-user connection stays open after its response (Gatling's pause before the user ends).
+	ThinkTime Duration `yaml:"thinkTime"`
+	// Connections bounds idle connections per host (pooled); Workers is the initial worker count and MaxWorkers its bound (0: no bound).
 	Connections int `yaml:"connections"`
 	Workers     int `yaml:"workers"`
 	MaxWorkers  int `yaml:"maxWorkers"`

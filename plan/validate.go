@@ -90,6 +90,8 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	v.check(p.Lab.ServiceOut.Min >= 0, "lab.serviceOut.min", "must not be negative, got %s", p.Lab.ServiceOut.Min)
 	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
 	v.check(p.Lab.ServiceOut.Max.D() <= MaxServiceOut, "lab.serviceOut.max", "must be at most %s (kube-proxy programs a change within seconds), got %s", MaxServiceOut, p.Lab.ServiceOut.Max)
+	v.oneOf(p.Lab.LoadBalancer.Mode, "lab.loadBalancer.mode", "tcp", "http")
+	v.check(p.Lab.LoadBalancer.IdleTimeout > 0, "lab.loadBalancer.idleTimeout", "must be longer than 0, got %s", p.Lab.LoadBalancer.IdleTimeout)
 	for image, argv := range p.Lab.Images {
 		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
 	}
@@ -193,6 +195,9 @@ func (v *validator) validateLoad(l *Load) int64 {
 		v.check(l.Body == "", "load.body", "a GET sends no body; use method: POST")
 	}
 	v.positive(l.Timeout, "load.timeout")
+	v.oneOf(l.Connection, "load.connection", ConnectionPerUser, ConnectionPooled)
+	v.check(l.ThinkTime >= 0 && l.ThinkTime.D() <= time.Minute, "load.thinkTime", "must be between 0 and 1m, got %s", l.ThinkTime)
+	v.check(l.ThinkTime == 0 || l.Connection == ConnectionPerUser, "load.thinkTime", "is for connection: per-user")
 	v.check(l.Connections >= 1, "load.connections", "must be at least 1, got %d", l.Connections)
 	v.check(l.Workers >= 1, "load.workers", "must be at least 1, got %d", l.Workers)
 	v.check(l.MaxWorkers == 0 || l.MaxWorkers >= l.Workers, "load.maxWorkers", "must be 0 (no bound) or at least workers (%d), got %d", l.Workers, l.MaxWorkers)

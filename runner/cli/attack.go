@@ -47,7 +47,8 @@ func newAttackCommand() *cobra.Command {
 		rate                                                        float64
 		duration, timeout, scrapeInterval                           time.Duration
 		startRate                                                   float64
-		keepAlive                                                   bool
+		connection                                                  string
+		thinkTime                                                   time.Duration
 		connections, workers, maxWorkers                            int
 		prom                                                        prometheusFlags
 	)
@@ -95,7 +96,8 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 				set("start-rate", "startRate", fmt.Sprint(startRate))
 				set("stages", "stages", stages)
 				set("timeout", "timeout", timeout.String())
-				set("keepalive", "keepAlive", fmt.Sprint(keepAlive))
+				set("connection", "connection", connection)
+				set("think-time", "thinkTime", thinkTime.String())
 				set("connections", "connections", fmt.Sprint(connections))
 				set("workers", "workers", fmt.Sprint(workers))
 				set("max-workers", "maxWorkers", fmt.Sprint(maxWorkers))
@@ -126,7 +128,8 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 	f.Float64Var(&startRate, "start-rate", 0, "arrival rate at the start of --stages")
 	f.StringVar(&stages, "stages", "", "arrival-rate stages DURATION:TARGET,... each moving linearly to its target, e.g. 60s:200,60s:200,60s:1")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "per-request timeout")
-	f.BoolVar(&keepAlive, "keepalive", true, "reuse connections")
+	f.StringVar(&connection, "connection", plan.ConnectionPerUser, "per-user (a new connection per request, as a virtual user) or pooled (keep-alive)")
+	f.DurationVar(&thinkTime, "think-time", 0, "per-user: keep each connection open this long after its response")
 	f.IntVar(&connections, "connections", 10000, "idle connections kept per host")
 	f.IntVar(&workers, "workers", 10, "initial workers")
 	f.IntVar(&maxWorkers, "max-workers", 0, "bound on workers (0: none)")

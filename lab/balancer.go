@@ -1,0 +1,460 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
+)
+
+// Load balancer modes: what a cloud's load balancer does for a Service of type LoadBalancer.
+const (
+	// LoadBalancerTCP proxies each client connection to one backend connection, opened when the client connects
+	// and routed through a node's proxy view; a backend that refuses or resets resets the client's connection,
+	// one that closes closes it. The default backend protocol of the reference experiment's cloud for a Service
+	// without annotations (oracle/oci-cloud-controller-manager: protocol TCP).
+	LoadBalancerTCP = "tcp"
+	// LoadBalancerHTTP is an HTTP reverse proxy with pooled keep-alive backend connections and no retries: a
+	// backend that refuses, resets or closes before answering gets the client a 502, as cloud HTTP listeners and
+	// common ingress controllers do by default.
+	LoadBalancerHTTP = "http"
+)
+
+// LoadBalancerOptions configure the lab's load balancers.
+type LoadBalancerOptions struct {
+	Mode string
+	// IdleTimeout closes pooled backend connections idle this long (http mode).
+	IdleTimeout time.Duration
+}
+
+// DefaultLoadBalancer is the reference experiment's: TCP, with a backend idle timeout of 60 s (a common default
+// of cloud HTTP listeners, unused in tcp mode).
+var DefaultLoadBalancer = LoadBalancerOptions{Mode: LoadBalancerTCP, IdleTimeout: 60 * time.Second}
+
+// discardLog keeps the proxy's per-request complaints out of the runner's output: the metrics count them.
+var discardLog = log.New(io.Discard, "", 0)
+
+// backendConnectTimeout bounds a backend connect: a Pod already gone does not answer at all.
+const backendConnectTimeout = 5 * time.Second
+
+// routeJournalTTL is how long the balancer remembers which backend a client connection used, for attribution.
+const routeJournalTTL = 2 * time.Minute
+
+// externalAddresses hands out and takes back ingress addresses.
+type externalAddresses interface {
+	AllocateExternal() (net.IP, error)
+	ReleaseExternal(net.IP) error
+}
+
+// Balancers is the lab's cloud load balancer controller: a Service of type LoadBalancer gets an ingress address
+// (status.loadBalancer.ingress) and a balancer listening there on each Service port, which spreads connections over
+// the nodes (round robin) and lets each node's proxy view pick the Pod, as a cloud balancer in front of NodePorts
+// does.
+type Balancers struct {
+	opts      LoadBalancerOptions
+	client    kubernetes.Interface
+	dataplane *Dataplane
+	addresses externalAddresses
+	metrics   *Metrics
+	logger    *slog.Logger
+	factory   informers.SharedInformerFactory
+	stop      chan struct{}
+
+	mu       sync.Mutex
+	services map[string]*balancer // ns/name
+	journal  map[string]journalEntry
+	swept    time.Time
+}
+
+type journalEntry struct {
+	route Routed
+	at    time.Time
+}
+
+// balancer serves one Service.
+type balancer struct {
+	ip        net.IP
+	listeners []net.Listener
+	servers   []*http.Server
+	transport *http.Transport
+	conns     sync.WaitGroup
+}
+
+// StartBalancers watches Services and runs a balancer for each of type LoadBalancer.
+func StartBalancers(client kubernetes.Interface, d *Dataplane, addresses externalAddresses, opts LoadBalancerOptions, metrics *Metrics, logger *slog.Logger) (*Balancers, error) {
+	if opts.Mode == "" {
+		opts.Mode = DefaultLoadBalancer.Mode
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultLoadBalancer.IdleTimeout
+	}
+	if opts.Mode != LoadBalancerTCP && opts.Mode != LoadBalancerHTTP {
+		return nil, fmt.Errorf("load balancer mode %q: want %s or %s", opts.Mode, LoadBalancerTCP, LoadBalancerHTTP)
+	}
+	b := &Balancers{opts: opts, client: client, dataplane: d, addresses: addresses, metrics: metrics, logger: logger,
+		stop: make(chan struct{}), services: map[string]*balancer{}, journal: map[string]journalEntry{}}
+	b.factory = informers.NewSharedInformerFactory(client, 0)
+	informer := b.factory.Core().V1().Services().Informer()
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { b.sync(obj, false) },
+		UpdateFunc: func(_, obj any) { b.sync(obj, false) },
+		DeleteFunc: func(obj any) { b.sync(obj, true) },
+	}); err != nil {
+		return nil, err
+	}
+	b.factory.Start(b.stop)
+	b.factory.WaitForCacheSync(b.stop)
+	return b, nil
+}
+
+// Mode is the balancers' mode.
+func (b *Balancers) Mode() string { return b.opts.Mode }
+
+func (b *Balancers) sync(obj any, deleted bool) {
+	svc, ok := unwrap(obj).(*corev1.Service)
+	if !ok {
+		return
+	}
+	key := svc.Namespace + "/" + svc.Name
+	b.mu.Lock()
+	existing := b.services[key]
+	b.mu.Unlock()
+	wanted := !deleted && svc.Spec.Type == corev1.ServiceTypeLoadBalancer
+	switch {
+	case !wanted && existing != nil:
+		b.remove(key, existing)
+	case wanted && existing == nil:
+		lb, err := b.create(svc)
+		if err != nil {
+			b.logger.Warn("load balancer", "service", key, "err", err)
+			return
+		}
+		b.mu.Lock()
+		b.services[key] = lb
+		b.mu.Unlock()
+		b.setIngress(svc, lb.ip)
+	case wanted && !hasIngress(svc, existing.ip):
+		// Someone (an apply of the Service) wrote its status over: set it again, as a cloud controller does.
+		b.setIngress(svc, existing.ip)
+	}
+}
+
+func hasIngress(svc *corev1.Service, ip net.IP) bool {
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP == ip.String() {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *Balancers) setIngress(svc *corev1.Service, ip net.IP) {
+	mode := corev1.LoadBalancerIPModeVIP
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		current, err := b.client.CoreV1().Services(svc.Namespace).Get(context.Background(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		current.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip.String(), IPMode: &mode}}
+		_, err = b.client.CoreV1().Services(svc.Namespace).UpdateStatus(context.Background(), current, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		b.logger.Warn("load balancer status", "service", svc.Namespace+"/"+svc.Name, "err", err)
+	}
+}
+
+func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
+	ip, err := b.addresses.AllocateExternal()
+	if err != nil {
+		return nil, err
+	}
+	lb := &balancer{ip: ip}
+	if b.opts.Mode == LoadBalancerHTTP {
+		lb.transport = b.backendTransport(svc)
+	}
+	for _, p := range svc.Spec.Ports {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Port))))
+		if err != nil {
+			b.close(lb)
+			return nil, err
+		}
+		lb.listeners = append(lb.listeners, ln)
+		target := fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port)
+		if b.opts.Mode == LoadBalancerTCP {
+			go b.serveTCP(lb, ln, target)
+		} else {
+			server := &http.Server{Handler: b.httpProxy(lb, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
+			lb.servers = append(lb.servers, server)
+			go server.Serve(ln)
+		}
+	}
+	b.logger.Info("load balancer", "service", svc.Namespace+"/"+svc.Name, "ingress", ip.String(), "mode", b.opts.Mode)
+	return lb, nil
+}
+
+func (b *Balancers) remove(key string, lb *balancer) {
+	b.mu.Lock()
+	delete(b.services, key)
+	b.mu.Unlock()
+	b.close(lb)
+}
+
+func (b *Balancers) close(lb *balancer) {
+	for _, s := range lb.servers {
+		s.Close()
+	}
+	for _, ln := range lb.listeners {
+		ln.Close()
+	}
+	if lb.transport != nil {
+		lb.transport.CloseIdleConnections()
+	}
+	if err := b.addresses.ReleaseExternal(lb.ip); err != nil {
+		b.logger.Warn("load balancer address", "ip", lb.ip.String(), "err", err)
+	}
+}
+
+// Stop closes every balancer and takes its address back.
+func (b *Balancers) Stop() {
+	select {
+	case <-b.stop:
+		return
+	default:
+	}
+	close(b.stop)
+	b.factory.Shutdown()
+	b.mu.Lock()
+	services := b.services
+	b.services = map[string]*balancer{}
+	b.mu.Unlock()
+	for _, lb := range services {
+		b.close(lb)
+	}
+}
+
+// Ingress is the ingress address of a Service's balancer, when it has one.
+func (b *Balancers) Ingress(namespace, name string) (net.IP, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lb, ok := b.services[namespace+"/"+name]
+	if !ok {
+		return nil, false
+	}
+	return lb.ip, true
+}
+
+// RouteOf tells which backend (node, Pod address, Pod UID) the balancer used for the client connection from
+// clientAddr (the client's local address), as long as it remembers.
+func (b *Balancers) RouteOf(clientAddr string) (Routed, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e, ok := b.journal[clientAddr]
+	return e.route, ok
+}
+
+func (b *Balancers) remember(clientAddr string, r Routed) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	b.journal[clientAddr] = journalEntry{route: r, at: now}
+	if now.Sub(b.swept) > routeJournalTTL/4 {
+		for k, e := range b.journal {
+			if now.Sub(e.at) > routeJournalTTL {
+				delete(b.journal, k)
+			}
+		}
+		b.swept = now
+	}
+}
+
+// backendErrorClass names a backend failure with the load's error classes.
+func backendErrorClass(err error) string {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	}
+	return "other"
+}
+
+func (b *Balancers) countBackend(failed error) {
+	if b.metrics == nil {
+		return
+	}
+	b.metrics.BalancerBackendConnections.WithLabelValues(b.opts.Mode).Inc()
+	if failed != nil {
+		b.metrics.BalancerBackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(failed)).Inc()
+	}
+}
+
+// dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does.
+func (b *Balancers) dialBackend(ctx context.Context, target string) (net.Conn, Routed, error) {
+	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
+	defer cancel()
+	conn, r, err := b.dataplane.DialRouted(ctx, "tcp", target)
+	b.countBackend(err)
+	return conn, r, err
+}
+
+// resetConn closes c with a TCP RST, as a balancer does when its backend refused or reset.
+func resetConn(c net.Conn) {
+	if tcp, ok := c.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	c.Close()
+}
+
+func (b *Balancers) serveTCP(lb *balancer, ln net.Listener, target string) {
+	for {
+		client, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go b.proxyTCP(client, target)
+	}
+}
+
+func (b *Balancers) proxyTCP(client net.Conn, target string) {
+	backend, r, err := b.dialBackend(context.Background(), target)
+	b.remember(client.RemoteAddr().String(), r)
+	if err != nil {
+		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
+		// and its request is on the way when the reset comes; on loopback the reset would beat the connect. Wait
+		// for the client's first bytes (at most a second) so it meets the reset as it would there.
+		_ = client.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = client.Read(make([]byte, 1))
+		resetConn(client)
+		return
+	}
+	// Each direction ends as the other side ended it: a reset is passed on as a reset, a close as a close.
+	done := make(chan error, 2)
+	go func() {
+		_, err := io.Copy(backend, client)
+		if err == nil {
+			_ = backend.(*net.TCPConn).CloseWrite()
+		}
+		done <- nil
+	}()
+	_, err = io.Copy(client, backend)
+	if err != nil && backendErrorClass(err) == "reset" {
+		b.countFailure(err)
+		resetConn(client)
+		backend.Close()
+		<-done
+		return
+	}
+	if tcp, ok := client.(*net.TCPConn); ok {
+		_ = tcp.CloseWrite()
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second): // a client that never closes its side
+	}
+	client.Close()
+	backend.Close()
+}
+
+func (b *Balancers) countFailure(err error) {
+	if b.metrics != nil {
+		b.metrics.BalancerBackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(err)).Inc()
+	}
+}
+
+// routedBackendConn remembers the route of a pooled backend connection.
+type routedBackendConn struct {
+	net.Conn
+	route Routed
+}
+
+func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
+			conn, r, err := b.dialBackend(ctx, addr)
+			if err != nil {
+				return nil, &routedDialError{route: r, err: err}
+			}
+			return &routedBackendConn{Conn: conn, route: r}, nil
+		},
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     b.opts.IdleTimeout,
+		DisableCompression:  true,
+		Proxy:               nil,
+	}
+}
+
+type routedDialError struct {
+	route Routed
+	err   error
+}
+
+func (e *routedDialError) Error() string { return e.err.Error() }
+func (e *routedDialError) Unwrap() error { return e.err }
+
+// noRetryBody marks a proxied request as not replayable: Go's transport retries an idempotent request whose
+// reused connection failed before answering, and a balancer without retries must answer 502 instead.
+type noRetryBody struct{}
+
+func (noRetryBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (noRetryBody) Close() error             { return nil }
+
+func (b *Balancers) httpProxy(lb *balancer, target string) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", target
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+			if pr.Out.Body == nil {
+				pr.Out.Body, pr.Out.GetBody, pr.Out.ContentLength = noRetryBody{}, nil, 0
+			}
+			client := pr.In.RemoteAddr
+			*pr.Out = *pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), &httptrace.ClientTrace{
+				GotConn: func(info httptrace.GotConnInfo) {
+					if c, ok := info.Conn.(*routedBackendConn); ok {
+						b.remember(client, c.route)
+					}
+				},
+			}))
+		},
+		Transport:     lb.transport,
+		FlushInterval: -1,
+		ErrorLog:      discardLog,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			var dialErr *routedDialError
+			if errors.As(err, &dialErr) {
+				b.remember(r.RemoteAddr, dialErr.route)
+			} else {
+				b.countFailure(err)
+			}
+			if b.metrics != nil {
+				b.metrics.Balancer502s.WithLabelValues(b.opts.Mode).Inc()
+			}
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+}
