@@ -2,7 +2,9 @@
 //
 //  1. planned vs sent for a ramp/hold/ramp profile (goal: equal);
 //  2. the highest rate `runner attack` sustains, with all its metrics and the embedded Prometheus, against plain
-//     `vegeta attack` of the same version, on the same loopback servers (cowweb without and with --slow --load 640);
+//     `vegeta attack` of the same version, on the same loopback servers (cowweb without and with --slow --load 640),
+//     with pooled keep-alive connections and with a new connection per request (the reference loader's per-user
+//     model; vegeta -keepalive=false);
 //  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries;
 //  4. the lab: start, 8 Pods Ready, stop, memory;
 //  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case.
@@ -70,14 +72,17 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int)
 	fmt.Println("\n== 2. highest sustained rate: runner attack (all metrics, embedded Prometheus) vs vegeta attack v12.13.0")
 	fmt.Printf("   each step %s; sustained = throughput ≥ 97%% of the rate with ≥ 99%% success\n", step)
 	for _, target := range []struct {
-		name  string
-		args  []string
-		rates []int
+		name       string
+		args       []string
+		connection string
+		rates      []int
 	}{
-		{"cowweb (trivial /say)", nil, []int{1000, 2000, 3000, 4000, 6000, 8000, 10000}},
-		{"cowweb --slow --load 640", []string{"--slow", "--load", "640"}, []int{100, 200, 300, 350, 400, 450, 500, 600}},
+		{"cowweb (trivial /say), pooled keep-alive connections", nil, plan.ConnectionPooled, []int{1000, 2000, 3000, 4000, 6000, 8000, 10000}},
+		{"cowweb --slow --load 640, pooled", []string{"--slow", "--load", "640"}, plan.ConnectionPooled, []int{100, 200, 300, 350, 400, 450, 500, 600}},
+		// The reference experiment's loader: a new connection per arrival (runner per-user; vegeta -keepalive=false).
+		{"cowweb (trivial /say), a connection per request", nil, plan.ConnectionPerUser, []int{500, 1000, 1500, 2000, 3000, 4000, 5000}},
 	} {
-		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.rates, step); err != nil {
+		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.connection, target.rates, step); err != nil {
 			return err
 		}
 	}
@@ -252,9 +257,9 @@ func (r stepResult) sustained(rate int) bool {
 
 var runnerSummary = regexp.MustCompile(`sent (\d+) of (\d+) planned in ([^;]+); completed (\d+): (\d+) ok`)
 
-func runnerStep(runner, url string, rate int, step time.Duration, results string) (stepResult, error) {
+func runnerStep(runner, url, connection string, rate int, step time.Duration, results string) (stepResult, error) {
 	out, err := exec.Command(runner, "attack", "--url", url, "--rate", strconv.Itoa(rate), "--duration", step.String(),
-		"--timeout", "5s", "--results", results).Output()
+		"--timeout", "5s", "--connection", connection, "--results", results).Output()
 	m := runnerSummary.FindStringSubmatch(string(out))
 	if m == nil {
 		return stepResult{}, fmt.Errorf("runner attack at %d/s: %v\n%s", rate, err, out)
@@ -265,8 +270,9 @@ func runnerStep(runner, url string, rate int, step time.Duration, results string
 	return stepResult{throughput: ok / elapsed.Seconds(), success: ok / planned}, nil
 }
 
-func vegetaStep(vegeta, url string, rate int, step time.Duration) (stepResult, error) {
-	attack := exec.Command(vegeta, "attack", "-rate", strconv.Itoa(rate), "-duration", step.String(), "-timeout", "5s")
+func vegetaStep(vegeta, url, connection string, rate int, step time.Duration) (stepResult, error) {
+	attack := exec.Command(vegeta, "attack", "-rate", strconv.Itoa(rate), "-duration", step.String(), "-timeout", "5s",
+		"-keepalive="+strconv.FormatBool(connection == plan.ConnectionPooled))
 	attack.Stdin = strings.NewReader("GET " + url + "\n")
 	report := exec.Command(vegeta, "report", "-type", "json")
 	pipe, err := attack.StdoutPipe()
@@ -295,7 +301,7 @@ func vegetaStep(vegeta, url string, rate int, step time.Duration) (stepResult, e
 	return stepResult{throughput: r.Throughput, success: r.Success}, nil
 }
 
-func compareRates(runner, cowweb, vegeta, name string, args []string, rates []int, step time.Duration) error {
+func compareRates(runner, cowweb, vegeta, name string, args []string, connection string, rates []int, step time.Duration) error {
 	url, stop, err := startCowweb(cowweb, args)
 	if err != nil {
 		return err
@@ -311,11 +317,11 @@ func compareRates(runner, cowweb, vegeta, name string, args []string, rates []in
 	bestRunner, bestVegeta := 0, 0
 	runnerBroke, vegetaBroke := false, false
 	for _, rate := range rates {
-		r, err := runnerStep(runner, url, rate, step, results)
+		r, err := runnerStep(runner, url, connection, rate, step, results)
 		if err != nil {
 			return err
 		}
-		v, err := vegetaStep(vegeta, url, rate, step)
+		v, err := vegetaStep(vegeta, url, connection, rate, step)
 		if err != nil {
 			return err
 		}

@@ -188,16 +188,19 @@ func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 		return analysis.PhaseOther
 	}
 	switch f.Class {
-	case load.ClassRefused, load.ClassTimeout, load.ClassOther:
-		// Sent after SIGTERM yet routed there: the server had closed its listener (refused), or the Pod and its
-		// address were already gone (no route, timeout), because a node had not yet taken it out of the Service.
-		if !f.Sent.Before(p.sigterm) {
-			return analysis.PhaseBeforeServiceOut
-		}
-	case load.ClassReset, load.ClassEOF:
+	case load.ClassReset, load.ClassEOF, load.ClassHTTP5xx:
+		// Running when the process exited at once: cut. (Through the http balancer a cut reaches the client as a 502.)
 		end := f.Sent.Add(f.Latency)
 		if !p.graceful && !p.exited.IsZero() && !p.exited.Before(f.Sent.Add(-cutSlack)) && !p.exited.After(end.Add(cutSlack)) {
 			return analysis.PhaseInFlightCut
+		}
+		fallthrough
+	case load.ClassRefused, load.ClassTimeout, load.ClassOther:
+		// Sent after SIGTERM yet routed there, because a node had not yet taken the Pod out of the Service: the
+		// server had closed its listener (refused; a tcp balancer passes it on as a reset, an http one as a 502), or
+		// the Pod and its address were already gone (no route, timeout).
+		if !f.Sent.Before(p.sigterm) {
+			return analysis.PhaseBeforeServiceOut
 		}
 	}
 	return analysis.PhaseOther

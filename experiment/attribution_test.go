@@ -27,14 +27,16 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: at(300)},                                // after SIGTERM, before service-out
 		{Class: load.ClassRefused, Endpoint: "198.18.0.9:8080", Sent: at(300)},                                // a Pod never terminated
 		{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: at(7990), Latency: 20 * time.Millisecond}, // running at the immediate exit
-		{Class: load.ClassEOF, Endpoint: "198.18.0.2:8080", Sent: at(15), Latency: 10 * time.Millisecond},     // graceful exit: not a cut
+		{Class: load.ClassEOF, Endpoint: "198.18.0.2:8080", Sent: at(15), Latency: 10 * time.Millisecond},     // graceful exit: not a cut, but sent after SIGTERM
+		{Class: load.ClassEOF, Endpoint: "198.18.0.3:8080", Sent: at(50), Latency: 10 * time.Millisecond},     // long before that Pod's SIGTERM
+		{Class: load.ClassHTTP5xx, Endpoint: "198.18.0.3:8080", Sent: at(7900), Latency: 200 * time.Millisecond}, // a balancer's 502 for a cut
 		{Class: load.ClassTimeout, Endpoint: "", Sent: at(100)},
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.2:8080", Sent: at(500)}, // the Pod's address already gone
 		{Class: load.ClassOther, Endpoint: "198.18.0.3:8080", Sent: at(100)},   // before that Pod's SIGTERM
 	}
 	attribution := Attribute(failures, events)
 	got := attribution.ByPhase()
-	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 2, analysis.PhaseInFlightCut: 1, analysis.PhaseOther: 4}
+	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 3, analysis.PhaseInFlightCut: 2, analysis.PhaseOther: 4}
 	for phase, n := range want {
 		if got[phase] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", phase, got[phase], n, got)
@@ -43,7 +45,7 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 	if n := attribution[analysis.PhaseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
 		t.Errorf("before-service-out by class: %v", n)
 	}
-	if n := attribution[analysis.PhaseInFlightCut]; n[load.ClassReset] != 1 {
+	if n := attribution[analysis.PhaseInFlightCut]; n[load.ClassReset] != 1 || n[load.ClassHTTP5xx] != 1 {
 		t.Errorf("in-flight-cut by class: %v", n)
 	}
 }

@@ -312,11 +312,18 @@ func (b *Balancers) countBackend(failed error) {
 	}
 }
 
-// dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does.
-func (b *Balancers) dialBackend(ctx context.Context, target string) (net.Conn, Routed, error) {
+// dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does; routed
+// learns the decision before the connect, which to a Pod already gone lasts until it fails.
+func (b *Balancers) dialBackend(ctx context.Context, target string, routed func(Routed)) (net.Conn, Routed, error) {
+	r, err := b.dataplane.RouteTo(target)
+	routed(r)
+	if err != nil {
+		b.countBackend(err)
+		return nil, r, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
 	defer cancel()
-	conn, r, err := b.dataplane.DialRouted(ctx, "tcp", target)
+	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", r.Endpoint)
 	b.countBackend(err)
 	return conn, r, err
 }
@@ -340,8 +347,8 @@ func (b *Balancers) serveTCP(lb *balancer, ln net.Listener, target string) {
 }
 
 func (b *Balancers) proxyTCP(client net.Conn, target string) {
-	backend, r, err := b.dialBackend(context.Background(), target)
-	b.remember(client.RemoteAddr().String(), r)
+	clientAddr := client.RemoteAddr().String()
+	backend, _, err := b.dialBackend(context.Background(), target, func(r Routed) { b.remember(clientAddr, r) })
 	if err != nil {
 		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
 		// and its request is on the way when the reset comes; on loopback the reset would beat the connect. Wait
@@ -395,7 +402,12 @@ func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
-			conn, r, err := b.dialBackend(ctx, addr)
+			conn, r, err := b.dialBackend(ctx, addr, func(r Routed) {
+				// The client whose request asked for this connection (another may end up using it).
+				if client, ok := ctx.Value(clientAddrKey{}).(string); ok {
+					b.remember(client, r)
+				}
+			})
 			if err != nil {
 				return nil, &routedDialError{route: r, err: err}
 			}
@@ -407,6 +419,8 @@ func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
 		Proxy:               nil,
 	}
 }
+
+type clientAddrKey struct{}
 
 type routedDialError struct {
 	route Routed
@@ -433,7 +447,7 @@ func (b *Balancers) httpProxy(lb *balancer, target string) http.Handler {
 				pr.Out.Body, pr.Out.GetBody, pr.Out.ContentLength = noRetryBody{}, nil, 0
 			}
 			client := pr.In.RemoteAddr
-			*pr.Out = *pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), &httptrace.ClientTrace{
+			*pr.Out = *pr.Out.WithContext(httptrace.WithClientTrace(context.WithValue(pr.Out.Context(), clientAddrKey{}, client), &httptrace.ClientTrace{
 				GotConn: func(info httptrace.GotConnInfo) {
 					if c, ok := info.Conn.(*routedBackendConn); ok {
 						b.remember(client, c.route)

@@ -3,6 +3,9 @@ package lab
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -64,8 +67,6 @@ app:
     liveness: {initialDelay: 1s}
   preStop: {sleep: 2s}
   terminationGracePeriod: 10s
-  values:
-    service: {type: ClusterIP} # a LoadBalancer never gets an address in the lab, and helm --wait waits for one
 load: {rate: 1, duration: 1s}
 `))
 	if err != nil {
@@ -93,6 +94,25 @@ load: {rate: 1, duration: 1s}
 	}
 	for _, pod := range before {
 		assertRunsAs(t, l, pod, 65532)
+	}
+	// The chart's Service is of type LoadBalancer: helm's wait (the code path of --wait) waited for the ingress
+	// address the lab's balancer set, and the app answers there.
+	svc, err := l.Client.CoreV1().Services(ns).Get(ctx, "cowweb", metav1.GetOptions{})
+	if err != nil || svc.Spec.Type != corev1.ServiceTypeLoadBalancer || len(svc.Status.LoadBalancer.Ingress) != 1 {
+		t.Fatalf("Service: %+v %v", svc, err)
+	}
+	ingress := svc.Status.LoadBalancer.Ingress[0].IP
+	if ip := net.ParseIP(ingress); ip == nil || !podNetwork.Contains(ip) {
+		t.Errorf("ingress address %s is not in the lab's range %s", ingress, podNetwork)
+	}
+	resp, err := http.Get("http://" + ingress + ":80/say?m=balanced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "balanced") {
+		t.Errorf("through the balancer: %d %s", resp.StatusCode, body)
 	}
 	if err := restart(ctx, l, ns, "cowweb"); err != nil {
 		t.Fatal(err)
@@ -126,7 +146,7 @@ load: {rate: 1, duration: 1s}
 	if _, err := l.Client.AppsV1().Deployments("default").Create(ctx, good, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "mixed"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app.kubernetes.io/name": "cowweb"},
+	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "mixed"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app.kubernetes.io/name": "cowweb"},
 		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}}}
 	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

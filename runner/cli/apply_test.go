@@ -31,7 +31,9 @@ app:
   delay: 200ms # requests last long enough to be in flight when a Pod exits, without loading the 2 cores
   probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}
   terminationGracePeriod: 15s
-load: {rate: 60, duration: 14s, timeout: 5s, keepAlive: false} # every request opens a connection, routed when it opens
+# Every arrival a new user with its own connection, through the Service's tcp load balancer (the chart's Service is
+# of type LoadBalancer), routed by a node's proxy when it opens.
+load: {rate: 60, duration: 14s, timeout: 5s, connection: per-user}
 rollout: {at: 2s, timeout: 60s}
 cases:
   - name: gs-slp0
@@ -46,7 +48,7 @@ cases:
     app: {preStop: {sleep: 4s}, shutdown: immediate}
     # After the service-out only connections opened before it still reach the old Pod: keep-alive ones. Go's client
     # (like browsers) retries a GET cut on a reused connection by itself; a POST's cut reaches the caller.
-    load: {keepAlive: true, method: POST, body: rollout}
+    load: {connection: pooled, method: POST, body: rollout}
 report: {lang: en}
 `
 
@@ -86,10 +88,17 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 	if s := byCase["gs-slp0"]; s.Errors() == 0 {
 		t.Errorf("graceful without preStop: no connection reached a Pod that had stopped (%v)", s.ByClass)
 	}
+	if m.Provenance.Target["loadBalancer"] != "tcp" {
+		t.Errorf("provenance: load balancer %q, want tcp", m.Provenance.Target["loadBalancer"])
+	}
 	for _, r := range m.Runs {
-		t.Logf("%s attribution: %v", r.Labels.Case, r.Attribution)
-		if r.Labels.Case == "gs-slp0" && r.AttributionByClass["before-service-out"]["refused"] == 0 {
-			t.Errorf("gs-slp0: no refused connection attributed to before-service-out: %v", r.AttributionByClass)
+		t.Logf("%s attribution: %v", r.Labels.Case, r.AttributionByClass)
+		// Through the tcp balancer a refused backend reaches the client as a reset.
+		if before := r.AttributionByClass["before-service-out"]; r.Labels.Case == "gs-slp0" && before["reset"]+before["refused"]+before["timeout"] == 0 {
+			t.Errorf("gs-slp0: no failure attributed to before-service-out: %v", r.AttributionByClass)
+		}
+		if other := r.Attribution["other"]; r.Labels.Case == "gs-slp0" && other*2 > r.Summary.Errors() {
+			t.Errorf("gs-slp0: %d of %d failures attributed to no phase: %v", other, r.Summary.Errors(), r.AttributionByClass)
 		}
 		var attributed uint64
 		for _, n := range r.Attribution {
@@ -180,5 +189,57 @@ func dashboardQueriesAnswer(t *testing.T, resultsDir string, m *rundir.Manifest)
 				t.Errorf("%s, %s: no data for %s", d.Title, q.Where, expr)
 			}
 		}
+	}
+}
+
+const e2eHTTPPlan = `
+name: e2e-http
+description: an immediate exit behind an http load balancer with pooled backend connections
+lab: {nodes: 2, loadBalancer: {mode: http, idleTimeout: 60s}}
+app:
+  replicas: 3
+  load: 100
+  delay: 300ms # in flight when the process exits
+  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}
+  terminationGracePeriod: 15s
+  preStop: {sleep: 3s}
+  shutdown: immediate
+load: {rate: 40, duration: 12s, timeout: 5s, connection: per-user}
+rollout: {at: 2s, timeout: 60s}
+cases:
+  - name: imm-slp3
+report: {lang: en}
+`
+
+// Behind an http balancer the client's connections end at the balancer, whose pooled backend connections stay on
+// the old Pods after the service-out: an immediate exit cuts what is in flight on them, and the client gets 502s —
+// each attributed to the cut through the balancer's record of the backend it used.
+func TestApplyThroughAnHTTPBalancerTurnsCutsInto502s(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	dir := t.TempDir()
+	planFile := filepath.Join(dir, "e2e-http.yaml")
+	if err := os.WriteFile(planFile, []byte(e2eHTTPPlan), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "apply", planFile, "--results", filepath.Join(dir, "results"))
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	m, err := rundir.Load(onlyDir(t, filepath.Join(dir, "results", "e2e-http", "*")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Runs) != 1 || m.Runs[0].Summary.Completed != 480 || m.Provenance.Target["loadBalancer"] != "http" {
+		t.Fatalf("runs %+v, target %v", m.Runs, m.Provenance.Target)
+	}
+	r := m.Runs[0]
+	t.Logf("outcomes %v, attribution %v", r.Summary.ByClass, r.AttributionByClass)
+	if r.Summary.ByCode["502"] == 0 || r.AttributionByClass["in-flight-cut"]["http_5xx"] == 0 {
+		t.Errorf("no 502 attributed to in-flight-cut: codes %v, attribution %v", r.Summary.ByCode, r.AttributionByClass)
+	}
+	if r.Summary.ByClass[load.ClassReset]+r.Summary.ByClass[load.ClassEOF] != 0 {
+		t.Errorf("the http balancer let connection errors through to the client: %v", r.Summary.ByClass)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -185,6 +186,17 @@ func newLabCommand() *cobra.Command {
 			}
 			for _, p := range pods.Items {
 				fmt.Fprintf(out, "pod %s/%s %s %s on %s\n", p.Namespace, p.Name, p.Status.Phase, p.Status.PodIP, p.Spec.NodeName)
+			}
+			services, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, s := range services.Items {
+				for _, in := range s.Status.LoadBalancer.Ingress {
+					for _, p := range s.Spec.Ports {
+						fmt.Fprintf(out, "load balancer %s/%s:%d → http://%s\n", s.Namespace, s.Name, p.Port, net.JoinHostPort(in.IP, fmt.Sprint(p.Port)))
+					}
+				}
 			}
 			names := make([]string, 0, len(state.Services))
 			for name := range state.Services {
