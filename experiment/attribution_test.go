@@ -24,11 +24,11 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Type: lab.EventContainerExited, PodIP: "198.18.0.3", Time: at(8005), ExitCode: &killed},
 	}
 	failures := []load.Outcome{
-		{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: at(300)},                                // after SIGTERM, before service-out
-		{Class: load.ClassRefused, Endpoint: "198.18.0.9:8080", Sent: at(300)},                                // a Pod never terminated
-		{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: at(7990), Latency: 20 * time.Millisecond}, // running at the immediate exit
-		{Class: load.ClassEOF, Endpoint: "198.18.0.2:8080", Sent: at(15), Latency: 10 * time.Millisecond},     // graceful exit: not a cut, but sent after SIGTERM
-		{Class: load.ClassEOF, Endpoint: "198.18.0.3:8080", Sent: at(50), Latency: 10 * time.Millisecond},     // long before that Pod's SIGTERM
+		{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: at(300)},                                   // after SIGTERM, before service-out
+		{Class: load.ClassRefused, Endpoint: "198.18.0.9:8080", Sent: at(300)},                                   // a Pod never terminated
+		{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: at(7990), Latency: 20 * time.Millisecond},    // running at the immediate exit
+		{Class: load.ClassEOF, Endpoint: "198.18.0.2:8080", Sent: at(15), Latency: 10 * time.Millisecond},        // graceful exit: not a cut, but sent after SIGTERM
+		{Class: load.ClassEOF, Endpoint: "198.18.0.3:8080", Sent: at(50), Latency: 10 * time.Millisecond},        // long before that Pod's SIGTERM
 		{Class: load.ClassHTTP5xx, Endpoint: "198.18.0.3:8080", Sent: at(7900), Latency: 200 * time.Millisecond}, // a balancer's 502 for a cut
 		{Class: load.ClassTimeout, Endpoint: "", Sent: at(100)},
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.2:8080", Sent: at(500)}, // the Pod's address already gone
