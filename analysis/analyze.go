@@ -30,6 +30,9 @@ type Conditions struct {
 	CPULoad       int           `json:"cpuLoad"` // 0 when the CPU knob is off
 	MaxRPS        float64       `json:"maxRPS"`
 	Planned       int64         `json:"plannedRequests"`
+	// Connection is the load's connection model (per-user or pooled) and ThinkTime a per-user connection's pause.
+	Connection string        `json:"connection,omitempty"`
+	ThinkTime  plan.Duration `json:"thinkTime,omitempty"`
 }
 
 // ConditionsOf reads a case's conditions.
@@ -39,6 +42,7 @@ func ConditionsOf(c plan.Case) Conditions {
 	if c.App.Slow {
 		cond.CPULoad = c.App.Load
 	}
+	cond.Connection, cond.ThinkTime = c.Load.Connection, c.Load.ThinkTime
 	cond.MaxRPS = max(c.Load.Rate, c.Load.StartRate)
 	for _, s := range c.Load.Stages {
 		cond.MaxRPS = max(cond.MaxRPS, s.Target)

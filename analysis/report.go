@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
 )
 
 // Report is everything a run's reports are written from.
@@ -18,6 +19,8 @@ type Report struct {
 	Description string    `json:"description,omitempty"`
 	Partial     bool      `json:"partial"`
 	Runs        []CaseRun `json:"runs"`
+	// LoadPath says how the load reached the Pods (the target's words: a load balancer, a node's proxy, a URL).
+	LoadPath string `json:"loadPath,omitempty"`
 	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
 	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
@@ -26,7 +29,8 @@ type Report struct {
 
 // labels of the Markdown tables, by language.
 type labels struct {
-	condition, preStop, graceful, replicas, cpuLoad, maxRPS                     string
+	condition, preStop, graceful, replicas, cpuLoad, maxRPS, connections        string
+	perUser, pooled, loadPath                                                   string
 	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
@@ -36,7 +40,8 @@ type labels struct {
 var labelsByLang = map[string]labels{
 	"ja": {
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
-		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps",
+		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
+		loadPath: "負荷の経路: %s。",
 		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
@@ -47,7 +52,8 @@ var labelsByLang = map[string]labels{
 	},
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
-		cpuLoad: "CPU load (load)", maxRPS: "Max rps",
+		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
+		loadPath: "Load path: %s.",
 		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
@@ -79,6 +85,19 @@ func (r CaseRun) column() string {
 		name += " (interrupted)"
 	}
 	return name
+}
+
+func (l labels) connection(c Conditions) string {
+	switch c.Connection {
+	case plan.ConnectionPerUser:
+		if c.ThinkTime > 0 {
+			return fmt.Sprintf("%s (think %s)", l.perUser, c.ThinkTime)
+		}
+		return l.perUser
+	case plan.ConnectionPooled:
+		return l.pooled
+	}
+	return "-"
 }
 
 func (l labels) shutdown(c Conditions) string {
@@ -145,10 +164,15 @@ func (l labels) rows(runs []CaseRun) []row {
 		{l.replicas, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) })},
 		{l.cpuLoad, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) })},
 		{l.maxRPS, func(r CaseRun) string { return formatNumber(r.Conditions.MaxRPS) }},
+	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Conditions.Connection != "" }) {
+		rows = append(rows, row{l.connections, func(r CaseRun) string { return l.connection(r.Conditions) }})
+	}
+	rows = append(rows, []row{
 		{l.total, func(r CaseRun) string { return formatCount(r.Whole.Total) }},
 		{l.ok, func(r CaseRun) string { return formatCount(r.Whole.OK) }},
 		{l.errors, func(r CaseRun) string { return formatCount(r.Whole.Errors) }},
-	}
+	}...)
 	for _, class := range errorClassesSeen(runs) {
 		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
 	}
@@ -233,6 +257,9 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 			b.WriteString(" | " + row.values(r))
 		}
 		b.WriteString(" |\n")
+	}
+	if rep.LoadPath != "" {
+		fmt.Fprintf(&b, "\n"+l.loadPath+"\n", rep.LoadPath)
 	}
 	if rep.ServiceOut != nil {
 		fmt.Fprintf(&b, "\n%s\n", rep.ServiceOut.sentence(lang))

@@ -49,7 +49,7 @@ func fixtureReport() Report {
 		r := CaseRun{
 			Case: name, Run: "1",
 			Conditions: Conditions{AppKnown: true, PreStopSleep: plan.Duration(sleep), PreStopAction: "exec", Shutdown: shutdown, GracePeriod: plan.Duration(time.Minute),
-				Replicas: 8, CPULoad: 640, MaxRPS: 200, Planned: 24060},
+				Replicas: 8, CPULoad: 640, MaxRPS: 200, Planned: 24060, Connection: plan.ConnectionPerUser, ThinkTime: plan.Duration(time.Second)},
 			Phases: map[string]time.Time{load.PhaseLoadStart: start, load.PhaseLoadEnd: start.Add(5 * time.Second),
 				load.PhaseRolloutStart: start.Add(2 * time.Second), load.PhaseRolloutComplete: start.Add(4 * time.Second)},
 			Load:    Window{Start: start.Add(-time.Second), End: start.Add(6 * time.Second)},
@@ -67,7 +67,8 @@ func fixtureReport() Report {
 		}
 		return r
 	}
-	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture", Runs: []CaseRun{
+	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture",
+		LoadPath: "per-user connections → the Service's tcp load balancer (198.18.15.241:80) → a node's proxy (round robin over 3 nodes) → a Pod", Runs: []CaseRun{
 		run("cowweb-ru-gs", 0, "graceful", 37, 2),
 		run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),
 		run("cowweb-ru-slp8", 8*time.Second, "immediate", 0, 11),

@@ -357,6 +357,8 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	}
 	labels := load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
 	url, dial := r.target.LoadURL(c, namespace, ReleaseName, servicePort)
+	// The target now knows the load's path (a load balancer, a node's proxy): the report states it.
+	r.session.Manifest.Provenance.Target = r.target.Provenance()
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	attackDone := make(chan error, 1)

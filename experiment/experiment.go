@@ -312,7 +312,7 @@ func (s *Session) Close() error {
 
 // WriteReports analyses every run of a manifest and writes the reports into dir.
 func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
-	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial}
+	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"]}
 	for _, r := range m.Runs {
 		c, ok := m.Plan.Case(r.Labels.Case)
 		if !ok {

@@ -43,8 +43,9 @@ type Connect func(ctx context.Context, session *Session) (Target, error)
 
 // labTarget is the embedded lab, started for one apply.
 type labTarget struct {
-	lab     *lab.Lab
-	model   string
+	lab      *lab.Lab
+	model    string
+	loadPath string // how the last case's load went
 	tempDir string // the lab's state when no directory was given: removed with the lab
 }
 
@@ -75,7 +76,7 @@ func ConnectLab(dir string, cowweb []string) Connect {
 
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
-		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode()}
+		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath}
 }
 
 func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }
@@ -94,6 +95,8 @@ func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, 
 // Pod it was routed to, for attribution.
 func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
 	if ip, ok := t.lab.Balancers.Ingress(namespace, service); ok {
+		t.loadPath = fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's proxy (round robin over %d nodes) → a Pod",
+			c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(t.lab.Agent.Nodes))
 		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, addr)
@@ -119,6 +122,8 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 		}
 		return load.NewRoutedConn(conn, route), nil
 	}
+	t.loadPath = fmt.Sprintf("%s connections → a node's proxy (round robin over %d nodes, Service %s.%s:%d) → a Pod",
+		c.Load.Connection, len(t.lab.Agent.Nodes), service, namespace, port)
 	return fmt.Sprintf("http://%s.%s:%d%s", service, namespace, port, c.Load.Path), dial
 }
 

@@ -84,6 +84,9 @@ var badPlans = []struct {
 	{"zero lab nodes", "name: a\n" + okLoad + "lab: {nodes: 0}\n", []string{"bad.yaml:3:14: lab.nodes: must be between 1 and 20, got 0"}},
 	{"service-out max below min", "name: a\n" + okLoad + "lab: {serviceOut: {min: 2s, max: 1s}}\n", []string{"lab.serviceOut.max: must not be less than min (2s), got 1s"}},
 	{"service-out max unbounded", "name: a\n" + okLoad + "lab: {serviceOut: {max: 10m}}\n", []string{"bad.yaml:3:25: lab.serviceOut.max: must be at most 1m0s"}},
+	{"unknown connection model", "name: a\nload: {rate: 1, duration: 1s, connection: shared}\n", []string{`bad.yaml:2:43: load.connection: "shared" is not one of per-user, pooled`}},
+	{"think time with a pool", "name: a\nload: {rate: 1, duration: 1s, connection: pooled, thinkTime: 1s}\n", []string{"load.thinkTime: is for connection: per-user"}},
+	{"unknown balancer", "name: a\n" + okLoad + "lab: {loadBalancer: {mode: udp}}\n", []string{`bad.yaml:3:28: lab.loadBalancer.mode: "udp" is not one of tcp, http`}},
 	{"lab image without command", "name: a\n" + okLoad + "lab: {images: {example/app: []}}\n", []string{"lab.images.example/app: give the command"}},
 	{"lab image command not a list", "name: a\n" + okLoad + "lab: {images: {example/app: /bin/app}}\n", []string{`lab.images.example/app: want a list, got the string "/bin/app"`}},
 	{"several errors at once", "name: a\n" + okLoad + "app:\n  replicas: -1\n  load: -5\nrepeats: 0\n", []string{
