@@ -69,10 +69,10 @@ func fixtureReport() Report {
 	}
 	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture",
 		LoadPath: "per-user connections → the Service's tcp load balancer (198.18.15.241:80) → a node's proxy (round robin over 3 nodes) → a Pod", Runs: []CaseRun{
-		run("cowweb-ru-gs", 0, "graceful", 37, 2),
-		run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),
-		run("cowweb-ru-slp8", 8*time.Second, "immediate", 0, 11),
-	}}
+			run("cowweb-ru-gs", 0, "graceful", 37, 2),
+			run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),
+			run("cowweb-ru-slp8", 8*time.Second, "immediate", 0, 11),
+		}}
 }
 
 func TestMarkdownGolden(t *testing.T) {

@@ -46,7 +46,7 @@ type labTarget struct {
 	lab      *lab.Lab
 	model    string
 	loadPath string // how the last case's load went
-	tempDir string // the lab's state when no directory was given: removed with the lab
+	tempDir  string // the lab's state when no directory was given: removed with the lab
 }
 
 // ConnectLab starts the lab the plan describes, in dir or (when empty) a temporary directory removed on Close.
