@@ -49,5 +49,6 @@ $(VEGETA):
 	$(GO) install github.com/tsenart/vegeta/v12@v12.13.0
 
 # Performance figures (printed, not asserted): planned vs sent, runner vs vegeta max rate, Prometheus overhead.
+BENCH_ONLY ?= 0
 bench: build $(VEGETA)
-	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA)
+	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY)

@@ -50,7 +50,7 @@ func main() {
 	vegeta := flag.String("vegeta", "vegeta", "the vegeta binary (v12.13.0)")
 	step := flag.Duration("step", 3*time.Second, "length of each rate step")
 	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
-	only := flag.Int("only", 0, "5 runs only section 5 (the apply overhead); 0 runs all")
+	only := flag.Int("only", 0, "2 runs only section 2 (rates against vegeta), 5 only section 5 (the apply overhead); 0 runs all")
 	flag.Parse()
 	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -62,12 +62,14 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int)
 	if only == 5 {
 		return applyOverhead(runner, "plans/quick.yaml")
 	}
-	if only != 0 {
-		return fmt.Errorf("-only %d: only section 5 runs alone", only)
+	if only != 0 && only != 2 {
+		return fmt.Errorf("-only %d: only sections 2 and 5 run alone", only)
 	}
-	fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
-	if err := plannedVsSent(); err != nil {
-		return err
+	if only == 0 {
+		fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
+		if err := plannedVsSent(); err != nil {
+			return err
+		}
 	}
 	fmt.Println("\n== 2. highest sustained rate: runner attack (all metrics, embedded Prometheus) vs vegeta attack v12.13.0")
 	fmt.Printf("   each step %s; sustained = throughput ≥ 97%% of the rate with ≥ 99%% success\n", step)
@@ -85,6 +87,9 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int)
 		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.connection, target.rates, step); err != nil {
 			return err
 		}
+	}
+	if only == 2 {
+		return nil
 	}
 	fmt.Println("\n== 3. embedded Prometheus overhead")
 	if err := prometheusOverhead(scrapeFor); err != nil {
