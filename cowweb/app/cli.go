@@ -67,6 +67,9 @@ On SIGTERM:
 				return err
 			}
 			cfg.Shutdown = mode
+			if cfg.RandSource != RandLocked && cfg.RandSource != RandLockFree {
+				return fmt.Errorf("--rand-source %q: want %s or %s", cfg.RandSource, RandLocked, RandLockFree)
+			}
 			if cfg.Load < 0 {
 				return fmt.Errorf("--load must not be negative, got %d", cfg.Load)
 			}
@@ -94,6 +97,7 @@ On SIGTERM:
 	f.StringVar(&listen, "listen", "", "address to listen on, host:port (default \":PORT\")")
 	f.BoolVarP(&cfg.Slow, "slow", "s", false, "burn CPU on every cow request (see --load)")
 	f.IntVarP(&cfg.Load, "load", "l", 1024, "with --slow, each request runs load×load pseudo-random calls")
+	f.StringVar(&cfg.RandSource, "rand-source", RandLocked, "the knob's calls: locked (one mutex-guarded source per process, as v1.1.1 built with Go 1.14) or lock-free (math/rand/v2)")
 	f.BoolVarP(&graceful, "shutdown-gracefully", "g", true, "on SIGTERM shut down gracefully (false: exit at once)")
 	f.StringVar(&shutdown, "shutdown", string(ShutdownGraceful), "on SIGTERM: immediate, graceful or drain")
 	f.DurationVar(&cfg.Delay, "delay", 0, "wait this long in every /say and /think without using CPU (a backend call)")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -45,6 +46,8 @@ type Config struct {
 	Listen string
 	Slow   bool
 	Load   int
+	// RandSource is the knob's random source: RandLocked (default, as v1.1.1 ran) or RandLockFree.
+	RandSource string
 	// Delay is waited on every cow request without using CPU, as a call to a backend would.
 	Delay           time.Duration
 	Shutdown        ShutdownMode
@@ -58,6 +61,7 @@ var ErrExitImmediately = errors.New("terminated without graceful shutdown")
 // Server serves the cow API and carries out the configured shutdown.
 type Server struct {
 	cfg     Config
+	knob    *cpuKnob
 	metrics *Metrics
 	logger  *slog.Logger
 	http    *http.Server
@@ -65,7 +69,7 @@ type Server struct {
 
 // NewServer builds a server whose metrics are registered on reg and exposed with gatherer on /metrics.
 func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) *Server {
-	s := &Server{cfg: cfg, metrics: NewMetrics(reg), logger: logger}
+	s := &Server{cfg: cfg, metrics: NewMetrics(reg), logger: logger, knob: newCPUKnob(cfg.RandSource)}
 	s.metrics.DrainDelayConfigured.Set(cfg.DrainDelay.Seconds())
 	s.metrics.ShutdownTimeoutSeconds.Set(cfg.ShutdownTimeout.Seconds())
 	mux := http.NewServeMux()
@@ -86,7 +90,7 @@ func NewServer(cfg Config, logger *slog.Logger, reg prometheus.Registerer, gathe
 func (s *Server) cowHandler(render func(string) string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Slow {
-			burnCPU(s.cfg.Load)
+			s.knob.burn(s.cfg.Load)
 		}
 		if s.cfg.Delay > 0 {
 			time.Sleep(s.cfg.Delay)
@@ -117,11 +121,74 @@ func (s *Server) cowHandler(render func(string) string) http.Handler {
 // maxMessageBytes bounds a posted message.
 const maxMessageBytes = 64 << 10
 
-// burnCPU is the CPU knob of cowweb-go's --slow: load×load cheap pseudo-random calls.
-func burnCPU(load int) uint64 {
-	var sink uint64
-	for i := 0; i < load*load; i++ {
-		sink += rand.Uint64()
+// Random sources of the CPU knob.
+const (
+	// RandLocked is cowweb-go v1.1.1 as the reference experiment ran it: built with Go 1.14, whose top-level
+	// math/rand functions shared one mutex-guarded source per process, so each call takes that lock and concurrent
+	// requests of one Pod contend for it.
+	RandLocked = "locked"
+	// RandLockFree is math/rand/v2's top-level functions (per-thread sources, no lock): what v1.1.1 rebuilt with
+	// Go ≥ 1.20 would do. Cheaper per call and free of contention — another experiment.
+	RandLockFree = "lock-free"
+)
+
+// upstreamCows is len(cows) in cowweb-go v1.1.1: Neo-cowsay v1.0.1's 48 cowfiles less the 3 it leaves out.
+const upstreamCows = 45
+
+// lockedSource is Go 1.14's top-level math/rand source: one generator behind a mutex.
+type lockedSource struct {
+	mu  sync.Mutex
+	src mathrand.Source
+}
+
+func (s *lockedSource) Int63() int64 {
+	s.mu.Lock()
+	n := s.src.Int63()
+	s.mu.Unlock()
+	return n
+}
+
+func (s *lockedSource) Seed(seed int64) {
+	s.mu.Lock()
+	s.src.Seed(seed)
+	s.mu.Unlock()
+}
+
+// cpuKnob is cowweb-go's --slow: each request runs load×load calls of rand.Intn(len(cows)).
+type cpuKnob struct {
+	source string
+	locked *mathrand.Rand // the process's one locked source, as Go 1.14's global one
+}
+
+func newCPUKnob(source string) *cpuKnob {
+	return &cpuKnob{source: source, locked: mathrand.New(&lockedSource{src: mathrand.NewSource(1)})}
+}
+
+// burnCalls makes n calls of the knob's kind (the benchmark's unit).
+func (k *cpuKnob) burnCalls(n int) int {
+	sink := 0
+	for i := 0; i < n; i++ {
+		if k.source == RandLockFree {
+			sink += rand.IntN(upstreamCows)
+		} else {
+			sink += k.locked.Intn(upstreamCows)
+		}
+	}
+	return sink
+}
+
+func (k *cpuKnob) burn(load int) int {
+	sink := 0
+	if k.source == RandLockFree {
+		for i := 0; i < load*load; i++ {
+			sink += rand.IntN(upstreamCows)
+		}
+		return sink
+	}
+	for i := 0; i < load; i++ {
+		for j := 0; j < load; j++ {
+			sink += k.locked.Intn(upstreamCows)
+		}
 	}
 	return sink
 }
