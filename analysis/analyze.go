@@ -15,6 +15,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // Conditions are what a case set up: the rows above the outcomes in the article's tables.
@@ -174,6 +175,9 @@ type CaseRun struct {
 	Whole   Outcome              `json:"whole"`
 	// Attribution counts the failed requests by why they failed (AttributionPhases); nil when not attributed.
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
+	// InFlight lists the Pods that got SIGTERM with the requests they had in flight then and at exit; nil when
+	// not counted (a bare attack, a cluster seen from outside).
+	InFlight []rundir.PodInFlight `json:"inFlight,omitempty"`
 	// Expectations are the plan's conditions for the case, checked on this run.
 	Expectations []Expectation `json:"expectations,omitempty"`
 	During       *Outcome      `json:"duringRollout,omitempty"`

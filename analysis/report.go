@@ -11,6 +11,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // Report is everything a run's reports are written from.
@@ -30,7 +31,7 @@ type Report struct {
 // labels of the Markdown tables, by language.
 type labels struct {
 	condition, preStop, graceful, replicas, cpuLoad, maxRPS, connections        string
-	perUser, pooled, loadPath                                                   string
+	perUser, pooled, loadPath, inFlightSIGTERM, inFlightExit                    string
 	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
@@ -41,7 +42,7 @@ var labelsByLang = map[string]labels{
 	"ja": {
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
-		loadPath: "負荷の経路: %s。",
+		loadPath: "負荷の経路: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
 		total:    "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
@@ -53,7 +54,7 @@ var labelsByLang = map[string]labels{
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
-		loadPath: "Load path: %s.",
+		loadPath: "Load path: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
 		total:    "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
@@ -185,6 +186,24 @@ func (l labels) rows(runs []CaseRun) []row {
 				return formatCount(r.Attribution[phase])
 			}})
 		}
+	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.InFlight != nil }) {
+		inFlight := func(at func(rundir.PodInFlight) uint64) func(CaseRun) string {
+			return func(r CaseRun) string {
+				if r.InFlight == nil {
+					return "-"
+				}
+				var sum, most uint64
+				for _, p := range r.InFlight {
+					sum += at(p)
+					most = max(most, at(p))
+				}
+				return formatCount(sum) + " / " + formatCount(most)
+			}
+		}
+		rows = append(rows,
+			row{l.inFlightSIGTERM, inFlight(func(p rundir.PodInFlight) uint64 { return p.AtSIGTERM })},
+			row{l.inFlightExit, inFlight(func(p rundir.PodInFlight) uint64 { return p.AtExit })})
 	}
 	rows = append(rows,
 		row{l.errorRate, func(r CaseRun) string { return formatRate(r.Whole.ErrorRate) }},

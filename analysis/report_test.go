@@ -15,6 +15,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
@@ -65,6 +66,12 @@ func fixtureReport() Report {
 		if refused == 0 {
 			delete(r.Series.RateByClass, load.ClassRefused)
 		}
+		// An immediate exit cuts what is in flight at exit; a graceful one finishes it.
+		atExit := uint64(0)
+		if shutdown == "immediate" {
+			atExit = reset
+		}
+		r.InFlight = []rundir.PodInFlight{{Pod: "uid-a", AtSIGTERM: 3, AtExit: atExit / 2}, {Pod: "uid-b", AtSIGTERM: 5, AtExit: atExit - atExit/2}}
 		return r
 	}
 	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture",

@@ -64,14 +64,18 @@ func startCowweb(t *testing.T, args ...string) *process {
 		scanner := bufio.NewScanner(stdout)
 		for scanner.Scan() {
 			var line struct {
-				Event string `json:"event"`
-				Addr  string `json:"addr"`
+				Event    string `json:"event"`
+				Addr     string `json:"addr"`
+				InFlight *int   `json:"in_flight"`
 			}
 			if err := json.Unmarshal(scanner.Bytes(), &line); err != nil {
 				continue
 			}
 			p.mu.Lock()
 			p.events = append(p.events, line.Event)
+			if line.InFlight != nil {
+				p.events = append(p.events, fmt.Sprintf("%s.in_flight=%d", line.Event, *line.InFlight))
+			}
 			p.mu.Unlock()
 			if line.Event == "listening" {
 				listening <- line.Addr
@@ -215,7 +219,8 @@ func TestGracefulShutdownFinishesInFlightAndRefusesNewConnections(t *testing.T) 
 	if state.ExitCode() != 0 {
 		t.Errorf("exit code %d, want 0", state.ExitCode())
 	}
-	want := []string{"listening", "sigterm", "listener_closed", "exit"}
+	// Two requests in flight at SIGTERM, finished before the exit.
+	want := []string{"listening", "sigterm", "sigterm.in_flight=2", "listener_closed", "exit", "exit.in_flight=0"}
 	if got := p.loggedEvents(); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("lifecycle log %v, want %v", got, want)
 	}
@@ -235,8 +240,9 @@ func TestImmediateShutdownCutsInFlightRequests(t *testing.T) {
 	if !status.Signaled() || status.Signal() != syscall.SIGTERM {
 		t.Errorf("exit status %v, want killed by SIGTERM like cowweb-go", state)
 	}
-	if got := p.loggedEvents(); strings.Join(got, ",") != "listening,sigterm" {
-		t.Errorf("lifecycle log %v, want listening,sigterm", got)
+	// Both in flight at SIGTERM are cut by the exit that follows at once.
+	if got := strings.Join(p.loggedEvents(), ","); got != "listening,sigterm,sigterm.in_flight=2,exit,exit.in_flight=2" {
+		t.Errorf("lifecycle log %v, want listening, sigterm and exit with 2 in flight", got)
 	}
 }
 
@@ -261,7 +267,7 @@ func TestDrainKeepsAcceptingForTheDelay(t *testing.T) {
 	if state := p.waitExit(t); state.ExitCode() != 0 {
 		t.Errorf("exit code %d, want 0", state.ExitCode())
 	}
-	want := "listening,sigterm,drained,listener_closed,exit"
+	want := "listening,sigterm,sigterm.in_flight=0,drained,listener_closed,exit,exit.in_flight=0"
 	if got := p.loggedEvents(); strings.Join(got, ",") != want {
 		t.Errorf("lifecycle log %v, want %v", got, want)
 	}

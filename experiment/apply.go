@@ -406,7 +406,8 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	// Pods still terminating after the load belong to this case's timeline too.
 	time.Sleep(time.Second)
 	recorded := stopRecording()
-	byClass, failures := attributor.Finish()
+	attributed := attributor.Finish()
+	byClass, failures := attributed.ByClass, attributed.Failures
 	attribution := byClass.ByPhase()
 	for _, phase := range analysis.AttributionPhases {
 		r.session.Attributed.WithLabelValues(labels.Plan, labels.Case, labels.Run, phase).Add(float64(attribution[phase]))
@@ -414,6 +415,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if n := len(r.session.Manifest.Runs); n > 0 && r.session.Manifest.Runs[n-1].Labels == labels {
 		r.session.Manifest.Runs[n-1].Attribution = attribution
 		r.session.Manifest.Runs[n-1].AttributionByClass = byClass
+		r.session.Manifest.Runs[n-1].InFlight = attributed.InFlight
 		if err := r.session.Manifest.Save(r.session.Dir); err != nil {
 			return err
 		}
@@ -427,6 +429,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	}
 	// Events the app logged carry the app's own time and may reach the recorder a little late.
 	sort.SliceStable(recorded, func(i, j int) bool { return recorded[i].Time.Before(recorded[j].Time) })
+	annotateInFlight(recorded, attributed.InFlight)
 	data, err := json.MarshalIndent(recorded, "", "  ")
 	if err != nil {
 		return err

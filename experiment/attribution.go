@@ -8,15 +8,21 @@ import (
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // cutSlack absorbs the gap between the agent's record of an exit and the client seeing its connection end.
 const cutSlack = 100 * time.Millisecond
 
 type podTimeline struct {
+	uid, ip         string
 	sigterm, exited time.Time
 	graceful        bool // exited with status 0 after SIGTERM
+	// Requests routed to the Pod that were in flight when it got SIGTERM, and when its process exited.
+	atSigterm, atExit uint64
 }
+
+
 
 // Attribution is failed requests counted by phase and, within each phase, by error class.
 type Attribution map[string]map[string]uint64
@@ -42,8 +48,7 @@ func Attribute(failures []load.Outcome, events []lab.Event) Attribution {
 	for _, f := range failures {
 		a.pending = append(a.pending, f)
 	}
-	out, _ := a.Finish()
-	return out
+	return a.Finish().ByClass
 }
 
 // settleTime is how long a failed request waits for its Pod's timeline before it is attributed: the events that
@@ -82,6 +87,7 @@ type Attributor struct {
 	pods    map[string]*podTimeline // by Pod UID, and by Pod IP for failures whose Pod is known by address only
 	pending []load.Outcome          // in arrival order; those before head are decided
 	head    int
+	order   []*podTimeline // every Pod seen, in order
 	counts  Attribution
 	sample  Failures
 }
@@ -104,10 +110,11 @@ func (a *Attributor) Event(e lab.Event) {
 		p = a.pods[e.PodIP]
 	}
 	if p == nil {
-		p = &podTimeline{}
+		p = &podTimeline{uid: e.UID, ip: e.PodIP}
 		if e.UID != "" {
 			a.pods[uidKey(e.UID)] = p
 		}
+		a.order = append(a.order, p)
 	}
 	if e.PodIP != "" {
 		a.pods[e.PodIP] = p // an address is reused by later Pods: the latest holds it
@@ -125,9 +132,10 @@ func (a *Attributor) Event(e lab.Event) {
 	}
 }
 
-// Outcome takes a request's outcome; successes are ignored.
+// Outcome takes a request's outcome: every one counts for the in-flight figures, failures are attributed. Only
+// outcomes routed to a known Pod, or failed, are held.
 func (a *Attributor) Outcome(o load.Outcome) {
-	if o.Class == load.ClassNone {
+	if o.Class == load.ClassNone && o.Pod == "" && o.Endpoint == "" {
 		return
 	}
 	a.mu.Lock()
@@ -150,6 +158,20 @@ func (a *Attributor) Outcome(o load.Outcome) {
 }
 
 func (a *Attributor) decide(f load.Outcome) {
+	if p := podOf(f, a.pods); p != nil {
+		end := f.Sent.Add(f.Latency)
+		if !p.sigterm.IsZero() && !f.Sent.After(p.sigterm) && !end.Before(p.sigterm) {
+			p.atSigterm++
+		}
+		// The client may see a cut a moment before the agent records the exit it came from.
+		endsLate := !end.Before(p.exited) || f.Class != load.ClassNone && !end.Before(p.exited.Add(-cutSlack))
+		if !p.exited.IsZero() && !f.Sent.After(p.exited) && endsLate {
+			p.atExit++
+		}
+	}
+	if f.Class == load.ClassNone {
+		return
+	}
 	phase := attributeOne(f, a.pods)
 	if a.counts[phase] == nil {
 		a.counts[phase] = map[string]uint64{}
@@ -163,27 +185,83 @@ func (a *Attributor) decide(f load.Outcome) {
 	}
 }
 
-// Finish decides the failures still held, against the whole timeline, and returns the counts and the sample.
-func (a *Attributor) Finish() (Attribution, Failures) {
+// annotateInFlight puts the in-flight counts on each Pod's first sigterm and exited events (after its SIGTERM).
+func annotateInFlight(events []lab.Event, inFlight []rundir.PodInFlight) {
+	byPod := map[string]rundir.PodInFlight{}
+	for _, p := range inFlight {
+		byPod[p.Pod] = p
+	}
+	done := map[string]bool{}
+	for i := range events {
+		e := &events[i]
+		p, ok := byPod[e.UID]
+		if !ok {
+			p, ok = byPod[e.PodIP]
+		}
+		if !ok || done[e.UID+e.PodIP+e.Type] {
+			continue
+		}
+		switch e.Type {
+		case lab.EventSIGTERM:
+			e.InFlight = &p.AtSIGTERM
+		case lab.EventContainerExited:
+			if !done[e.UID+e.PodIP+lab.EventSIGTERM] {
+				continue // a restart's exit, before the termination
+			}
+			e.InFlight = &p.AtExit
+		default:
+			continue
+		}
+		done[e.UID+e.PodIP+e.Type] = true
+	}
+}
+
+// Attributed is what an attributor found in a run.
+type Attributed struct {
+	ByClass  Attribution
+	Failures Failures
+	// InFlight lists the Pods that got SIGTERM, with their in-flight counts.
+	InFlight []rundir.PodInFlight
+}
+
+// Finish decides the outcomes still held, against the whole timeline.
+func (a *Attributor) Finish() Attributed {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, f := range a.pending[a.head:] {
 		a.decide(f)
 	}
 	a.pending, a.head = nil, 0
-	return a.counts, a.sample
+	out := Attributed{ByClass: a.counts, Failures: a.sample}
+	for _, p := range a.order {
+		if p.sigterm.IsZero() {
+			continue
+		}
+		id := p.uid
+		if id == "" {
+			id = p.ip
+		}
+		out.InFlight = append(out.InFlight, rundir.PodInFlight{Pod: id, AtSIGTERM: p.atSigterm, AtExit: p.atExit})
+	}
+	return out
 }
 
 // uidKey keeps UIDs and addresses apart in one map.
 func uidKey(uid string) string { return "uid:" + uid }
 
-func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
-	var p *podTimeline
+// podOf is the timeline of the Pod an outcome's connection reached.
+func podOf(f load.Outcome, pods map[string]*podTimeline) *podTimeline {
 	if f.Pod != "" {
-		p = pods[uidKey(f.Pod)]
-	} else if host, _, err := net.SplitHostPort(f.Endpoint); err == nil {
-		p = pods[host]
+		return pods[uidKey(f.Pod)]
 	}
+	if host, _, err := net.SplitHostPort(f.Endpoint); err == nil {
+		return pods[host]
+	}
+	return nil
+}
+
+func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
+	p := podOf(f, pods)
 	if p == nil || p.sigterm.IsZero() {
 		return analysis.PhaseOther
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 func TestAttributeByEndpointAndTime(t *testing.T) {
@@ -94,7 +95,8 @@ func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
 		a *Attributor
 		n uint64
 	}{{a1, 100_000}, {a2, 1_000_000}} {
-		counts, sample := tc.a.Finish()
+		got := tc.a.Finish()
+		counts, sample := got.ByClass, got.Failures
 		var total uint64
 		for _, classes := range counts {
 			for _, n := range classes {
@@ -129,7 +131,8 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 	// Later failures push the clock past the settle time; the held ones are then decided.
 	now = t0.Add(30 * time.Second)
 	a.Outcome(load.Outcome{Class: load.ClassTimeout, Sent: now})
-	counts, sample := a.Finish()
+	got := a.Finish()
+	counts, sample := got.ByClass, got.Failures
 	if counts[analysis.PhaseBeforeServiceOut][load.ClassRefused] != 1 || counts[analysis.PhaseInFlightCut][load.ClassReset] != 1 ||
 		counts[analysis.PhaseOther][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v", counts)
@@ -153,5 +156,35 @@ func TestAttributionFollowsThePodsUIDNotItsAddress(t *testing.T) {
 	}
 	if got := Attribute(failures, events); got[analysis.PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v, want the timeout before-service-out (the old Pod)", got)
+	}
+}
+
+// In flight at SIGTERM and at exit, from the attacker's side: every request routed to the Pod, successes too.
+func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	killed := 143
+	a := NewAttributor(0, 10)
+	a.Event(lab.Event{Type: lab.EventSIGTERM, UID: "p1", PodIP: "198.18.0.2", Time: at(1000)})
+	a.Event(lab.Event{Type: lab.EventContainerExited, UID: "p1", PodIP: "198.18.0.2", Time: at(2000), ExitCode: &killed})
+	req := func(sent, end int, class string) load.Outcome {
+		return load.Outcome{Pod: "p1", Endpoint: "198.18.0.2:8080", Sent: at(sent), Latency: time.Duration(end-sent) * time.Millisecond, Class: class}
+	}
+	for _, o := range []load.Outcome{
+		req(900, 1100, load.ClassNone),   // in flight at SIGTERM
+		req(950, 990, load.ClassNone),    // ended before it
+		req(1900, 1999, load.ClassReset), // cut: the client saw it a moment before the exit was recorded
+		req(1950, 2050, load.ClassEOF),   // cut
+		req(1500, 1800, load.ClassNone),  // between the two
+		{Pod: "other", Sent: at(900), Latency: time.Second, Class: load.ClassNone}, // another Pod
+	} {
+		a.Outcome(o)
+	}
+	got := a.Finish()
+	if len(got.InFlight) != 1 || got.InFlight[0] != (rundir.PodInFlight{Pod: "p1", AtSIGTERM: 1, AtExit: 2}) {
+		t.Errorf("in flight %+v, want p1 with 1 at SIGTERM and 2 at exit", got.InFlight)
+	}
+	if cut := got.ByClass[analysis.PhaseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
+		t.Errorf("cuts %v: the in-flight-cut count should match the in-flight count at exit", got.ByClass)
 	}
 }

@@ -327,6 +327,7 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 		caseRun.Attribution = r.Attribution
+		caseRun.InFlight = r.InFlight
 		caseRun.Interrupted = r.Summary.Stopped
 		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)
 		if caseRun.Whole.Total != r.Summary.Completed {

@@ -46,6 +46,9 @@ type Event struct {
 	Message   string        `json:"message,omitempty"`
 	// SinceDeletion is, for service_out, the time since the node agent saw the Pod's deletion.
 	SinceDeletion time.Duration `json:"sinceDeletion,omitempty"`
+	// InFlight is, on sigterm and exited in a run's events.json, how many of the load's requests routed to the Pod
+	// were in flight at that moment (counted from the attacker's side).
+	InFlight *uint64 `json:"inFlight,omitempty"`
 }
 
 // Recorder keeps events in a JSON-lines file and hands them to subscribers.

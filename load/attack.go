@@ -64,7 +64,7 @@ type Outcome struct {
 	Latency time.Duration
 	Code    uint16
 	Class   string
-	// Endpoint is where a failed request's connection went (host:port), when known; Pod is that Pod's UID.
+	// Endpoint is where the request's connection went (host:port), when known; Pod is that Pod's UID.
 	Endpoint string
 	Pod      string
 }

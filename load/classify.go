@@ -143,10 +143,10 @@ func (t classifyingTransport) RoundTrip(req *http.Request) (*http.Response, erro
 		}
 		return nil, &classifiedError{class: classifyRequestError(ctx, err), route: r, err: err}
 	}
-	if resp.StatusCode >= 500 {
-		if r := route(); r != (Route{}) {
-			resp.Header.Set(RouteHeader, r.String())
-		}
+	// Every outcome names its Pod (in-flight counts at SIGTERM need the successes too); a 502 of a balancer is
+	// attributed through it.
+	if r := route(); r != (Route{}) {
+		resp.Header.Set(RouteHeader, r.String())
 	}
 	resp.Body = classifyingBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, route: route}
 	return resp, nil

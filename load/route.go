@@ -16,8 +16,7 @@ type Route struct {
 	Pod      string
 }
 
-// RouteHeader carries a route on a response the transport got (a 502 from a balancer, say) through vegeta, which
-// keeps a result's headers but not its connection.
+// RouteHeader carries a response's route through vegeta, which keeps a result's headers but not its connection.
 const RouteHeader = "X-Rollout-Lab-Route"
 
 func (r Route) String() string {

@@ -58,6 +58,16 @@ type RunRecord struct {
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
 	// AttributionByClass splits each phase by error class.
 	AttributionByClass map[string]map[string]uint64 `json:"attributionByClass,omitempty"`
+	// InFlight lists the Pods that got SIGTERM during the run with their in-flight requests (apply only).
+	InFlight []PodInFlight `json:"inFlight,omitempty"`
+}
+
+// PodInFlight is how many requests one Pod had in flight at its SIGTERM and at its exit, counted from the
+// attacker's side: it knows the Pod each request's connection reached, and when each request started and ended.
+type PodInFlight struct {
+	Pod       string `json:"pod"` // UID, or address when the UID is unknown
+	AtSIGTERM uint64 `json:"atSigterm"`
+	AtExit    uint64 `json:"atExit"`
 }
 
 // Manifest is run.json.

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -85,11 +84,7 @@ On SIGTERM:
 			}
 			logger := slog.New(slog.NewJSONHandler(stdout, nil))
 			reg := prometheus.NewRegistry()
-			err = NewServer(cfg, logger, reg, reg).Run(terminate)
-			if err == nil {
-				logger.Info("exit", "event", "exit", "at", time.Now(), "code", 0)
-			}
-			return err
+			return NewServer(cfg, logger, reg, reg).Run(terminate)
 		},
 	}
 	f := cmd.Flags()

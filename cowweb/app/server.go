@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,11 +62,13 @@ var ErrExitImmediately = errors.New("terminated without graceful shutdown")
 
 // Server serves the cow API and carries out the configured shutdown.
 type Server struct {
-	cfg     Config
-	knob    *cpuKnob
-	metrics *Metrics
-	logger  *slog.Logger
-	http    *http.Server
+	cfg  Config
+	knob *cpuKnob
+	// inFlight counts the requests being served, for the sigterm and exit log lines (the gauge cannot be read).
+	inFlight atomic.Int64
+	metrics  *Metrics
+	logger   *slog.Logger
+	http     *http.Server
 }
 
 // NewServer builds a server whose metrics are registered on reg and exposed with gatherer on /metrics.
@@ -208,10 +212,12 @@ func (s *Server) instrument(handler string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		s.metrics.InFlight.Inc()
+		s.inFlight.Add(1)
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
 			end := time.Now()
 			s.metrics.InFlight.Dec()
+			s.inFlight.Add(-1)
 			duration.Observe(end.Sub(start).Seconds())
 			s.metrics.Requests.WithLabelValues(handler, strconv.Itoa(rec.code)).Inc()
 			s.metrics.LastRequestFinished.Set(unixSeconds(end))
@@ -249,10 +255,12 @@ func (s *Server) Serve(ln net.Listener, terminate <-chan struct{}) error {
 	}
 	now := time.Now()
 	s.metrics.SigtermReceived.Set(unixSeconds(now))
-	s.logger.Info("SIGTERM received", "event", "sigterm", "at", now, "shutdown", s.cfg.Shutdown)
+	s.logger.Info("SIGTERM received", "event", "sigterm", "at", now, "shutdown", s.cfg.Shutdown, "in_flight", s.inFlight.Load())
 
 	switch s.cfg.Shutdown {
 	case ShutdownImmediate:
+		// What this exit cuts.
+		s.logger.Info("exit", "event", "exit", "at", time.Now(), "code", 128+int(syscall.SIGTERM), "in_flight", s.inFlight.Load())
 		return ErrExitImmediately
 	case ShutdownDrain:
 		s.metrics.setPhase(PhaseDraining)
@@ -276,6 +284,7 @@ func (s *Server) Serve(ln net.Listener, terminate <-chan struct{}) error {
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
+	s.logger.Info("exit", "event", "exit", "at", time.Now(), "code", 0, "in_flight", s.inFlight.Load())
 	return nil
 }
 

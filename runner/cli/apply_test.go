@@ -115,6 +115,22 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 		if cut := r.AttributionByClass["in-flight-cut"]; r.Labels.Case == "imm-slp4" && cut["reset"]+cut["eof"] == 0 {
 			t.Errorf("imm-slp4: no reset or eof attributed to in-flight-cut: %v", r.AttributionByClass)
 		}
+		// Counted from the attacker's side: what an immediate exit cuts is what was in flight at that exit.
+		var atExit, atSIGTERM uint64
+		for _, p := range r.InFlight {
+			atExit += p.AtExit
+			atSIGTERM += p.AtSIGTERM
+		}
+		t.Logf("%s: in flight at SIGTERM %d, at exit %d (%d Pods)", r.Labels.Case, atSIGTERM, atExit, len(r.InFlight))
+		if len(r.InFlight) != 3 {
+			t.Errorf("%s: in-flight counts for %d Pods, want the 3 old ones", r.Labels.Case, len(r.InFlight))
+		}
+		if cut := r.Attribution["in-flight-cut"]; r.Labels.Case == "imm-slp4" && (atExit+2 < cut || cut+2 < atExit) {
+			t.Errorf("imm-slp4: %d requests cut, %d in flight at exit: they should match", cut, atExit)
+		}
+		if r.Labels.Case == "gs-slp4" && atExit != 0 {
+			t.Errorf("gs-slp4: %d requests in flight at a graceful exit", atExit)
+		}
 	}
 	if s := byCase["gs-slp4"]; s.Errors() != 0 {
 		t.Errorf("graceful with a long preStop: %d errors (%v)", s.Errors(), s.ByClass)
