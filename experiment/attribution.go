@@ -22,8 +22,6 @@ type podTimeline struct {
 	atSigterm, atExit uint64
 }
 
-
-
 // Attribution is failed requests counted by phase and, within each phase, by error class.
 type Attribution map[string]map[string]uint64
 

@@ -171,11 +171,11 @@ func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
 		return load.Outcome{Pod: "p1", Endpoint: "198.18.0.2:8080", Sent: at(sent), Latency: time.Duration(end-sent) * time.Millisecond, Class: class}
 	}
 	for _, o := range []load.Outcome{
-		req(900, 1100, load.ClassNone),   // in flight at SIGTERM
-		req(950, 990, load.ClassNone),    // ended before it
-		req(1900, 1999, load.ClassReset), // cut: the client saw it a moment before the exit was recorded
-		req(1950, 2050, load.ClassEOF),   // cut
-		req(1500, 1800, load.ClassNone),  // between the two
+		req(900, 1100, load.ClassNone),                                             // in flight at SIGTERM
+		req(950, 990, load.ClassNone),                                              // ended before it
+		req(1900, 1999, load.ClassReset),                                           // cut: the client saw it a moment before the exit was recorded
+		req(1950, 2050, load.ClassEOF),                                             // cut
+		req(1500, 1800, load.ClassNone),                                            // between the two
 		{Pod: "other", Sent: at(900), Latency: time.Second, Class: load.ClassNone}, // another Pod
 	} {
 		a.Outcome(o)
