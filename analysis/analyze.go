@@ -175,6 +175,8 @@ type CaseRun struct {
 	Whole   Outcome              `json:"whole"`
 	// Attribution counts the failed requests by why they failed (AttributionPhases); nil when not attributed.
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
+	// Lateness is how far behind its schedule the attacker sent (from its summary); nil when unknown.
+	Lateness *Lateness `json:"sendLateness,omitempty"`
 	// InFlight lists the Pods that got SIGTERM with the requests they had in flight then and at exit; nil when
 	// not counted (a bare attack, a cluster seen from outside).
 	InFlight []rundir.PodInFlight `json:"inFlight,omitempty"`
@@ -183,6 +185,21 @@ type CaseRun struct {
 	During       *Outcome      `json:"duringRollout,omitempty"`
 	Series       Series        `json:"series"`
 }
+
+// Lateness is the attacker's lateness against its schedule.
+type Lateness struct {
+	P99Ms float64 `json:"p99Ms"`
+	MaxMs float64 `json:"maxMs"`
+}
+
+// SaturatedLateness is the p99 lateness beyond which a run is flagged as saturated: the attacker shares the
+// machine with the lab, so when its own sends fall this far behind, the CPU was starved and the figures describe an
+// overloaded machine rather than the plan. 20 ms is one inter-arrival interval at 50 requests/s, the lowest hold
+// rate of the seed's plans; a process that keeps up sends within a millisecond or two.
+const SaturatedLateness = 20.0
+
+// Saturated says whether the run's attacker fell behind its schedule.
+func (r CaseRun) Saturated() bool { return r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness }
 
 // Options tune an analysis.
 type Options struct {

@@ -31,7 +31,8 @@ type Report struct {
 // labels of the Markdown tables, by language.
 type labels struct {
 	condition, preStop, graceful, replicas, cpuLoad, maxRPS, connections        string
-	perUser, pooled, loadPath, inFlightSIGTERM, inFlightExit                    string
+	perUser, pooled, loadPath, inFlightSIGTERM, inFlightExit, lateness          string
+	saturated                                                                   string
 	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
@@ -42,7 +43,8 @@ var labelsByLang = map[string]labels{
 	"ja": {
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
-		loadPath: "負荷の経路: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
+		loadPath: "負荷の経路: %s。", lateness: "送信の遅れ p99 / 最大 (ms)",
+		saturated: "⚠ 飽和: %s で負荷生成側が予定より p99 %.1f ms 遅れて送信しました (しきい値 %.0f ms)。マシンの CPU が足りず、計画どおりの実験ではありません。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
 		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
@@ -54,7 +56,8 @@ var labelsByLang = map[string]labels{
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
-		loadPath: "Load path: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
+		loadPath: "Load path: %s.", lateness: "Send lateness p99 / max (ms)",
+		saturated: "⚠ Saturated: in %s the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms). The machine ran out of CPU: these figures are not the planned experiment.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
 		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
@@ -187,6 +190,18 @@ func (l labels) rows(runs []CaseRun) []row {
 			}})
 		}
 	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Lateness != nil }) {
+		rows = append(rows, row{l.lateness, func(r CaseRun) string {
+			if r.Lateness == nil {
+				return "-"
+			}
+			mark := ""
+			if r.Saturated() {
+				mark = " ⚠"
+			}
+			return formatMs(r.Lateness.P99Ms) + " / " + formatMs(r.Lateness.MaxMs) + mark
+		}})
+	}
 	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.InFlight != nil }) {
 		inFlight := func(at func(rundir.PodInFlight) uint64) func(CaseRun) string {
 			return func(r CaseRun) string {
@@ -279,6 +294,11 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 	}
 	if rep.LoadPath != "" {
 		fmt.Fprintf(&b, "\n"+l.loadPath+"\n", rep.LoadPath)
+	}
+	for _, r := range rep.Runs {
+		if r.Saturated() {
+			fmt.Fprintf(&b, "\n"+l.saturated+"\n", r.column(), r.Lateness.P99Ms, SaturatedLateness)
+		}
 	}
 	if rep.ServiceOut != nil {
 		fmt.Fprintf(&b, "\n%s\n", rep.ServiceOut.sentence(lang))

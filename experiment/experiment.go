@@ -328,6 +328,10 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		}
 		caseRun.Attribution = r.Attribution
 		caseRun.InFlight = r.InFlight
+		if r.Summary.Completed > 0 {
+			caseRun.Lateness = &analysis.Lateness{P99Ms: float64(r.Summary.LatenessP99) / float64(time.Millisecond),
+				MaxMs: float64(r.Summary.LatenessMax) / float64(time.Millisecond)}
+		}
 		caseRun.Interrupted = r.Summary.Stopped
 		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)
 		if caseRun.Whole.Total != r.Summary.Completed {

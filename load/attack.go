@@ -96,6 +96,9 @@ type Summary struct {
 	P90       time.Duration     `json:"p90Latency"`
 	P99       time.Duration     `json:"p99Latency"`
 	Max       time.Duration     `json:"maxLatency"`
+	// LatenessP99 and LatenessMax are how far behind schedule hits went out.
+	LatenessP99 time.Duration `json:"latenessP99"`
+	LatenessMax time.Duration `json:"latenessMax"`
 	Stopped   bool              `json:"stopped"` // ended early by its context
 }
 
@@ -165,7 +168,8 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	}
 
 	summary := Summary{Labels: opts.Labels, Planned: opts.Pacer.Total(), ByClass: map[string]uint64{}, ByCode: map[string]uint64{}}
-	hist := newLocalHistogram()
+	hist, lateHist := newLocalHistogram(), newLocalHistogram()
+	lateness := m.Lateness.WithLabelValues(labels...)
 	summary.Start = time.Now()
 	m.MarkPhase(opts.Labels, PhaseLoadStart, summary.Start)
 	results := attacker.Attack(targeter, opts.Pacer, 0, opts.Labels.Case)
@@ -205,6 +209,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 				}
 				summary.P50, summary.P90, summary.P99 = hist.quantile(0.5), hist.quantile(0.9), hist.quantile(0.99)
 				summary.Max = hist.max
+				summary.LatenessP99, summary.LatenessMax = lateHist.quantile(0.99), lateHist.max
 				return summary, nil
 			}
 			inFlight.Dec()
@@ -228,6 +233,9 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 			summary.ByCode[code]++
 			latencySum += r.Latency
 			hist.observe(r.Latency)
+			late := max(r.Timestamp.Sub(summary.Start.Add(opts.Pacer.Due(r.Seq))), 0)
+			lateHist.observe(late)
+			lateness.Observe(late.Seconds())
 			if opts.Observe != nil {
 				route := RouteOf(r.Error, r.Headers)
 				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rollout-lab/rollout-lab/plan"
 )
@@ -385,5 +386,32 @@ func TestPerUserConnectionsAreNeverReused(t *testing.T) {
 	// 50/s with 400 ms of think time: about 20 connections open at once, not one per request in flight only.
 	if maxOpen.Load() < 12 {
 		t.Errorf("at most %d connections open at once: the think time does not hold them", maxOpen.Load())
+	}
+}
+
+// Every hit's lateness against its schedule is observed; an attacker with an idle machine keeps its schedule.
+func TestLatenessAgainstTheScheduleIsMeasured(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer srv.Close()
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	labels := Labels{Plan: "p", Case: "late", Run: "1"}
+	summary, err := Attack(context.Background(), Options{URL: srv.URL, Pacer: constantPacer(t, 50, time.Second), Timeout: time.Second,
+		Labels: labels}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(m.Lateness, "rolloutlab_send_lateness_seconds"); n != 1 {
+		t.Fatalf("%d lateness series", n)
+	}
+	var metric dto.Metric
+	if err := m.Lateness.WithLabelValues(labels.values()...).(prometheus.Histogram).Write(&metric); err != nil {
+		t.Fatal(err)
+	}
+	if got := metric.GetHistogram().GetSampleCount(); got != 50 {
+		t.Errorf("lateness observed for %d hits, want 50", got)
+	}
+	if summary.LatenessMax > 200*time.Millisecond || summary.LatenessP99 > summary.LatenessMax {
+		t.Errorf("lateness p99 %v max %v on an idle machine", summary.LatenessP99, summary.LatenessMax)
 	}
 }

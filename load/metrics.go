@@ -38,6 +38,9 @@ type Metrics struct {
 	InFlight   *prometheus.GaugeVec
 	TargetRate *prometheus.GaugeVec
 	Phase      *prometheus.GaugeVec
+	// Lateness is how far behind its schedule each hit went out: an attacker that cannot keep up (a starved CPU)
+	// sends late, and the load is then not the planned one.
+	Lateness *prometheus.HistogramVec
 }
 
 // NewMetrics creates the collectors and registers them on reg.
@@ -76,7 +79,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unix time a phase of the experiment began: load_start, load_end, rollout_start, rollout_complete.",
 		}, append(runLabels[:3:3], "phase")),
 	}
-	reg.MustRegister(m.Requests, m.Sent, m.Planned, m.Latency, m.InFlight, m.TargetRate, m.Phase)
+	m.Lateness = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rolloutlab_send_lateness_seconds",
+		Help:    "How long after its scheduled time each request was sent.",
+		Buckets: LatencyBuckets,
+	}, runLabels)
+	reg.MustRegister(m.Requests, m.Sent, m.Planned, m.Latency, m.InFlight, m.TargetRate, m.Phase, m.Lateness)
 	return m
 }
 
