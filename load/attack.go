@@ -99,7 +99,7 @@ type Summary struct {
 	// LatenessP99 and LatenessMax are how far behind schedule hits went out.
 	LatenessP99 time.Duration `json:"latenessP99"`
 	LatenessMax time.Duration `json:"latenessMax"`
-	Stopped   bool              `json:"stopped"` // ended early by its context
+	Stopped     bool          `json:"stopped"` // ended early by its context
 }
 
 // Errors is the number of requests that did not succeed.
