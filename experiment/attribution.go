@@ -263,21 +263,21 @@ func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 	if p == nil || p.sigterm.IsZero() {
 		return analysis.PhaseOther
 	}
+	end := f.Sent.Add(f.Latency)
+	// Running when the process exited at once: cut. (Through the http balancer a cut reaches the client as a 502.)
 	switch f.Class {
 	case load.ClassReset, load.ClassEOF, load.ClassHTTP5xx:
-		// Running when the process exited at once: cut. (Through the http balancer a cut reaches the client as a 502.)
-		end := f.Sent.Add(f.Latency)
 		if !p.graceful && !p.exited.IsZero() && !p.exited.Before(f.Sent.Add(-cutSlack)) && !p.exited.After(end.Add(cutSlack)) {
 			return analysis.PhaseInFlightCut
 		}
-		fallthrough
-	case load.ClassRefused, load.ClassTimeout, load.ClassOther:
-		// Sent after SIGTERM yet routed there, because a node had not yet taken the Pod out of the Service: the
-		// server had closed its listener (refused; a tcp balancer passes it on as a reset, an http one as a 502), or
-		// the Pod and its address were already gone (no route, timeout).
-		if !f.Sent.Before(p.sigterm) {
-			return analysis.PhaseBeforeServiceOut
-		}
+	}
+	// Failed at or after the Pod's SIGTERM although routed there, because a node had not yet taken the Pod out of
+	// the Service: the server had closed its listener (refused; a tcp balancer passes it on as a reset, an http one
+	// as a 502), closed a connection it had accepted but not read yet (eof), or the Pod and its address were gone
+	// (no route, timeout). The failure's time counts, not the send's: a request sent a moment before SIGTERM may
+	// reach the Pod after it.
+	if f.Class != load.ClassHTTP4xx && !end.Before(p.sigterm) {
+		return analysis.PhaseBeforeServiceOut
 	}
 	return analysis.PhaseOther
 }

@@ -729,8 +729,11 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 	cmd, exited := c.cmd, c.exited
 	c.mu.Unlock()
 	if running := c.running(); running {
+		// The time is taken before the signal: the app may act on it (close its listener) before this goroutine
+		// runs again, and the timeline must not show the effect before its cause.
+		sent := time.Now()
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		w.record(EventSIGTERM, c.spec.Name, nil)
+		w.record(EventSIGTERM, c.spec.Name, func(e *Event) { e.Time = sent })
 		if min := time.Now().Add(minKillDelay); graceful && killAt.Before(min) {
 			killAt = min
 		}
