@@ -9,6 +9,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net"
@@ -62,11 +64,13 @@ type Target struct {
 
 // Server is a running embedded Prometheus.
 type Server struct {
-	opts      Options
-	logger    *slog.Logger
-	db        *tsdb.DB
-	readOnly  *tsdb.DBReadOnly
-	sandbox   string // the read-only TSDB's scratch directory, removed on close
+	opts   Options
+	logger *slog.Logger
+	db     *tsdb.DB
+	// readOnly is a copy of the stored TSDB, opened as a whole (Prometheus' DBReadOnly reloads the WAL for every
+	// query and fails a second one once head chunks are on disk); sandbox holds it and is removed on close.
+	readOnly  *tsdb.DB
+	sandbox   string
 	queryable storage.SampleAndChunkQueryable
 	engine    *promql.Engine
 	scraper   *scrape.Manager
@@ -168,13 +172,18 @@ func (s *Server) openStorage(reg prometheus.Registerer) error {
 		if err != nil {
 			return err
 		}
-		db, err := tsdb.OpenDBReadOnly(s.opts.Dir, sandbox, s.logger.With("component", "tsdb"))
+		s.sandbox = sandbox
+		copied := filepath.Join(sandbox, "tsdb")
+		if err := copyTree(s.opts.Dir, copied); err != nil {
+			return fmt.Errorf("open TSDB %s read-only: copy: %w", s.opts.Dir, err)
+		}
+		opts := tsdb.DefaultOptions()
+		opts.RetentionDuration = 0 // keep every sample, however old
+		db, err := tsdb.Open(copied, s.logger.With("component", "tsdb"), nil, opts, nil)
 		if err != nil {
-			os.RemoveAll(sandbox)
 			return fmt.Errorf("open TSDB %s read-only: %w", s.opts.Dir, err)
 		}
-		s.sandbox = sandbox
-		s.readOnly, s.queryable = db, readOnlyQueryable{db}
+		s.readOnly, s.queryable = db, db
 		return nil
 	}
 	if err := os.MkdirAll(s.opts.Dir, 0o755); err != nil {
@@ -196,21 +205,48 @@ func (s *Server) closeStorage() error {
 	if s.readOnly != nil {
 		return errors.Join(s.readOnly.Close(), os.RemoveAll(s.sandbox))
 	}
+	if s.sandbox != "" {
+		return os.RemoveAll(s.sandbox)
+	}
 	return nil
 }
 
 // SandboxDir is the scratch directory of a read-only TSDB (empty otherwise).
 func (s *Server) SandboxDir() string { return s.sandbox }
 
-// readOnlyQueryable serves queries from a read-only TSDB.
-type readOnlyQueryable struct{ db *tsdb.DBReadOnly }
-
-func (q readOnlyQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
-	return q.db.Querier(mint, maxt)
-}
-
-func (q readOnlyQueryable) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
-	return q.db.ChunkQuerier(mint, maxt)
+// copyTree copies the TSDB directory src to dst, file by file (not hard links: opening the copy may truncate or
+// append to its files), without the lock file of a Prometheus that has it open.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o700)
+		}
+		if rel == "lock" || !d.Type().IsRegular() {
+			return nil
+		}
+		in, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
 }
 
 func (s *Server) scrapeConfigYAML() string {

@@ -1,7 +1,11 @@
 package embedprom
 
 import (
+	"path/filepath"
+
 	"context"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb"
 	"io"
 	"net"
 	"net/http"
@@ -179,5 +183,48 @@ func TestListensOnLoopbackOnly(t *testing.T) {
 	host, _, _ := net.SplitHostPort(strings.TrimPrefix(prom.URL(), "http://"))
 	if !net.ParseIP(host).IsLoopback() {
 		t.Errorf("listening on %s", prom.URL())
+	}
+}
+
+// A run of minutes leaves head chunks on disk; the read-only TSDB must answer query after query over them (the
+// reports make dozens), as fast as the first.
+func TestReadOnlyAnswersManyQueriesOverHeadChunks(t *testing.T) {
+	dir := t.TempDir()
+	db, err := tsdb.Open(dir, nil, nil, tsdb.DefaultOptions(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().Add(-time.Hour).Truncate(time.Second)
+	app := db.Appender(context.Background())
+	for i := range 1000 {
+		for _, c := range []string{"a", "b", "c"} {
+			if _, err := app.Append(0, labels.FromStrings("__name__", "rolloutlab_requests_total", "case", c), start.Add(time.Duration(i)*time.Second).UnixMilli(), float64(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := app.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if chunks, _ := os.ReadDir(filepath.Join(dir, "chunks_head")); len(chunks) == 0 {
+		t.Fatal("the fixture left no head chunks on disk")
+	}
+	ro, err := Start(Options{Dir: dir, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	api, _ := ro.Client()
+	at := start.Add(999 * time.Second)
+	for i := range 5 {
+		if got := instant(t, api, `sum(rolloutlab_requests_total)`, at); got != 3*999 {
+			t.Fatalf("query %d: %v, want %d", i+1, got, 3*999)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) == 0 {
+		t.Error("the stored TSDB was emptied")
 	}
 }
