@@ -327,8 +327,13 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 		caseRun.Attribution = r.Attribution
+		if caseRun.Attribution == nil && m.Kind == KindApply {
+			// Nothing failed: run.json leaves the empty counts out.
+			caseRun.Attribution = map[string]uint64{}
+		}
 		caseRun.InFlight = r.InFlight
-		if r.Summary.Completed > 0 {
+		// Results of runners that did not measure lateness have none to show.
+		if r.Summary.LatenessMax > 0 {
 			caseRun.Lateness = &analysis.Lateness{P99Ms: float64(r.Summary.LatenessP99) / float64(time.Millisecond),
 				MaxMs: float64(r.Summary.LatenessMax) / float64(time.Millisecond)}
 		}
