@@ -20,6 +20,7 @@ type podTimeline struct {
 	graceful        bool // exited with status 0 after SIGTERM
 	// Requests routed to the Pod that were in flight when it got SIGTERM, and when its process exited.
 	atSigterm, atExit uint64
+	reached           bool // the load reached it at all
 }
 
 // Attribution is failed requests counted by phase and, within each phase, by error class.
@@ -157,6 +158,7 @@ func (a *Attributor) Outcome(o load.Outcome) {
 
 func (a *Attributor) decide(f load.Outcome) {
 	if p := podOf(f, a.pods); p != nil {
+		p.reached = true
 		end := f.Sent.Add(f.Latency)
 		if !p.sigterm.IsZero() && !f.Sent.After(p.sigterm) && !end.Before(p.sigterm) {
 			p.atSigterm++
@@ -218,7 +220,8 @@ func annotateInFlight(events []lab.Event, inFlight []rundir.PodInFlight) {
 type Attributed struct {
 	ByClass  Attribution
 	Failures Failures
-	// InFlight lists the Pods that got SIGTERM, with their in-flight counts.
+	// InFlight lists the Pods the load reached that got SIGTERM, with their in-flight counts (the previous case's
+	// Pods, still terminating when this run began, are left out).
 	InFlight []rundir.PodInFlight
 }
 
@@ -232,7 +235,7 @@ func (a *Attributor) Finish() Attributed {
 	a.pending, a.head = nil, 0
 	out := Attributed{ByClass: a.counts, Failures: a.sample}
 	for _, p := range a.order {
-		if p.sigterm.IsZero() {
+		if p.sigterm.IsZero() || !p.reached {
 			continue
 		}
 		id := p.uid
