@@ -241,10 +241,16 @@ collect:
 			}
 		case <-timeout:
 			break collect
-		default:
-			if len(events) == 0 {
-				break collect
+		}
+		// The Pod objects are gone before the agent records their removal: wait for every old Pod's.
+		removed := 0
+		for _, old := range before {
+			if _, ok := byPod[old.Name][EventPodRemoved]; ok {
+				removed++
 			}
+		}
+		if removed == len(before) && len(events) == 0 {
+			break collect
 		}
 	}
 	for _, old := range before {
