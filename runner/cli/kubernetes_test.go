@@ -211,13 +211,25 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 	if err != nil || got.Status.Allowed {
 		t.Fatalf("the runner's user may create Deployments outside its namespace: %v %v", got.Status, err)
 	}
-	// The namespace ClusterRole reaches the plan's namespace only.
-	for target, want := range map[string]bool{namespace: true, "kube-system": false, "default": false} {
+	// The namespace ClusterRole reaches the plan's namespace only. The authorizer learns new bindings from its
+	// informers a moment after they are created: the allowed answer is awaited first, then the refusals checked.
+	mayDelete := func(target string) (bool, error) {
 		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
 			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "delete", Resource: "namespaces", Name: target}}}
 		got, err := cluster.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
-		if err != nil || got.Status.Allowed != want {
-			t.Errorf("the runner's user may delete namespace %s: %v, want %v (%v)", target, got.Status.Allowed, want, err)
+		if err != nil {
+			return false, err
+		}
+		return got.Status.Allowed, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return mayDelete(namespace)
+	}); err != nil {
+		t.Errorf("the runner's user may not delete its own namespace %s: %v", namespace, err)
+	}
+	for _, target := range []string{"kube-system", "default"} {
+		if allowed, err := mayDelete(target); err != nil || allowed {
+			t.Errorf("the runner's user may delete namespace %s: %v (%v)", target, allowed, err)
 		}
 	}
 	return file
