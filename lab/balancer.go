@@ -95,7 +95,6 @@ type balancer struct {
 	listeners []net.Listener
 	servers   []*http.Server
 	transport *http.Transport
-	conns     sync.WaitGroup
 }
 
 // StartBalancers watches Services and runs a balancer for each of type LoadBalancer.
@@ -189,7 +188,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 	}
 	lb := &balancer{ip: ip}
 	if b.opts.Mode == LoadBalancerHTTP {
-		lb.transport = b.backendTransport(svc)
+		lb.transport = b.backendTransport()
 	}
 	for _, p := range svc.Spec.Ports {
 		ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Port))))
@@ -200,9 +199,9 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 		lb.listeners = append(lb.listeners, ln)
 		target := fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port)
 		if b.opts.Mode == LoadBalancerTCP {
-			go b.serveTCP(lb, ln, target)
+			go b.serveTCP(ln, target)
 		} else {
-			server := &http.Server{Handler: b.httpProxy(lb, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
+			server := &http.Server{Handler: b.httpProxy(lb.transport, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
 			lb.servers = append(lb.servers, server)
 			go server.Serve(ln)
 		}
@@ -302,29 +301,24 @@ func backendErrorClass(err error) string {
 	return "other"
 }
 
-func (b *Balancers) countBackend(failed error) {
-	if b.metrics == nil {
-		return
-	}
-	b.metrics.BalancerBackendConnections.WithLabelValues(b.opts.Mode).Inc()
-	if failed != nil {
-		b.metrics.BalancerBackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(failed)).Inc()
+func (b *Balancers) countConnection() {
+	if b.metrics != nil {
+		b.metrics.BalancerBackendConnections.WithLabelValues(b.opts.Mode).Inc()
 	}
 }
 
 // dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does; routed
 // learns the decision before the connect, which to a Pod already gone lasts until it fails.
 func (b *Balancers) dialBackend(ctx context.Context, target string, routed func(Routed)) (net.Conn, Routed, error) {
+	b.countConnection()
 	r, err := b.dataplane.RouteTo(target)
 	routed(r)
 	if err != nil {
-		b.countBackend(err)
 		return nil, r, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
 	defer cancel()
 	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", r.Endpoint)
-	b.countBackend(err)
 	return conn, r, err
 }
 
@@ -336,7 +330,7 @@ func resetConn(c net.Conn) {
 	c.Close()
 }
 
-func (b *Balancers) serveTCP(lb *balancer, ln net.Listener, target string) {
+func (b *Balancers) serveTCP(ln net.Listener, target string) {
 	for {
 		client, err := ln.Accept()
 		if err != nil {
@@ -350,6 +344,7 @@ func (b *Balancers) proxyTCP(client net.Conn, target string) {
 	clientAddr := client.RemoteAddr().String()
 	backend, _, err := b.dialBackend(context.Background(), target, func(r Routed) { b.remember(clientAddr, r) })
 	if err != nil {
+		b.countFailure(err)
 		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
 		// and its request is on the way when the reset comes; on loopback the reset would beat the connect. Wait
 		// for the client's first bytes (at most a second) so it meets the reset as it would there.
@@ -398,7 +393,7 @@ type routedBackendConn struct {
 	route Routed
 }
 
-func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
+func (b *Balancers) backendTransport() *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
@@ -409,7 +404,7 @@ func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
 				}
 			})
 			if err != nil {
-				return nil, &routedDialError{route: r, err: err}
+				return nil, err
 			}
 			return &routedBackendConn{Conn: conn, route: r}, nil
 		},
@@ -422,14 +417,6 @@ func (b *Balancers) backendTransport(svc *corev1.Service) *http.Transport {
 
 type clientAddrKey struct{}
 
-type routedDialError struct {
-	route Routed
-	err   error
-}
-
-func (e *routedDialError) Error() string { return e.err.Error() }
-func (e *routedDialError) Unwrap() error { return e.err }
-
 // noRetryBody marks a proxied request as not replayable: Go's transport retries an idempotent request whose
 // reused connection failed before answering, and a balancer without retries must answer 502 instead.
 type noRetryBody struct{}
@@ -437,7 +424,7 @@ type noRetryBody struct{}
 func (noRetryBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (noRetryBody) Close() error             { return nil }
 
-func (b *Balancers) httpProxy(lb *balancer, target string) http.Handler {
+func (b *Balancers) httpProxy(transport *http.Transport, target string) http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", target
@@ -455,16 +442,13 @@ func (b *Balancers) httpProxy(lb *balancer, target string) http.Handler {
 				},
 			}))
 		},
-		Transport:     lb.transport,
+		Transport:     transport,
 		FlushInterval: -1,
 		ErrorLog:      discardLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			var dialErr *routedDialError
-			if errors.As(err, &dialErr) {
-				b.remember(r.RemoteAddr, dialErr.route)
-			} else {
-				b.countFailure(err)
-			}
+			// The route is remembered already: before the connect for a new backend connection, on GotConn for a
+			// pooled one.
+			b.countFailure(err)
 			if b.metrics != nil {
 				b.metrics.Balancer502s.WithLabelValues(b.opts.Mode).Inc()
 			}

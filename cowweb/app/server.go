@@ -168,31 +168,20 @@ func newCPUKnob(source string) *cpuKnob {
 	return &cpuKnob{source: source, locked: mathrand.New(&lockedSource{src: mathrand.NewSource(1)})}
 }
 
-// burnCalls makes n calls of the knob's kind (the benchmark's unit).
+// burn is --slow's work for one request: load×load calls (v1.1.1 nests two loops of load; the count is the same).
+func (k *cpuKnob) burn(load int) int { return k.burnCalls(load * load) }
+
+// burnCalls makes n calls of rand.Intn(len(cows)) on the knob's source.
 func (k *cpuKnob) burnCalls(n int) int {
 	sink := 0
-	for i := 0; i < n; i++ {
-		if k.source == RandLockFree {
-			sink += rand.IntN(upstreamCows)
-		} else {
-			sink += k.locked.Intn(upstreamCows)
-		}
-	}
-	return sink
-}
-
-func (k *cpuKnob) burn(load int) int {
-	sink := 0
 	if k.source == RandLockFree {
-		for i := 0; i < load*load; i++ {
+		for i := 0; i < n; i++ {
 			sink += rand.IntN(upstreamCows)
 		}
 		return sink
 	}
-	for i := 0; i < load; i++ {
-		for j := 0; j < load; j++ {
-			sink += k.locked.Intn(upstreamCows)
-		}
+	for i := 0; i < n; i++ {
+		sink += k.locked.Intn(upstreamCows)
 	}
 	return sink
 }
