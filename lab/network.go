@@ -159,15 +159,29 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		// .0 is the block, .1 the gateway, the last the broadcast address.
 		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner,
 			hosts: newAddressPool(2, lastPodHost, addressQuarantine), pods: map[string]podNet{}, external: map[uint32]bool{}}
+		fail := func(err error) (*NetnsNetwork, error) {
+			_ = ipCommand("link", "del", n.Bridge)
+			_ = os.Remove(markerFile(owner))
+			return nil, err
+		}
+		if err := ipCommand("link", "add", n.Bridge, "type", "bridge"); err != nil {
+			return fail(err)
+		}
+		// A bridge whose address was never set takes the lowest address of its ports and changes it as Pods come
+		// and go; Pods whose connections keep confirming the gateway's old address send their replies into the
+		// void. The CNI bridge plugin pins the bridge's address for that reason (containernetworking/plugins,
+		// bridge.go ensureBridge: "Set the bridge's MAC to itself"); so does the lab.
+		br, err := net.InterfaceByName(n.Bridge)
+		if err != nil {
+			return fail(err)
+		}
 		for _, args := range [][]string{
-			{"link", "add", n.Bridge, "type", "bridge"},
+			{"link", "set", n.Bridge, "address", br.HardwareAddr.String()},
 			{"addr", "add", fmt.Sprintf("%s/%d", gateway, podPrefixLength), "dev", n.Bridge},
 			{"link", "set", n.Bridge, "up"},
 		} {
 			if err := ipCommand(args...); err != nil {
-				_ = ipCommand("link", "del", n.Bridge)
-				_ = os.Remove(markerFile(owner))
-				return nil, err
+				return fail(err)
 			}
 		}
 		return n, nil

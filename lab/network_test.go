@@ -1,8 +1,15 @@
 package lab
 
 import (
+	"bufio"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
+	"time"
 )
 
 // A long sweep creates and deletes far more Pods than a lab's block has addresses: freed ones come back.
@@ -39,4 +46,95 @@ func TestPodAddressesAreFreedOnTeardown(t *testing.T) {
 	if _, err := n.Setup("ns/one-too-many"); err == nil {
 		t.Error("a fourth Pod got an address from a block of three")
 	}
+}
+
+// A Pod's removal leaves the gateway's address, and every other Pod's established connections, as they were. An
+// unpinned bridge takes the lowest address of its ports and changes it when that port goes; the other Pods then
+// send their replies to the old address, lost, until the host happens to ask them again (an ARP answer younger than
+// the neighbour lock time is ignored) or their entry expires (15–45 s): requests in flight hang, and a Pod's exit
+// reaches nobody — seen as 5 s timeouts in the end-to-end test before the bridge was pinned.
+func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
+	requireRoot(t)
+	n, err := NewNetnsNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if _, err := n.Setup("ns/leaving"); err != nil {
+		t.Fatal(err)
+	}
+	serverIP, err := n.Setup("ns/serving")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leaving Pod's port gets the lowest address there is, which an unpinned bridge would adopt.
+	leaving := n.pods["ns/leaving"]
+	if err := ipCommand("link", "set", leaving.veth, "address", "02:00:00:00:00:01"); err != nil {
+		t.Fatal(err)
+	}
+	bridgeBefore, err := net.InterfaceByName(n.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := n.Command("ns/serving", []string{cowwebBinary, "serve", "--port=8080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.Stdout, server.Stderr = os.Stderr, os.Stderr
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
+
+	addr := net.JoinHostPort(serverIP.String(), "8080")
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if conn, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cowweb in the Pod never listened: %v", err)
+		}
+	}
+	defer conn.Close()
+	reader := bufio.NewReader(conn)
+	ask := func(when string) {
+		t.Helper()
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := fmt.Fprintf(conn, "GET /health HTTP/1.1\r\nHost: %s\r\n\r\n", addr); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		resp, err := http.ReadResponse(reader, nil)
+		if err != nil {
+			t.Fatalf("%s: no answer on the established connection: %v", when, err)
+		}
+		_, _ = reader.Discard(int(max(resp.ContentLength, 0)))
+		resp.Body.Close()
+	}
+	// The serving Pod's entry for the gateway must be confirmed (REACHABLE), as on a connection carrying load:
+	// only then does the Pod keep using it without asking again.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ask("before the other Pod's removal")
+		out, err := exec.Command("ip", "-n", n.pods["ns/serving"].ns, "neigh", "show", n.Gateway.String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip neigh: %v: %s", err, out)
+		}
+		if strings.Contains(string(out), "REACHABLE") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the serving Pod never confirmed the gateway: %s", out)
+		}
+	}
+	if err := n.Teardown("ns/leaving"); err != nil {
+		t.Fatal(err)
+	}
+	bridgeAfter, err := net.InterfaceByName(n.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.EqualFold(bridgeBefore.HardwareAddr.String(), bridgeAfter.HardwareAddr.String()) {
+		t.Errorf("the bridge changed its address from %s to %s when a Pod left", bridgeBefore.HardwareAddr, bridgeAfter.HardwareAddr)
+	}
+	ask("after the other Pod's removal")
 }
