@@ -36,6 +36,10 @@ type AgentOptions struct {
 	// Metrics, when set, receive every recorded event.
 	Metrics *Metrics
 	Logger  *slog.Logger
+	// NodeCPU is each Node's CPU capacity (and allocatable) in milli-CPU; 0: unaccounted (64 CPUs reported).
+	NodeCPU int64
+	// Cgroups, when set, holds each node's, Pod's and container's cgroup (see cgroups.go).
+	Cgroups *Cgroups
 }
 
 // Agent is the lab's kubelet: it registers Nodes and runs the Pods bound to them as local processes.
@@ -88,7 +92,11 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 		files: files, setpriv: setpriv}
 	for i := 1; i <= opts.Nodes; i++ {
 		name := NodeName(i)
-		if err := a.registerNode(ctx, name); err != nil {
+		err := a.registerNode(ctx, name)
+		if err == nil && opts.Cgroups != nil {
+			err = opts.Cgroups.AddNode(name, opts.NodeCPU)
+		}
+		if err != nil {
 			cancel()
 			events.Close()
 			files.Close()
@@ -163,7 +171,11 @@ func (a *Agent) registerNode(ctx context.Context, name string) error {
 
 func (a *Agent) setNodeStatus(n *corev1.Node) {
 	now := metav1.Now()
-	resources := corev1.ResourceList{corev1.ResourcePods: *resourceQuantity("250"), corev1.ResourceCPU: *resourceQuantity("64"),
+	cpu := "64"
+	if a.opts.NodeCPU > 0 {
+		cpu = FormatMilliCPU(a.opts.NodeCPU)
+	}
+	resources := corev1.ResourceList{corev1.ResourcePods: *resourceQuantity("250"), corev1.ResourceCPU: *resourceQuantity(cpu),
 		corev1.ResourceMemory: *resourceQuantity("256Gi"), corev1.ResourceEphemeralStorage: *resourceQuantity("1Ti")}
 	n.Status.Capacity, n.Status.Allocatable = resources, resources
 	// No Hostname address: the apiserver would look the name up in DNS.

@@ -3,8 +3,11 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"runtime"
 )
 
 // CowwebImages are the images the lab plays with the project's cowweb: the upstream image the chart defaults to
@@ -25,6 +28,10 @@ type Options struct {
 	ServiceOut *ServiceOutModel
 	// LoadBalancer configures the balancers of Services of type LoadBalancer; nil: DefaultLoadBalancer.
 	LoadBalancer *LoadBalancerOptions
+	// NodeCPU is each node's CPU in milli-CPU; 0: DefaultNodeCPU (the machine's CPUs less ReservedCPU, shared).
+	NodeCPU int64
+	// ReservedCPU is kept for the runner and control plane when NodeCPU is derived; 0: DefaultReservedCPU.
+	ReservedCPU int64
 	// Metrics, when set, get the lab's lifecycle metrics.
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -37,6 +44,28 @@ type Lab struct {
 	Network   Network
 	Dataplane *Dataplane
 	Balancers *Balancers
+	Cgroups   *Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
+	CPU       CPUModel
+	metrics   *Metrics
+}
+
+// CPUModel is what a lab node is, CPU-wise: reported with every result.
+type CPUModel struct {
+	NodeMilli     int64  `json:"nodeMilliCPU"`
+	ReservedMilli int64  `json:"reservedMilliCPU"`
+	MachineCPUs   int    `json:"machineCPUs"`
+	Cgroup        string `json:"cgroup,omitempty"` // "v1", "v2", or empty when not enforced
+	Reason        string `json:"reason,omitempty"` // why not enforced
+}
+
+// String describes the model in one sentence.
+func (m CPUModel) String() string {
+	s := fmt.Sprintf("each node has %s CPU (capacity and allocatable)", FormatMilliCPU(m.NodeMilli))
+	if m.Cgroup == "" {
+		return s + fmt.Sprintf(", not enforced (%s): Pods share the machine's %d CPUs with the runner", m.Reason, m.MachineCPUs)
+	}
+	return s + fmt.Sprintf(", enforced by cgroup %s CFS quota; Pods get shares from requests and quota from limits as the kubelet sets them; %s of the machine's %d CPUs stay with the runner and control plane",
+		m.Cgroup, FormatMilliCPU(m.ReservedMilli), m.MachineCPUs)
 }
 
 // Up starts a lab.
@@ -56,7 +85,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	for k, v := range opts.Images {
 		images[k] = v
 	}
-	l := &Lab{}
+	l := &Lab{metrics: opts.Metrics}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Down())
@@ -65,11 +94,32 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if l.Network, err = NewNetnsNetwork(); err != nil {
 		return l, err
 	}
+	l.CPU = CPUModel{NodeMilli: opts.NodeCPU, ReservedMilli: opts.ReservedCPU, MachineCPUs: runtime.NumCPU()}
+	if l.CPU.ReservedMilli == 0 {
+		l.CPU.ReservedMilli = DefaultReservedCPU()
+	}
+	if l.CPU.NodeMilli == 0 {
+		l.CPU.NodeMilli = DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
+	}
+	if l.Cgroups, err = NewCgroups(os.Getpid()); err != nil {
+		opts.Logger.Warn("Pods run without CPU limits: no cgroup CPU controller for the lab", "err", err)
+		l.CPU.Reason, err = err.Error(), nil
+	} else {
+		l.CPU.Cgroup = fmt.Sprintf("v%d", l.Cgroups.Version)
+		if opts.Metrics != nil {
+			opts.Metrics.CPU.source.Store(l.Cgroups)
+		}
+	}
+	if total := l.CPU.NodeMilli * int64(opts.Nodes); total > int64(l.CPU.MachineCPUs)*1000 {
+		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
+			"nodeCPU", FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
+	}
 	if l.ControlPlane, err = StartControlPlane(ctx, opts.Dir, opts.Logger); err != nil {
 		return l, err
 	}
 	l.Agent, err = StartAgent(ctx, l.Client, AgentOptions{Nodes: opts.Nodes, Images: images, Network: l.Network,
-		StateDir: filepath.Join(opts.Dir, "agent"), Metrics: opts.Metrics, Logger: opts.Logger.With("component", "node-agent")})
+		StateDir: filepath.Join(opts.Dir, "agent"), Metrics: opts.Metrics, Logger: opts.Logger.With("component", "node-agent"),
+		NodeCPU: l.CPU.NodeMilli, Cgroups: l.Cgroups})
 	if err != nil {
 		return l, err
 	}
@@ -108,6 +158,13 @@ func (l *Lab) Down() error {
 	if l.Network != nil {
 		errs = append(errs, l.Network.Close())
 		l.Network = nil
+	}
+	if l.Cgroups != nil {
+		if l.metrics != nil {
+			l.metrics.CPU.source.Store(nil)
+		}
+		errs = append(errs, l.Cgroups.Close())
+		l.Cgroups = nil
 	}
 	if l.ControlPlane != nil {
 		errs = append(errs, l.ControlPlane.Stop())

@@ -18,6 +18,8 @@ type Metrics struct {
 	BalancerBackendConnections *prometheus.CounterVec
 	BalancerBackendFailures    *prometheus.CounterVec
 	Balancer502s               *prometheus.CounterVec
+	// CPU reads the lab's cgroups (containers, nodes) and the machine's CPU pressure at each scrape.
+	CPU *cpuCollector
 
 	mu       sync.Mutex
 	podState map[string]podState // by UID
@@ -77,8 +79,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "502 Bad Gateway answers of the lab's http load balancers.",
 		}, []string{"mode"}),
 		podState: map[string]podState{},
+		CPU:      &cpuCollector{pressureFile: machineCPUPressureFile},
 	}
-	reg.MustRegister(m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods, m.BalancerBackendConnections, m.BalancerBackendFailures, m.Balancer502s)
+	reg.MustRegister(m.CPU, m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods, m.BalancerBackendConnections, m.BalancerBackendFailures, m.Balancer502s)
 	return m
 }
 

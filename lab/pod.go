@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 	"k8s.io/utils/ptr"
 )
@@ -59,6 +60,7 @@ type containerRunner struct {
 	lastState   *corev1.ContainerStateTerminated
 	waitReason  string
 	waitMessage string
+	cgroup      string // the container's cgroup, relative to the lab's; empty without CPU accounting
 }
 
 func newPodWorker(a *Agent, pod *corev1.Pod) *podWorker {
@@ -197,6 +199,9 @@ func (w *podWorker) startContainer(c *containerRunner) {
 	if err == nil {
 		cmd, err = w.command(c.spec, argv)
 	}
+	if err == nil && w.agent.opts.Cgroups != nil && c.cgroup == "" {
+		c.cgroup, err = w.agent.opts.Cgroups.AddContainer(w.pod, c.spec)
+	}
 	var logFile *os.File
 	if err == nil {
 		logFile, err = os.OpenFile(filepath.Join(w.agent.opts.StateDir, "logs", fmt.Sprintf("%s_%s_%s.log", w.pod.Namespace, w.pod.Name, c.spec.Name)),
@@ -223,6 +228,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		w.agent.logger.Warn("container", "pod", w.key, "container", c.spec.Name, "err", err)
 		return
 	}
+	w.place(c, cmd.Process.Pid)
 	c.cmd, c.exited, c.startedAt, c.ready = cmd, make(chan struct{}), time.Now(), false
 	c.waitReason, c.waitMessage = "", ""
 	exited := c.exited
@@ -235,6 +241,16 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		close(exited)
 	}()
 	w.record(EventContainerStart, c.spec.Name, func(e *Event) { e.Message = fmt.Sprintf("pid %d", cmd.Process.Pid) })
+}
+
+// place moves a process of the container into the container's cgroup.
+func (w *podWorker) place(c *containerRunner, pid int) {
+	if c.cgroup == "" {
+		return
+	}
+	if err := w.agent.opts.Cgroups.Place(c.cgroup, pid); err != nil {
+		w.agent.logger.Warn("container cgroup", "pod", w.key, "container", c.spec.Name, "err", err)
+	}
 }
 
 // appLogWriter writes a container's output to its log file and passes on the lifecycle events the app logs as JSON
@@ -407,7 +423,7 @@ func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunn
 		if err != nil {
 			return false
 		}
-		return runWithContext(ctx, cmd) == nil
+		return w.runInContainer(ctx, c, cmd) == nil
 	}
 	return true
 }
@@ -416,10 +432,12 @@ func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunn
 var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
-func runWithContext(ctx context.Context, cmd *exec.Cmd) error {
+// runInContainer runs an exec probe or hook in the container's cgroup, as a runtime's exec does.
+func (w *podWorker) runInContainer(ctx context.Context, c *containerRunner, cmd *exec.Cmd) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	w.place(c, cmd.Process.Pid)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
@@ -588,7 +606,7 @@ func (w *podWorker) updateStatus() {
 	w.mu.Unlock()
 	hostIP := w.agent.opts.Network.HostIP().String()
 	status := corev1.PodStatus{Phase: corev1.PodRunning, HostIP: hostIP, HostIPs: []corev1.HostIP{{IP: hostIP}},
-		StartTime: ptrTime(w.started), QOSClass: corev1.PodQOSBestEffort}
+		StartTime: ptrTime(w.started), QOSClass: qos.GetPodQOS(w.pod)}
 	if w.ip == nil {
 		status.Phase = corev1.PodPending
 	} else {
@@ -760,7 +778,7 @@ func (w *podWorker) runHook(ctx context.Context, h *corev1.LifecycleHandler, c *
 		if err != nil {
 			return err
 		}
-		return runWithContext(ctx, cmd)
+		return w.runInContainer(ctx, c, cmd)
 	case h.Sleep != nil:
 		select {
 		case <-time.After(time.Duration(h.Sleep.Seconds) * time.Second):
@@ -789,6 +807,11 @@ func deadlineOf(ctx context.Context) time.Time {
 func (w *podWorker) remove() {
 	if err := w.agent.opts.Network.Teardown(w.key); err != nil {
 		w.agent.logger.Warn("pod network teardown", "pod", w.key, "err", err)
+	}
+	if cg := w.agent.opts.Cgroups; cg != nil {
+		if err := cg.RemovePod(w.pod); err != nil {
+			w.agent.logger.Warn("pod cgroup", "pod", w.key, "err", err)
+		}
 	}
 	if err := w.agent.files.removeHome(w.pod); err != nil {
 		w.agent.logger.Warn("pod directory", "pod", w.key, "err", err)

@@ -1,0 +1,116 @@
+package lab
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names of the CPU accounting: cAdvisor's for containers, the kubelet's resource metrics' for nodes,
+// kube-state-metrics' for capacity and node_exporter's for the machine's CPU pressure, so dashboards and queries
+// written for a cluster read the lab too.
+const (
+	MetricContainerCPUUsage          = "container_cpu_usage_seconds_total"
+	MetricContainerCFSPeriods        = "container_cpu_cfs_periods_total"
+	MetricContainerCFSThrottled      = "container_cpu_cfs_throttled_periods_total"
+	MetricContainerCFSThrottledTime  = "container_cpu_cfs_throttled_seconds_total"
+	MetricNodeCPUUsage               = "node_cpu_usage_seconds_total"
+	MetricNodeCFSPeriods             = "rolloutlab_lab_node_cpu_cfs_periods_total"
+	MetricNodeCFSThrottled           = "rolloutlab_lab_node_cpu_cfs_throttled_periods_total"
+	MetricNodeCapacity               = "kube_node_status_capacity"
+	MetricMachineCPUPressureWaiting  = "node_pressure_cpu_waiting_seconds_total"
+	machineCPUPressureFile           = "/proc/pressure/cpu"
+	machineCPUPressureHelpForCollect = "Time some runnable task waited for a CPU on the machine (PSI \"some\"; the lab's nodes, runner and control plane together)."
+)
+
+var (
+	containerLabels        = []string{"namespace", "pod", "container", "node"}
+	descContainerUsage     = prometheus.NewDesc(MetricContainerCPUUsage, "CPU time a lab container used (its cgroup's accounting).", containerLabels, nil)
+	descContainerPeriods   = prometheus.NewDesc(MetricContainerCFSPeriods, "CFS periods of a lab container with a CPU limit.", containerLabels, nil)
+	descContainerThrottled = prometheus.NewDesc(MetricContainerCFSThrottled, "CFS periods in which a lab container was throttled at its CPU limit.",
+		containerLabels, nil)
+	descContainerThrottledTime = prometheus.NewDesc(MetricContainerCFSThrottledTime, "Time a lab container was throttled at its CPU limit.",
+		containerLabels, nil)
+	descNodeUsage     = prometheus.NewDesc(MetricNodeCPUUsage, "CPU time the Pods of a lab node used together.", []string{"node"}, nil)
+	descNodePeriods   = prometheus.NewDesc(MetricNodeCFSPeriods, "CFS periods of a lab node's cgroup (its capacity is its quota).", []string{"node"}, nil)
+	descNodeThrottled = prometheus.NewDesc(MetricNodeCFSThrottled, "CFS periods in which a lab node's Pods together hit its CPU capacity.", []string{"node"}, nil)
+	descNodeCapacity  = prometheus.NewDesc(MetricNodeCapacity, "A lab node's capacity.", []string{"node", "resource", "unit"}, nil)
+	descMachineWait   = prometheus.NewDesc(MetricMachineCPUPressureWaiting, machineCPUPressureHelpForCollect, nil, nil)
+)
+
+// cpuCollector reads the lab's cgroups and the machine's CPU pressure at each scrape.
+type cpuCollector struct {
+	source       atomic.Pointer[Cgroups]
+	pressureFile string
+}
+
+func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descContainerUsage, descContainerPeriods, descContainerThrottled, descContainerThrottledTime,
+		descNodeUsage, descNodePeriods, descNodeThrottled, descNodeCapacity, descMachineWait} {
+		ch <- d
+	}
+}
+
+func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
+	if waiting, ok := readCPUPressureWaiting(c.pressureFile); ok {
+		ch <- prometheus.MustNewConstMetric(descMachineWait, prometheus.CounterValue, waiting)
+	}
+	cg := c.source.Load()
+	if cg == nil {
+		return
+	}
+	cg.mu.Lock()
+	nodes := make(map[string]int64, len(cg.nodes))
+	for k, v := range cg.nodes {
+		nodes[k] = v
+	}
+	containers := make(map[string]containerCgroup, len(cg.containers))
+	for k, v := range cg.containers {
+		containers[k] = v
+	}
+	cg.mu.Unlock()
+	for node, milli := range nodes {
+		ch <- prometheus.MustNewConstMetric(descNodeCapacity, prometheus.GaugeValue, float64(milli)/1000, node, "cpu", "core")
+		s, err := cg.Stat(node)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descNodeUsage, prometheus.CounterValue, s.Usage.Seconds(), node)
+		ch <- prometheus.MustNewConstMetric(descNodePeriods, prometheus.CounterValue, float64(s.Periods), node)
+		ch <- prometheus.MustNewConstMetric(descNodeThrottled, prometheus.CounterValue, float64(s.ThrottledPeriods), node)
+	}
+	for rel, ctr := range containers {
+		s, err := cg.Stat(rel)
+		if err != nil {
+			continue // removed since the copy: a container gone between two scrapes
+		}
+		labels := []string{ctr.namespace, ctr.pod, ctr.container, ctr.node}
+		ch <- prometheus.MustNewConstMetric(descContainerUsage, prometheus.CounterValue, s.Usage.Seconds(), labels...)
+		ch <- prometheus.MustNewConstMetric(descContainerPeriods, prometheus.CounterValue, float64(s.Periods), labels...)
+		ch <- prometheus.MustNewConstMetric(descContainerThrottled, prometheus.CounterValue, float64(s.ThrottledPeriods), labels...)
+		ch <- prometheus.MustNewConstMetric(descContainerThrottledTime, prometheus.CounterValue, s.ThrottledDuration.Seconds(), labels...)
+	}
+}
+
+// readCPUPressureWaiting reads the "some" line's total (µs) of a PSI file, in seconds.
+func readCPUPressureWaiting(file string) (float64, bool) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "some ") {
+			continue
+		}
+		for _, field := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(field, "total="); ok {
+				us, err := strconv.ParseUint(v, 10, 64)
+				return float64(us) / 1e6, err == nil
+			}
+		}
+	}
+	return 0, false
+}
