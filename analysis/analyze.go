@@ -177,6 +177,8 @@ type CaseRun struct {
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
 	// Lateness is how far behind its schedule the attacker sent (from its summary); nil when unknown.
 	Lateness *Lateness `json:"sendLateness,omitempty"`
+	// CPU is how busy the machine, the nodes and the app's containers were during the load; nil when unknown.
+	CPU *CPUUse `json:"cpu,omitempty"`
 	// InFlight lists the Pods that got SIGTERM with the requests they had in flight then and at exit; nil when
 	// not counted (a bare attack, a cluster seen from outside).
 	InFlight []rundir.PodInFlight `json:"inFlight,omitempty"`
@@ -198,9 +200,6 @@ type Lateness struct {
 // rate of the seed's plans; a process that keeps up sends within a millisecond or two.
 const SaturatedLateness = 20.0
 
-// Saturated says whether the run's attacker fell behind its schedule.
-func (r CaseRun) Saturated() bool { return r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness }
-
 // Options tune an analysis.
 type Options struct {
 	// ScrapeInterval is the step of the per-second series and the slack around the load's edges.
@@ -209,6 +208,8 @@ type Options struct {
 	Drain time.Duration
 	// Now is when the data was complete (after the final scrape); default: now.
 	Now time.Time
+	// Namespace holds the app's Pods, for their CPU throttling; empty: not measured.
+	Namespace string
 }
 
 // Analyze queries Prometheus for one run of one case.
@@ -261,6 +262,11 @@ func Analyze(ctx context.Context, api promv1.API, s Selector, cond Conditions, o
 				return run, err
 			}
 			run.During = &during
+		}
+	}
+	if opts.Namespace != "" {
+		if run.CPU, err = cpuUse(ctx, api, opts.Namespace, Window{Start: start, End: end}); err != nil {
+			return run, err
 		}
 	}
 	run.Series, err = series(ctx, api, s, start, end, opts.ScrapeInterval)

@@ -21,6 +21,7 @@ func TestQueriesWithPromQLTestScripts(t *testing.T) {
 		"Phases":     PhasesQuery(s, epoch.Add(10*time.Second), 10*time.Second),
 		"Series":     SeriesQueriesFor(s, time.Second),
 		"ServiceOut": ServiceOutQueriesFor(KubeProxyProgrammingMetric, Window{Start: epoch, End: epoch.Add(9 * time.Second)}),
+		"CPU":        CPUQueriesFor("app", Window{Start: epoch, End: epoch.Add(10 * time.Second)}),
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,8 @@ type Report struct {
 	Runs        []CaseRun `json:"runs"`
 	// LoadPath says how the load reached the Pods (the target's words: a load balancer, a node's proxy, a URL).
 	LoadPath string `json:"loadPath,omitempty"`
+	// CPUModel says what a lab node is, CPU-wise (empty on a cluster).
+	CPUModel string `json:"cpuModel,omitempty"`
 	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
 	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
@@ -32,7 +34,7 @@ type Report struct {
 type labels struct {
 	condition, preStop, graceful, replicas, cpuLoad, maxRPS, connections        string
 	perUser, pooled, loadPath, inFlightSIGTERM, inFlightExit, lateness          string
-	saturated                                                                   string
+	saturated, cpu, cpuModel                                                    string
 	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
@@ -44,7 +46,7 @@ var labelsByLang = map[string]labels{
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
 		loadPath: "負荷の経路: %s。", lateness: "送信の遅れ p99 / 最大 (ms)",
-		saturated: "⚠ 飽和: %s で負荷生成側が予定より p99 %.1f ms 遅れて送信しました (しきい値 %.0f ms)。マシンの CPU が足りず、計画どおりの実験ではありません。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
+		saturated: "⚠ 飽和: %s で %s。CPU が足りず、この数値は計画どおりの実験ではありません。", cpu: "CPU: マシン使用率 / ノード容量到達 / Pod 抑制 (CFS 周期の割合)", cpuModel: "ラボの CPU: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
 		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
@@ -57,7 +59,7 @@ var labelsByLang = map[string]labels{
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
 		loadPath: "Load path: %s.", lateness: "Send lateness p99 / max (ms)",
-		saturated: "⚠ Saturated: in %s the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms). The machine ran out of CPU: these figures are not the planned experiment.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
+		saturated: "⚠ Saturated: in %s %s. CPU ran short: these figures are not the planned experiment.", cpu: "CPU: machine busy / node at capacity / Pod throttled (share of CFS periods)", cpuModel: "Lab CPU: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
 		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
@@ -202,6 +204,15 @@ func (l labels) rows(runs []CaseRun) []row {
 			return formatMs(r.Lateness.P99Ms) + " / " + formatMs(r.Lateness.MaxMs) + mark
 		}})
 	}
+	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.CPU != nil }) {
+		rows = append(rows, row{l.cpu, func(r CaseRun) string {
+			mark := ""
+			if r.Saturated() {
+				mark = " ⚠"
+			}
+			return cpuCell(r.CPU) + mark
+		}})
+	}
 	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.InFlight != nil }) {
 		inFlight := func(at func(rundir.PodInFlight) uint64) func(CaseRun) string {
 			return func(r CaseRun) string {
@@ -295,9 +306,16 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 	if rep.LoadPath != "" {
 		fmt.Fprintf(&b, "\n"+l.loadPath+"\n", rep.LoadPath)
 	}
+	if rep.CPUModel != "" {
+		fmt.Fprintf(&b, "\n"+l.cpuModel+"\n", rep.CPUModel)
+	}
 	for _, r := range rep.Runs {
-		if r.Saturated() {
-			fmt.Fprintf(&b, "\n"+l.saturated+"\n", r.column(), r.Lateness.P99Ms, SaturatedLateness)
+		if reasons := r.Saturation(lang); len(reasons) > 0 {
+			sep := "; "
+			if lang == "ja" {
+				sep = "、"
+			}
+			fmt.Fprintf(&b, "\n"+l.saturated+"\n", r.column(), strings.Join(reasons, sep))
 		}
 	}
 	if rep.ServiceOut != nil {

@@ -73,13 +73,20 @@ func fixtureReport() Report {
 		}
 		// The attacker kept its schedule, but for the run whose machine was starved.
 		r.Lateness = &Lateness{P99Ms: 1.2, MaxMs: 4.5}
+		busy, waiting, node, pods := 0.62, 0.08, 0.04, 0.0
 		if name == "cowweb-ru-slp8" {
 			r.Lateness = &Lateness{P99Ms: 35, MaxMs: 120}
+			busy, node = 0.95, 0.31
+		}
+		r.CPU = &CPUUse{MachineBusy: &busy, MachineWaiting: &waiting, NodeThrottled: &node, NodeThrottledName: "lab-node-2", PodThrottled: &pods}
+		if name == "cowweb-ru-gs" {
+			r.CPU.PodThrottled = nil // no container with a limit
 		}
 		r.InFlight = []rundir.PodInFlight{{Pod: "uid-a", AtSIGTERM: 3, AtExit: atExit / 2}, {Pod: "uid-b", AtSIGTERM: 5, AtExit: atExit - atExit/2}}
 		return r
 	}
 	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture",
+		CPUModel: "each node has 500m CPU (capacity and allocatable), enforced by cgroup v1 CFS quota; Pods get shares from requests and quota from limits as the kubelet sets them; 500m of the machine's 2 CPUs stay with the runner and control plane",
 		LoadPath: "per-user connections → the Service's tcp load balancer (198.18.15.241:80) → a node's proxy (round robin over 3 nodes) → a Pod", Runs: []CaseRun{
 			run("cowweb-ru-gs", 0, "graceful", 37, 2),
 			run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),

@@ -293,3 +293,30 @@ func TestPlanValuesOverrideGeneratedOnes(t *testing.T) {
 		t.Errorf("service %s image %s args %v", r.service.Spec.Type, r.container().Image, r.container().Args)
 	}
 }
+
+// A plan's app.resources reach the container as the chart renders it.
+func TestPlanResourcesReachTheContainer(t *testing.T) {
+	p, err := plan.Parse("res.yaml", []byte("name: res\nload: {rate: 1, duration: 1s}\n"+
+		"app: {resources: {requests: {cpu: 0.25, memory: 64Mi}, limits: {cpu: 1}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := p.Cases[0].App
+	if app.Resources.Requests.CPU != 250 || app.Resources.Limits.CPU != 1000 {
+		t.Fatalf("parsed %+v", app.Resources)
+	}
+	r := render(t, CowwebValues(app)).container().Resources
+	if cpu := r.Requests[corev1.ResourceCPU]; cpu.MilliValue() != 250 {
+		t.Errorf("request cpu %s", cpu.String())
+	}
+	if mem := r.Requests[corev1.ResourceMemory]; mem.String() != "64Mi" {
+		t.Errorf("request memory %s", mem.String())
+	}
+	if cpu := r.Limits[corev1.ResourceCPU]; cpu.MilliValue() != 1000 {
+		t.Errorf("limit cpu %s", cpu.String())
+	}
+	app.Resources = plan.Resources{}
+	if none := render(t, CowwebValues(app)).container().Resources; len(none.Requests)+len(none.Limits) != 0 {
+		t.Errorf("a plan without resources renders %+v", none)
+	}
+}

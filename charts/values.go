@@ -61,6 +61,16 @@ func CowwebValues(app plan.App) map[string]any {
 		},
 		"minReadySeconds": int(app.MinReady.Seconds()),
 	}
+	resources := map[string]any{}
+	if r := app.Resources.Requests.Helm(); r != nil {
+		resources["requests"] = r
+	}
+	if l := app.Resources.Limits.Helm(); l != nil {
+		resources["limits"] = l
+	}
+	if len(resources) > 0 {
+		values["resources"] = resources
+	}
 	return mergeValues(values, app.Values)
 }
 

@@ -312,7 +312,8 @@ func (s *Session) Close() error {
 
 // WriteReports analyses every run of a manifest and writes the reports into dir.
 func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
-	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"]}
+	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"],
+		CPUModel: m.Provenance.Target["cpuModel"]}
 	for _, r := range m.Runs {
 		c, ok := m.Plan.Case(r.Labels.Case)
 		if !ok {
@@ -321,8 +322,11 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		cond := analysis.ConditionsOf(c)
 		// A bare attack deploys nothing: whatever the plan says of the app is not what answered.
 		cond.AppKnown = m.Kind != KindAttack
-		caseRun, err := analysis.Analyze(ctx, api, analysis.FromLabels(r.Labels), cond,
-			analysis.Options{ScrapeInterval: m.Prometheus.ScrapeInterval, Drain: r.Drain, Now: now})
+		opts := analysis.Options{ScrapeInterval: m.Prometheus.ScrapeInterval, Drain: r.Drain, Now: now}
+		if m.Kind == KindApply {
+			opts.Namespace = m.Plan.Namespace()
+		}
+		caseRun, err := analysis.Analyze(ctx, api, analysis.FromLabels(r.Labels), cond, opts)
 		if err != nil {
 			return rep, err
 		}

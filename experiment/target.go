@@ -65,7 +65,8 @@ func ConnectLab(dir string, cowweb []string) Connect {
 		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
 			ServiceOut:   &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
 			LoadBalancer: &lab.LoadBalancerOptions{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
-			Metrics:      lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
+			NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU),
+			Metrics: lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
 		t.lab = l
 		if err != nil {
 			return nil, errors.Join(err, t.Close())
@@ -76,7 +77,8 @@ func ConnectLab(dir string, cowweb []string) Connect {
 
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
-		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath}
+		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
+		"cpuModel": t.lab.CPU.String(), "nodeCPU": lab.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }
 
 func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }

@@ -23,6 +23,8 @@ const (
 	MetricNodeCapacity               = "kube_node_status_capacity"
 	MetricMachineCPUPressureWaiting  = "node_pressure_cpu_waiting_seconds_total"
 	machineCPUPressureFile           = "/proc/pressure/cpu"
+	MetricMachineCPUSeconds          = "node_cpu_seconds_total"
+	machineStatFile                  = "/proc/stat"
 	machineCPUPressureHelpForCollect = "Time some runnable task waited for a CPU on the machine (PSI \"some\"; the lab's nodes, runner and control plane together)."
 )
 
@@ -39,17 +41,19 @@ var (
 	descNodeThrottled = prometheus.NewDesc(MetricNodeCFSThrottled, "CFS periods in which a lab node's Pods together hit its CPU capacity.", []string{"node"}, nil)
 	descNodeCapacity  = prometheus.NewDesc(MetricNodeCapacity, "A lab node's capacity.", []string{"node", "resource", "unit"}, nil)
 	descMachineWait   = prometheus.NewDesc(MetricMachineCPUPressureWaiting, machineCPUPressureHelpForCollect, nil, nil)
+	descMachineCPU    = prometheus.NewDesc(MetricMachineCPUSeconds, "Seconds the machine's CPUs spent in each mode (/proc/stat, as node_exporter).", []string{"cpu", "mode"}, nil)
 )
 
 // cpuCollector reads the lab's cgroups and the machine's CPU pressure at each scrape.
 type cpuCollector struct {
 	source       atomic.Pointer[Cgroups]
 	pressureFile string
+	statFile     string
 }
 
 func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descContainerUsage, descContainerPeriods, descContainerThrottled, descContainerThrottledTime,
-		descNodeUsage, descNodePeriods, descNodeThrottled, descNodeCapacity, descMachineWait} {
+		descNodeUsage, descNodePeriods, descNodeThrottled, descNodeCapacity, descMachineWait, descMachineCPU} {
 		ch <- d
 	}
 }
@@ -57,6 +61,9 @@ func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
 	if waiting, ok := readCPUPressureWaiting(c.pressureFile); ok {
 		ch <- prometheus.MustNewConstMetric(descMachineWait, prometheus.CounterValue, waiting)
+	}
+	for _, t := range readCPUTimes(c.statFile) {
+		ch <- prometheus.MustNewConstMetric(descMachineCPU, prometheus.CounterValue, t.seconds, t.cpu, t.mode)
 	}
 	cg := c.source.Load()
 	if cg == nil {
@@ -113,4 +120,39 @@ func readCPUPressureWaiting(file string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+type cpuTime struct {
+	cpu, mode string
+	seconds   float64
+}
+
+// userHZ is the unit of /proc/stat's CPU times (USER_HZ, 100 on every Linux architecture Go runs on).
+const userHZ = 100
+
+// readCPUTimes reads each CPU's time per mode from /proc/stat, with node_exporter's mode names.
+func readCPUTimes(file string) []cpuTime {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	modes := []string{"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
+	var out []cpuTime
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 2 || !strings.HasPrefix(fields[0], "cpu") || fields[0] == "cpu" {
+			continue
+		}
+		for i, mode := range modes {
+			if i+1 >= len(fields) {
+				break
+			}
+			ticks, err := strconv.ParseUint(fields[i+1], 10, 64)
+			if err != nil {
+				continue
+			}
+			out = append(out, cpuTime{cpu: strings.TrimPrefix(fields[0], "cpu"), mode: mode, seconds: float64(ticks) / userHZ})
+		}
+	}
+	return out
 }

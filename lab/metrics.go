@@ -79,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "502 Bad Gateway answers of the lab's http load balancers.",
 		}, []string{"mode"}),
 		podState: map[string]podState{},
-		CPU:      &cpuCollector{pressureFile: machineCPUPressureFile},
+		CPU:      &cpuCollector{pressureFile: machineCPUPressureFile, statFile: machineStatFile},
 	}
 	reg.MustRegister(m.CPU, m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods, m.BalancerBackendConnections, m.BalancerBackendFailures, m.Balancer502s)
 	return m

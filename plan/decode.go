@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"fmt"
 	"reflect"
 	"slices"
@@ -49,6 +51,8 @@ func (d *decoder) errorAt(n *yaml.Node, path, format string, args ...any) {
 var (
 	durationType     = reflect.TypeFor[Duration]()
 	intOrPercentType = reflect.TypeFor[IntOrPercent]()
+	milliCPUType     = reflect.TypeFor[MilliCPU]()
+	quantityType     = reflect.TypeFor[Quantity]()
 	rawValuesType    = reflect.TypeFor[map[string]any]()
 	imagesType       = reflect.TypeFor[map[string][]string]()
 )
@@ -98,6 +102,25 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 	switch v.Type() {
 	case durationType:
 		d.decodeDuration(n, v, path)
+		return
+	case milliCPUType:
+		milli, err := parseMilliCPU(n)
+		if err != nil {
+			d.errorAt(n, path, "%v", err)
+			return
+		}
+		v.SetInt(milli)
+		return
+	case quantityType:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") {
+			d.errorAt(n, path, "want a quantity such as 256Mi, got %s", describe(n))
+			return
+		}
+		if _, err := resource.ParseQuantity(n.Value); err != nil {
+			d.errorAt(n, path, "want a quantity such as 256Mi, got %q", n.Value)
+			return
+		}
+		v.SetString(n.Value)
 		return
 	case intOrPercentType:
 		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
@@ -180,6 +203,22 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 	default:
 		panic(fmt.Sprintf("plan: no decoding for %s", v.Type()))
 	}
+}
+
+// parseMilliCPU reads CPU as Kubernetes writes it: cores (1, 1.5) or milli-CPU ("500m").
+func parseMilliCPU(n *yaml.Node) (int64, error) {
+	const want = "want CPU as Kubernetes writes it, such as 500m, 1 or 1.5"
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int" && n.Tag != "!!float") {
+		return 0, fmt.Errorf("%s, got %s", want, describe(n))
+	}
+	q, err := resource.ParseQuantity(n.Value)
+	if err != nil {
+		return 0, fmt.Errorf("%s, got %q", want, n.Value)
+	}
+	if q.Sign() < 0 {
+		return 0, fmt.Errorf("must not be negative, got %s", n.Value)
+	}
+	return q.MilliValue(), nil
 }
 
 func (d *decoder) decodeDuration(n *yaml.Node, v reflect.Value, path string) {

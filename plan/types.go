@@ -5,6 +5,8 @@ package plan
 
 import (
 	"strconv"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 	"strings"
 	"time"
 )
@@ -35,6 +37,19 @@ func (d *Duration) UnmarshalText(text []byte) error {
 	*d = Duration(parsed)
 	return nil
 }
+
+// MilliCPU is CPU in thousandths of a core, written as Kubernetes writes it ("500m", "1", "1.5"); 0 is unset.
+type MilliCPU int64
+
+func (m MilliCPU) String() string {
+	return resource.NewMilliQuantity(int64(m), resource.DecimalSI).String()
+}
+
+// MarshalYAML writes the CPU as it would be written in a plan.
+func (m MilliCPU) MarshalYAML() (any, error) { return m.String(), nil }
+
+// Quantity is a Kubernetes quantity such as 256Mi, checked when the plan is read.
+type Quantity string
 
 // IntOrPercent is a count or a percentage such as "25%", as Kubernetes' rolling update fields take.
 type IntOrPercent string
@@ -108,6 +123,12 @@ type Lab struct {
 	Images map[string][]string `yaml:"images,omitempty"`
 	// LoadBalancer is what stands in front of a Service of type LoadBalancer, as a cloud's balancer does.
 	LoadBalancer LoadBalancer `yaml:"loadBalancer"`
+	// NodeCPU is each node's CPU capacity, enforced as its cgroup's CFS quota; unset: the machine's CPUs less
+	// ReservedCPU, shared among the nodes.
+	NodeCPU MilliCPU `yaml:"nodeCPU"`
+	// ReservedCPU is what the nodes leave to the runner and the control plane when NodeCPU is unset; unset: a
+	// quarter of the machine, at least 500m.
+	ReservedCPU MilliCPU `yaml:"reservedCPU"`
 }
 
 // LoadBalancer is the lab's cloud load balancer: mode tcp (one backend connection per client connection, the
@@ -145,8 +166,38 @@ type App struct {
 	Probes                 Probes   `yaml:"probes"`
 	Strategy               Strategy `yaml:"strategy"`
 	MinReady               Duration `yaml:"minReady"`
+	// Resources are the container's requests and limits (the chart's resources); unset: none, a BestEffort Pod.
+	Resources Resources `yaml:"resources"`
 	// Values are raw Helm values laid over the ones generated from the fields above.
 	Values map[string]any `yaml:"values,omitempty"`
+}
+
+// Resources are a container's CPU and memory requests and limits. The lab enforces CPU (cgroups, as the kubelet);
+// memory is passed to the chart for clusters.
+type Resources struct {
+	Requests ResourceList `yaml:"requests"`
+	Limits   ResourceList `yaml:"limits"`
+}
+
+// ResourceList is CPU and memory.
+type ResourceList struct {
+	CPU    MilliCPU `yaml:"cpu,omitempty"`
+	Memory Quantity `yaml:"memory,omitempty"`
+}
+
+// Helm is the list as the chart's resources want it; nil when empty.
+func (l ResourceList) Helm() map[string]any {
+	m := map[string]any{}
+	if l.CPU > 0 {
+		m["cpu"] = l.CPU.String()
+	}
+	if l.Memory != "" {
+		m["memory"] = string(l.Memory)
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
 }
 
 // Image overrides the chart's image; empty fields keep the chart's default (the upstream cowweb-go image).

@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"fmt"
 	"net/url"
 	"regexp"
@@ -91,6 +93,7 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
 	v.check(p.Lab.ServiceOut.Max.D() <= MaxServiceOut, "lab.serviceOut.max", "must be at most %s (kube-proxy programs a change within seconds), got %s", MaxServiceOut, p.Lab.ServiceOut.Max)
 	v.oneOf(p.Lab.LoadBalancer.Mode, "lab.loadBalancer.mode", "tcp", "http")
+	v.check(p.Lab.NodeCPU == 0 || p.Lab.NodeCPU >= 10, "lab.nodeCPU", "must be at least 10m (the kernel's smallest quota is 1 ms in 100), got %s", p.Lab.NodeCPU)
 	v.check(p.Lab.LoadBalancer.IdleTimeout > 0, "lab.loadBalancer.idleTimeout", "must be longer than 0, got %s", p.Lab.LoadBalancer.IdleTimeout)
 	for image, argv := range p.Lab.Images {
 		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
@@ -155,6 +158,14 @@ func (v *validator) validateApp(a *App) {
 		v.check(a.Shutdown == "drain", "app.drainDelay", "only applies with shutdown: drain (shutdown is %s)", a.Shutdown)
 	}
 	v.check(a.ShutdownTimeout >= 0, "app.shutdownTimeout", "must not be negative, got %s", a.ShutdownTimeout)
+	if req, lim := a.Resources.Requests.CPU, a.Resources.Limits.CPU; req > 0 && lim > 0 {
+		v.check(lim >= req, "app.resources.limits.cpu", "must not be less than the request (%s), got %s", req, lim)
+	}
+	if req, lim := a.Resources.Requests.Memory, a.Resources.Limits.Memory; req != "" && lim != "" {
+		limit, request := resource.MustParse(string(lim)), resource.MustParse(string(req))
+		v.check(limit.Cmp(request) >= 0, "app.resources.limits.memory",
+			"must not be less than the request (%s), got %s", req, lim)
+	}
 	if a.Image.PullPolicy != "" {
 		v.oneOf(a.Image.PullPolicy, "app.image.pullPolicy", "Always", "IfNotPresent", "Never")
 	}

@@ -1,0 +1,151 @@
+package analysis
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+
+	"github.com/rollout-lab/rollout-lab/lab"
+)
+
+// CPUUse is how busy the CPU was during a run's load: the machine the lab runs on, the lab's nodes (each capped at
+// its capacity) and the app's containers (at their limits). Each figure is a fraction of the window; nil: not
+// measured (on a cluster the machine and node figures come only when Prometheus scrapes what the lab exports).
+type CPUUse struct {
+	// MachineBusy is the share of the machine's CPU time that was not idle (node_cpu_seconds_total).
+	MachineBusy *float64 `json:"machineBusy,omitempty"`
+	// MachineWaiting is the share of the window in which some task waited for a CPU (PSI, "some"); CFS-throttled
+	// Pods count as waiting too.
+	MachineWaiting *float64 `json:"machineWaiting,omitempty"`
+	// NodeThrottled is the largest share of CFS periods in which one node's Pods together hit its capacity.
+	NodeThrottled     *float64 `json:"nodeThrottled,omitempty"`
+	NodeThrottledName string   `json:"nodeThrottledName,omitempty"`
+	// PodThrottled is the share of CFS periods the namespace's containers with a CPU limit were throttled.
+	PodThrottled *float64 `json:"podThrottled,omitempty"`
+}
+
+// Saturation thresholds. A machine whose CPUs are busy ≥ 90% of the time leaves the runner (attacker, balancers,
+// control plane) without headroom: its measurements then describe the machine, not the plan. A node or a Pod
+// throttled in ≥ 20% of the CFS periods spent a fifth of the run with work waiting for the next period: requests
+// there queue for CPU, as on a cluster whose nodes are full — physics of the modelled cluster, but not the one the
+// plan meant to show, so it is flagged too.
+const (
+	SaturatedMachineBusy = 0.90
+	SaturatedThrottled   = 0.20
+)
+
+// Saturation lists why a run's figures describe a CPU-starved machine, nodes or Pods; empty when they do not.
+func (r CaseRun) Saturation(lang string) []string {
+	ja := lang == "ja"
+	var reasons []string
+	if r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness {
+		reasons = append(reasons, pick(ja, fmt.Sprintf("the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms)", r.Lateness.P99Ms, SaturatedLateness),
+			fmt.Sprintf("負荷生成側が予定より p99 %.1f ms 遅れて送信 (しきい値 %.0f ms)", r.Lateness.P99Ms, SaturatedLateness)))
+	}
+	if c := r.CPU; c != nil {
+		if c.MachineBusy != nil && *c.MachineBusy >= SaturatedMachineBusy {
+			reasons = append(reasons, pick(ja, fmt.Sprintf("the machine's CPUs were busy %s of the time (threshold %s)", percent(*c.MachineBusy), percent(SaturatedMachineBusy)),
+				fmt.Sprintf("マシンの CPU 使用率 %s (しきい値 %s)", percent(*c.MachineBusy), percent(SaturatedMachineBusy))))
+		}
+		if c.NodeThrottled != nil && *c.NodeThrottled >= SaturatedThrottled {
+			reasons = append(reasons, pick(ja, fmt.Sprintf("node %s was at its CPU capacity in %s of the CFS periods (threshold %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(SaturatedThrottled)),
+				fmt.Sprintf("ノード %s が CFS 周期の %s で CPU 容量の上限に達した (しきい値 %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(SaturatedThrottled))))
+		}
+		if c.PodThrottled != nil && *c.PodThrottled >= SaturatedThrottled {
+			reasons = append(reasons, pick(ja, fmt.Sprintf("the app's containers were throttled at their CPU limit in %s of the CFS periods (threshold %s)", percent(*c.PodThrottled), percent(SaturatedThrottled)),
+				fmt.Sprintf("アプリのコンテナが CFS 周期の %s で CPU limit により抑制された (しきい値 %s)", percent(*c.PodThrottled), percent(SaturatedThrottled))))
+		}
+	}
+	return reasons
+}
+
+// Saturated says whether the run's figures are flagged (see Saturation).
+func (r CaseRun) Saturated() bool { return len(r.Saturation("en")) > 0 }
+
+func pick(ja bool, en, jaText string) string {
+	if ja {
+		return jaText
+	}
+	return en
+}
+
+func percent(f float64) string { return strconv.FormatFloat(math.Round(f*1000)/10, 'f', -1, 64) + "%" }
+
+// CPUQueries are the PromQL of CPUUse over a window.
+type CPUQueries struct {
+	MachineBusy, MachineWaiting, NodeThrottled, PodThrottled string
+}
+
+// grown is how much a counter grew over the window, per series, from the last scraped values at the window's
+// edges (series born inside the window count from zero; series gone before its end keep their last value).
+func grown(series string, w Window) string {
+	end := fmt.Sprintf("last_over_time(%s[%s] @ %s)", series, lookback(w), at(w.End))
+	start := fmt.Sprintf("last_over_time(%s[%s] @ %s)", series, lookback(w), at(w.Start))
+	return fmt.Sprintf("(%s - (%s or %s * 0))", end, start, end)
+}
+
+// CPUQueriesFor builds the queries; namespace picks the app's containers.
+func CPUQueriesFor(namespace string, w Window) CPUQueries {
+	seconds := strconv.FormatFloat(w.End.Sub(w.Start).Seconds(), 'f', -1, 64)
+	idle := grown(fmt.Sprintf(`%s{mode=~"idle|iowait"}`, lab.MetricMachineCPUSeconds), w)
+	all := grown(lab.MetricMachineCPUSeconds, w)
+	containers := fmt.Sprintf("{namespace=%s}", strconv.Quote(namespace))
+	return CPUQueries{
+		MachineBusy:    fmt.Sprintf("1 - sum(%s) / sum(%s)", idle, all),
+		MachineWaiting: fmt.Sprintf("sum(%s) / %s", grown(lab.MetricMachineCPUPressureWaiting, w), seconds),
+		NodeThrottled: fmt.Sprintf("topk(1, sum by (node) (%s) / sum by (node) (%s))",
+			grown(lab.MetricNodeCFSThrottled, w), grown(lab.MetricNodeCFSPeriods, w)),
+		PodThrottled: fmt.Sprintf("sum(%s) / sum(%s)", grown(lab.MetricContainerCFSThrottled+containers, w), grown(lab.MetricContainerCFSPeriods+containers, w)),
+	}
+}
+
+// cpuUse runs the queries; a query without data leaves its figure unset.
+func cpuUse(ctx context.Context, api promv1.API, namespace string, w Window) (*CPUUse, error) {
+	q := CPUQueriesFor(namespace, w)
+	var use CPUUse
+	found := false
+	for _, f := range []struct {
+		query string
+		into  **float64
+		name  *string
+	}{{q.MachineBusy, &use.MachineBusy, nil}, {q.MachineWaiting, &use.MachineWaiting, nil},
+		{q.NodeThrottled, &use.NodeThrottled, &use.NodeThrottledName}, {q.PodThrottled, &use.PodThrottled, nil}} {
+		vec, err := queryVector(ctx, api, f.query, w.End)
+		if err != nil {
+			return nil, err
+		}
+		if len(vec) == 0 || math.IsNaN(float64(vec[0].Value)) || math.IsInf(float64(vec[0].Value), 0) {
+			continue
+		}
+		v := float64(vec[0].Value)
+		*f.into, found = &v, true
+		if f.name != nil {
+			*f.name = string(vec[0].Metric[model.LabelName("node")])
+		}
+	}
+	if !found {
+		return nil, nil
+	}
+	return &use, nil
+}
+
+// cpuCell is the report's CPU row: machine busy, the busiest node's throttling, the app's throttling.
+func cpuCell(c *CPUUse) string {
+	if c == nil {
+		return "-"
+	}
+	parts := make([]string, 0, 3)
+	for _, v := range []*float64{c.MachineBusy, c.NodeThrottled, c.PodThrottled} {
+		if v == nil {
+			parts = append(parts, "-")
+			continue
+		}
+		parts = append(parts, percent(*v))
+	}
+	return strings.Join(parts, " / ")
+}
