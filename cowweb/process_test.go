@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-var cowwebBinary string
+var cowwebBinary, upstreamBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cowweb-test")
@@ -31,6 +31,13 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build cowweb:", err)
+		os.Exit(1)
+	}
+	upstreamBinary = filepath.Join(dir, "cowweb-upstream")
+	build = exec.Command("go", "build", "-ldflags", "-X github.com/rollout-lab/rollout-lab/cowweb/app.Flavor=upstream", "-o", upstreamBinary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build upstream-flavoured cowweb:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -278,5 +285,60 @@ func TestServeRejectsContradictoryFlags(t *testing.T) {
 	out, err := exec.Command(cowwebBinary, "serve", "--shutdown=immediate", "--shutdown-gracefully=true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "contradicts") {
 		t.Fatalf("want a contradiction error, got %v: %s", err, out)
+	}
+}
+
+// The upstream flavour takes only cowweb-go v1.1.1's flags and, on SIGTERM, exits with status 0 whether it shut
+// down gracefully (the request in flight completes) or not (it is cut).
+func TestUpstreamFlavourBehavesAsV111(t *testing.T) {
+	if out, err := exec.Command(upstreamBinary, "serve", "--shutdown=drain").CombinedOutput(); err == nil || !strings.Contains(string(out), "unknown flag: --shutdown") {
+		t.Errorf("--shutdown accepted by the upstream flavour: %v %s", err, out)
+	}
+	for _, graceful := range []bool{true, false} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		cmd := exec.Command(upstreamBinary, "serve", "-p", fmt.Sprint(port), "-s", "-l", "6000", fmt.Sprintf("-g=%t", graceful))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if conn, err := net.Dial("tcp", addr); err == nil {
+				conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the upstream flavour never listened")
+			}
+		}
+		// A request of load 6000 (36 M calls) is still running when SIGTERM comes 100 ms later.
+		result := make(chan error, 1)
+		go func() {
+			resp, err := http.Get("http://" + addr + "/say?m=moo")
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			result <- err
+		}()
+		time.Sleep(100 * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		waitErr := cmd.Wait()
+		requestErr := <-result
+		if waitErr != nil {
+			t.Errorf("graceful %t: exit %v, want status 0 as v1.1.1", graceful, waitErr)
+		}
+		if graceful && requestErr != nil {
+			t.Errorf("graceful: the request in flight failed: %v", requestErr)
+		}
+		if !graceful && requestErr == nil {
+			t.Error("not graceful: the request in flight completed")
+		}
 	}
 }

@@ -14,6 +14,16 @@ import (
 // Version is stamped at build time.
 var Version = "dev"
 
+// FlavorUpstream is the Flavor of a binary that behaves as cowweb-go v1.1.1 (cmd/cowweb/serve.go since
+// --shutdown-gracefully was added): only its flags -p/--port, -s/--slow, -l/--load (default 1024) and
+// -g/--shutdown-gracefully (default true); on SIGTERM it shuts down gracefully without a bound, or not at all, and in
+// both cases exits with status 0. Plans that run the upstream image map it to such a binary.
+const FlavorUpstream = "upstream"
+
+// Flavor is "" for the project's cowweb, FlavorUpstream for one built with
+// -ldflags "-X github.com/rollout-lab/rollout-lab/cowweb/app.Flavor=upstream".
+var Flavor = ""
+
 // NewCommand is the cowweb command line. terminate is closed when the process receives SIGTERM or SIGINT.
 func NewCommand(stdout io.Writer, terminate <-chan struct{}) *cobra.Command {
 	root := &cobra.Command{
@@ -89,11 +99,16 @@ On SIGTERM:
 	}
 	f := cmd.Flags()
 	f.IntVarP(&port, "port", "p", 8080, "port to listen on (all addresses)")
-	f.StringVar(&listen, "listen", "", "address to listen on, host:port (default \":PORT\")")
 	f.BoolVarP(&cfg.Slow, "slow", "s", false, "burn CPU on every cow request (see --load)")
 	f.IntVarP(&cfg.Load, "load", "l", 1024, "with --slow, each request runs load×load pseudo-random calls")
-	f.StringVar(&cfg.RandSource, "rand-source", RandLocked, "the knob's calls: locked (one mutex-guarded source per process, as v1.1.1 built with Go 1.14) or lock-free (math/rand/v2)")
 	f.BoolVarP(&graceful, "shutdown-gracefully", "g", true, "on SIGTERM shut down gracefully (false: exit at once)")
+	shutdown, cfg.RandSource = string(ShutdownGraceful), RandLocked
+	if Flavor == FlavorUpstream {
+		cmd.Short = "Start the cowweb http server (as cowweb-go v1.1.1)"
+		return cmd
+	}
+	f.StringVar(&listen, "listen", "", "address to listen on, host:port (default \":PORT\")")
+	f.StringVar(&cfg.RandSource, "rand-source", RandLocked, "the knob's calls: locked (one mutex-guarded source per process, as v1.1.1 built with Go 1.14) or lock-free (math/rand/v2)")
 	f.StringVar(&shutdown, "shutdown", string(ShutdownGraceful), "on SIGTERM: immediate, graceful or drain")
 	f.DurationVar(&cfg.Delay, "delay", 0, "wait this long in every /say and /think without using CPU (a backend call)")
 	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "with --shutdown=drain, how long to keep accepting after SIGTERM")
