@@ -10,7 +10,7 @@ import (
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
-	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 )
 
 // CPUUse is how busy the CPU was during a run's load: the machine the lab runs on, the lab's nodes (each capped at
@@ -92,15 +92,15 @@ func grown(series string, w Window) string {
 // CPUQueriesFor builds the queries; namespace picks the app's containers.
 func CPUQueriesFor(namespace string, w Window) CPUQueries {
 	seconds := strconv.FormatFloat(w.End.Sub(w.Start).Seconds(), 'f', -1, 64)
-	idle := grown(fmt.Sprintf(`%s{mode=~"idle|iowait"}`, lab.MetricMachineCPUSeconds), w)
-	all := grown(lab.MetricMachineCPUSeconds, w)
+	idle := grown(fmt.Sprintf(`%s{mode=~"idle|iowait"}`, cgroups.MetricMachineCPUSeconds), w)
+	all := grown(cgroups.MetricMachineCPUSeconds, w)
 	containers := fmt.Sprintf("{namespace=%s}", strconv.Quote(namespace))
 	return CPUQueries{
 		MachineBusy:    fmt.Sprintf("1 - sum(%s) / sum(%s)", idle, all),
-		MachineWaiting: fmt.Sprintf("sum(%s) / %s", grown(lab.MetricMachineCPUPressureWaiting, w), seconds),
+		MachineWaiting: fmt.Sprintf("sum(%s) / %s", grown(cgroups.MetricMachineCPUPressureWaiting, w), seconds),
 		NodeThrottled: fmt.Sprintf("topk(1, sum by (node) (%s) / sum by (node) (%s))",
-			grown(lab.MetricNodeCFSThrottled, w), grown(lab.MetricNodeCFSPeriods, w)),
-		PodThrottled: fmt.Sprintf("sum(%s) / sum(%s)", grown(lab.MetricContainerCFSThrottled+containers, w), grown(lab.MetricContainerCFSPeriods+containers, w)),
+			grown(cgroups.MetricNodeCFSThrottled, w), grown(cgroups.MetricNodeCFSPeriods, w)),
+		PodThrottled: fmt.Sprintf("sum(%s) / sum(%s)", grown(cgroups.MetricContainerCFSThrottled+containers, w), grown(cgroups.MetricContainerCFSPeriods+containers, w)),
 	}
 }
 

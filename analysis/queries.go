@@ -61,17 +61,17 @@ type Queries struct {
 // QueriesFor builds the window queries of a run.
 func QueriesFor(s Selector, w Window) Queries {
 	return Queries{
-		ByOutcome:  fmt.Sprintf("sum by (code, error) %s", increaseExact("rolloutlab_requests_total", s, w)),
-		LatencySum: fmt.Sprintf("sum(%s)", increaseExact("rolloutlab_request_duration_seconds_sum", s, w)),
+		ByOutcome:  fmt.Sprintf("sum by (code, error) %s", increaseExact(load.MetricRequests, s, w)),
+		LatencySum: fmt.Sprintf("sum(%s)", increaseExact(load.MetricLatency+"_sum", s, w)),
 		Quantile: func(q float64) string {
-			return fmt.Sprintf("histogram_quantile(%g, sum by (le) %s)", q, increaseExact("rolloutlab_request_duration_seconds_bucket", s, w))
+			return fmt.Sprintf("histogram_quantile(%g, sum by (le) %s)", q, increaseExact(load.MetricLatency+"_bucket", s, w))
 		},
 	}
 }
 
 // PhasesQuery returns the phase markers of a run.
 func PhasesQuery(s Selector, end time.Time, span time.Duration) string {
-	return fmt.Sprintf("last_over_time(rolloutlab_phase_timestamp_seconds{%s}[%s] @ %s)", s.matchers(),
+	return fmt.Sprintf("last_over_time(%s{%s}[%s] @ %s)", load.MetricPhaseTimestamp, s.matchers(),
 		model.Duration(span.Truncate(time.Second)+10*time.Minute), at(end))
 }
 
@@ -87,9 +87,9 @@ type SeriesQueries struct {
 // SeriesQueriesFor builds the chart queries of a run.
 func SeriesQueriesFor(s Selector, scrape time.Duration) SeriesQueries {
 	return SeriesQueries{
-		RateByClass: fmt.Sprintf("sum by (error) (irate(rolloutlab_requests_total{%s}[%s]))", s.matchers(), rateRange(scrape)),
+		RateByClass: fmt.Sprintf("sum by (error) (irate(%s{%s}[%s]))", load.MetricRequests, s.matchers(), rateRange(scrape)),
 		Quantile: func(q float64) string {
-			return fmt.Sprintf("histogram_quantile(%g, sum by (le) (irate(rolloutlab_request_duration_seconds_bucket{%s}[%s])))", q, s.matchers(), rateRange(scrape))
+			return fmt.Sprintf("histogram_quantile(%g, sum by (le) (irate(%s_bucket{%s}[%s])))", q, load.MetricLatency, s.matchers(), rateRange(scrape))
 		},
 	}
 }

@@ -148,7 +148,7 @@ func inClusterLoad(ctx context.Context, client kubernetes.Interface, namespace s
 		}
 	}
 	matchers := fmt.Sprintf(`plan=%q,case=%q,run=%q`, labels.Plan, labels.Case, labels.Run)
-	byClass, err := api(context.WithoutCancel(ctx), fmt.Sprintf("sum by (error) (last_over_time(rolloutlab_requests_total{%s}[1h]))", matchers))
+	byClass, err := api(context.WithoutCancel(ctx), fmt.Sprintf("sum by (error) (last_over_time(%s{%s}[1h]))", load.MetricRequests, matchers))
 	if err != nil {
 		return summary, err
 	}
@@ -157,7 +157,7 @@ func inClusterLoad(ctx context.Context, client kubernetes.Interface, namespace s
 		summary.ByClass[class] = uint64(math.Round(n))
 		summary.Completed += uint64(math.Round(n))
 	}
-	sent, err := api(context.WithoutCancel(ctx), fmt.Sprintf("sum(last_over_time(rolloutlab_requests_sent_total{%s}[1h]))", matchers))
+	sent, err := api(context.WithoutCancel(ctx), fmt.Sprintf("sum(last_over_time(%s{%s}[1h]))", load.MetricSent, matchers))
 	if err != nil {
 		return summary, err
 	}

@@ -1,6 +1,8 @@
 package experiment
 
 import (
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+
 	"context"
 	"errors"
 	"fmt"
@@ -78,7 +80,7 @@ func ConnectLab(dir string, cowweb []string) Connect {
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
 		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
-		"cpuModel": t.lab.CPU.String(), "nodeCPU": lab.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
+		"cpuModel": t.lab.CPU.String(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }
 
 func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }

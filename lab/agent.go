@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -39,7 +41,7 @@ type AgentOptions struct {
 	// NodeCPU is each Node's CPU capacity (and allocatable) in milli-CPU; 0: unaccounted (64 CPUs reported).
 	NodeCPU int64
 	// Cgroups, when set, holds each node's, Pod's and container's cgroup (see cgroups.go).
-	Cgroups *Cgroups
+	Cgroups *cgroups.Cgroups
 }
 
 // Agent is the lab's kubelet: it registers Nodes and runs the Pods bound to them as local processes.
@@ -173,7 +175,7 @@ func (a *Agent) setNodeStatus(n *corev1.Node) {
 	now := metav1.Now()
 	cpu := "64"
 	if a.opts.NodeCPU > 0 {
-		cpu = FormatMilliCPU(a.opts.NodeCPU)
+		cpu = cgroups.FormatMilliCPU(a.opts.NodeCPU)
 	}
 	resources := corev1.ResourceList{corev1.ResourcePods: *resourceQuantity("250"), corev1.ResourceCPU: *resourceQuantity(cpu),
 		corev1.ResourceMemory: *resourceQuantity("256Gi"), corev1.ResourceEphemeralStorage: *resourceQuantity("1Ti")}

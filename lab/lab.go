@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 )
 
 // CowwebImages are the images the lab plays with the project's cowweb: the upstream image the chart defaults to
@@ -44,7 +47,7 @@ type Lab struct {
 	Network   Network
 	Dataplane *Dataplane
 	Balancers *Balancers
-	Cgroups   *Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
+	Cgroups   *cgroups.Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
 	CPU       CPUModel
 	metrics   *Metrics
 }
@@ -60,12 +63,12 @@ type CPUModel struct {
 
 // String describes the model in one sentence.
 func (m CPUModel) String() string {
-	s := fmt.Sprintf("each node has %s CPU (capacity and allocatable)", FormatMilliCPU(m.NodeMilli))
+	s := fmt.Sprintf("each node has %s CPU (capacity and allocatable)", cgroups.FormatMilliCPU(m.NodeMilli))
 	if m.Cgroup == "" {
 		return s + fmt.Sprintf(", not enforced (%s): Pods share the machine's %d CPUs with the runner", m.Reason, m.MachineCPUs)
 	}
 	return s + fmt.Sprintf(", enforced by cgroup %s CFS quota; Pods get shares from requests and quota from limits as the kubelet sets them; %s of the machine's %d CPUs stay with the runner and control plane",
-		m.Cgroup, FormatMilliCPU(m.ReservedMilli), m.MachineCPUs)
+		m.Cgroup, cgroups.FormatMilliCPU(m.ReservedMilli), m.MachineCPUs)
 }
 
 // Up starts a lab.
@@ -96,23 +99,23 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	l.CPU = CPUModel{NodeMilli: opts.NodeCPU, ReservedMilli: opts.ReservedCPU, MachineCPUs: runtime.NumCPU()}
 	if l.CPU.ReservedMilli == 0 {
-		l.CPU.ReservedMilli = DefaultReservedCPU()
+		l.CPU.ReservedMilli = cgroups.DefaultReservedCPU()
 	}
 	if l.CPU.NodeMilli == 0 {
-		l.CPU.NodeMilli = DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
+		l.CPU.NodeMilli = cgroups.DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
 	}
-	if l.Cgroups, err = NewCgroups(os.Getpid()); err != nil {
+	if l.Cgroups, err = cgroups.New(os.Getpid(), deadLab); err != nil {
 		opts.Logger.Warn("Pods run without CPU limits: no cgroup CPU controller for the lab", "err", err)
 		l.CPU.Reason, err = err.Error(), nil
 	} else {
 		l.CPU.Cgroup = fmt.Sprintf("v%d", l.Cgroups.Version)
 		if opts.Metrics != nil {
-			opts.Metrics.CPU.source.Store(l.Cgroups)
+			opts.Metrics.CPU.SetSource(l.Cgroups)
 		}
 	}
 	if total := l.CPU.NodeMilli * int64(opts.Nodes); total > int64(l.CPU.MachineCPUs)*1000 {
 		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
-			"nodeCPU", FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
+			"nodeCPU", cgroups.FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
 	}
 	if l.ControlPlane, err = StartControlPlane(ctx, opts.Dir, opts.Logger); err != nil {
 		return l, err
@@ -161,7 +164,7 @@ func (l *Lab) Down() error {
 	}
 	if l.Cgroups != nil {
 		if l.metrics != nil {
-			l.metrics.CPU.source.Store(nil)
+			l.metrics.CPU.SetSource(nil)
 		}
 		errs = append(errs, l.Cgroups.Close())
 		l.Cgroups = nil
@@ -170,4 +173,15 @@ func (l *Lab) Down() error {
 		errs = append(errs, l.ControlPlane.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// deadLab says whether the lab of process pid is gone: its marker says it ended, or with no marker no process has
+// its PID any more (a live lab always has a marker; a reused PID keeps its leftovers, harmlessly).
+func deadLab(pid int) bool {
+	if staleOwner(pid) {
+		return true
+	}
+	_, marked := readMarker(pid)
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return !marked && errors.Is(err, fs.ErrNotExist)
 }

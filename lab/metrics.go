@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 )
 
 // Metrics are the lab's collectors: every recorded Pod lifecycle step, and the measured service-out latency.
@@ -19,7 +21,7 @@ type Metrics struct {
 	BalancerBackendFailures    *prometheus.CounterVec
 	Balancer502s               *prometheus.CounterVec
 	// CPU reads the lab's cgroups (containers, nodes) and the machine's CPU pressure at each scrape.
-	CPU *cpuCollector
+	CPU *cgroups.Collector
 
 	mu       sync.Mutex
 	podState map[string]podState // by UID
@@ -79,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "502 Bad Gateway answers of the lab's http load balancers.",
 		}, []string{"mode"}),
 		podState: map[string]podState{},
-		CPU:      &cpuCollector{pressureFile: machineCPUPressureFile, statFile: machineStatFile},
+		CPU:      cgroups.NewCollector(),
 	}
 	reg.MustRegister(m.CPU, m.Events, m.EventTime, m.ServiceOut, m.ModelBound, m.Pods, m.BalancerBackendConnections, m.BalancerBackendFailures, m.Balancer502s)
 	return m

@@ -129,7 +129,7 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		return nil, err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if err := CleanStaleNetwork(); err != nil {
+	if _, err := CleanStaleNetwork(); err != nil {
 		return nil, err
 	}
 	used := map[string]bool{}
@@ -204,13 +204,24 @@ func ownerOf(name string) (int, bool) {
 	return 0, false
 }
 
+// Cleaned is what CleanStaleNetwork removed.
+type Cleaned struct {
+	Namespaces []string // network namespaces
+	Processes  int      // processes still running in them, killed
+	Links      []string // bridges
+}
+
+// Empty says whether nothing was left to remove.
+func (c Cleaned) Empty() bool { return len(c.Namespaces)+len(c.Links)+c.Processes == 0 }
+
 // CleanStaleNetwork removes the namespaces, processes and bridges that labs of dead processes left (after a crash,
 // say); those of running labs stay, and so does anything named like them that no lab of this project marked.
-func CleanStaleNetwork() error {
+func CleanStaleNetwork() (Cleaned, error) {
+	var cleaned Cleaned
 	stale := map[int]bool{}
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
-		return fmt.Errorf("ip netns list: %w", err)
+		return cleaned, fmt.Errorf("ip netns list: %w", err)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
@@ -222,24 +233,26 @@ func CleanStaleNetwork() error {
 		// Processes of a crashed lab may still run in it; deleting the namespace would not stop them.
 		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
 			for _, field := range strings.Fields(string(pids)) {
-				if pid, err := strconv.Atoi(field); err == nil {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
+				if pid, err := strconv.Atoi(field); err == nil && syscall.Kill(pid, syscall.SIGKILL) == nil {
+					cleaned.Processes++
 				}
 			}
 		}
 		if err := ipCommand("netns", "del", name); err != nil {
-			return err
+			return cleaned, err
 		}
+		cleaned.Namespaces = append(cleaned.Namespaces, name)
 	}
 	interfaces, err := net.Interfaces()
 	if err != nil {
-		return err
+		return cleaned, err
 	}
 	for _, iface := range interfaces {
 		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && staleOwner(pid) {
 			if err := ipCommand("link", "del", iface.Name); err != nil {
-				return err
+				return cleaned, err
 			}
+			cleaned.Links = append(cleaned.Links, iface.Name)
 			stale[pid] = true
 		}
 	}
@@ -253,10 +266,10 @@ func CleanStaleNetwork() error {
 	}
 	for pid := range stale {
 		if err := os.Remove(markerFile(pid)); err != nil && !os.IsNotExist(err) {
-			return err
+			return cleaned, err
 		}
 	}
-	return nil
+	return cleaned, nil
 }
 
 // Setup creates the Pod's namespace, its veth pair on the bridge, its address and default route.

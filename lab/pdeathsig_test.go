@@ -81,7 +81,7 @@ func TestPodProcessesDieWithTheRunner(t *testing.T) {
 	}
 	helper.Process.Kill()
 	helper.Wait()
-	defer CleanStaleNetwork() // the helper's namespace, now of a dead lab
+	defer func() { _, _ = CleanStaleNetwork() }() // the helper's namespace, now of a dead lab
 	deadline := time.Now().Add(5 * time.Second)
 	for syscall.Kill(pod, 0) == nil {
 		if state, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pod)); strings.Contains(string(state), ") Z ") {

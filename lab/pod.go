@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -200,7 +202,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		cmd, err = w.command(c.spec, argv)
 	}
 	if err == nil && w.agent.opts.Cgroups != nil && c.cgroup == "" {
-		c.cgroup, err = w.agent.opts.Cgroups.AddContainer(w.pod, c.spec)
+		c.cgroup, err = w.agent.opts.Cgroups.AddContainer(containerCPU(w.pod, c.spec))
 	}
 	var logFile *os.File
 	if err == nil {
@@ -809,7 +811,7 @@ func (w *podWorker) remove() {
 		w.agent.logger.Warn("pod network teardown", "pod", w.key, "err", err)
 	}
 	if cg := w.agent.opts.Cgroups; cg != nil {
-		if err := cg.RemovePod(w.pod); err != nil {
+		if err := cg.RemovePod(w.pod.Spec.NodeName, string(w.pod.UID)); err != nil {
 			w.agent.logger.Warn("pod cgroup", "pod", w.key, "err", err)
 		}
 	}
@@ -827,4 +829,32 @@ func (w *podWorker) remove() {
 		w.agent.logger.Warn("pod delete", "pod", w.key, "err", err)
 	}
 	w.record(EventPodRemoved, "", nil)
+}
+
+// containerCPU is a container's CPU as its cgroups take it: a limit without a request stands for both, as the API
+// server defaults it; the Pod's limit counts only when every container has one, as the kubelet sets it.
+func containerCPU(pod *corev1.Pod, c corev1.Container) cgroups.Container {
+	milli := func(c corev1.Container) (request, limit int64) {
+		if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+			limit = q.MilliValue()
+		}
+		request = limit
+		if q, ok := c.Resources.Requests[corev1.ResourceCPU]; ok {
+			request = q.MilliValue()
+		}
+		return request, limit
+	}
+	ctr := cgroups.Container{Namespace: pod.Namespace, Pod: pod.Name, UID: string(pod.UID), Node: pod.Spec.NodeName, Name: c.Name}
+	ctr.Request, ctr.Limit = milli(c)
+	allLimited := true
+	for _, other := range pod.Spec.Containers {
+		request, limit := milli(other)
+		ctr.PodRequest += request
+		ctr.PodLimit += limit
+		allLimited = allLimited && limit > 0
+	}
+	if !allLimited {
+		ctr.PodLimit = 0
+	}
+	return ctr
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -178,6 +179,15 @@ func TestStaleNetworkOfDeadLabsIsRemoved(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- sleeper.Wait() }()
+	// What was removed is told (runner lab down prints it); only what dead labs of this project marked.
+	cleaned, err := CleanStaleNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(cleaned.Namespaces, ns) || !slices.Contains(cleaned.Namespaces, reusedNS) || slices.Contains(cleaned.Namespaces, unmarkedNS) ||
+		cleaned.Processes < 1 || !slices.Contains(cleaned.Links, BridgeName(dead)) || slices.Contains(cleaned.Links, BridgeName(unmarked)) {
+		t.Errorf("cleaned %+v", cleaned)
+	}
 	n, err := NewNetnsNetwork()
 	if err != nil {
 		t.Fatal(err)

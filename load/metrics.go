@@ -43,23 +43,35 @@ type Metrics struct {
 	Lateness *prometheus.HistogramVec
 }
 
+// Metric names: the collectors below and every query (analysis, workers, dashboards' tests) use these.
+const (
+	MetricRequests       = "rolloutlab_requests_total"
+	MetricSent           = "rolloutlab_requests_sent_total"
+	MetricPlanned        = "rolloutlab_requests_planned"
+	MetricLatency        = "rolloutlab_request_duration_seconds"
+	MetricInFlight       = "rolloutlab_requests_in_flight"
+	MetricTargetRate     = "rolloutlab_target_arrival_rate"
+	MetricPhaseTimestamp = "rolloutlab_phase_timestamp_seconds"
+	MetricLateness       = "rolloutlab_send_lateness_seconds"
+)
+
 // NewMetrics creates the collectors and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rolloutlab_requests_total",
+			Name: MetricRequests,
 			Help: "Requests completed, by HTTP status (0: no response) and error class (none, refused, reset, eof, timeout, http_4xx, http_5xx, other).",
 		}, append(runLabels[:3:3], "code", "error")),
 		Sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rolloutlab_requests_sent_total",
+			Name: MetricSent,
 			Help: "Requests the attacker started.",
 		}, runLabels),
 		Planned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rolloutlab_requests_planned",
+			Name: MetricPlanned,
 			Help: "Requests the arrival-rate schedule sends in all.",
 		}, runLabels),
 		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:                            "rolloutlab_request_duration_seconds",
+			Name:                            MetricLatency,
 			Help:                            "Time from sending a request to the end of its response or its failure, by error class.",
 			Buckets:                         LatencyBuckets,
 			NativeHistogramBucketFactor:     1.1,
@@ -67,20 +79,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			NativeHistogramMinResetDuration: time.Hour,
 		}, append(runLabels[:3:3], "error")),
 		InFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rolloutlab_requests_in_flight",
+			Name: MetricInFlight,
 			Help: "Requests sent and not yet completed.",
 		}, runLabels),
 		TargetRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rolloutlab_target_arrival_rate",
+			Name: MetricTargetRate,
 			Help: "Arrivals per second the schedule asks for right now.",
 		}, runLabels),
 		Phase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rolloutlab_phase_timestamp_seconds",
+			Name: MetricPhaseTimestamp,
 			Help: "Unix time a phase of the experiment began: load_start, load_end, rollout_start, rollout_complete.",
 		}, append(runLabels[:3:3], "phase")),
 	}
 	m.Lateness = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "rolloutlab_send_lateness_seconds",
+		Name:    MetricLateness,
 		Help:    "How long after its scheduled time each request was sent.",
 		Buckets: LatencyBuckets,
 	}, runLabels)

@@ -82,6 +82,7 @@ var badPlans = []struct {
 	{"helm values not a mapping", "name: a\n" + okLoad + "app: {values: [1, 2]}\n", []string{"app.values: want a mapping of Helm values, got a list"}},
 	{"too many requests", "name: a\nload: {rate: 100000, duration: 2h}\n", []string{"load: sends 720000000 requests, more than the 100000000"}},
 	{"zero lab nodes", "name: a\n" + okLoad + "lab: {nodes: 0}\n", []string{"bad.yaml:3:14: lab.nodes: must be between 1 and 20, got 0"}},
+	{"preStop sleep beyond the grace period", "name: a\n" + okLoad + "app: {preStop: {sleep: 30s}, terminationGracePeriod: 30s}\n", []string{"app.preStop.sleep: 30s is not shorter than app.terminationGracePeriod (30s): the kubelet would cut the hook"}},
 	{"node CPU not a quantity", "name: a\n" + okLoad + "lab: {nodeCPU: lots}\n", []string{"bad.yaml:3:16: lab.nodeCPU: want CPU as Kubernetes writes it, such as 500m, 1 or 1.5, got \"lots\""}},
 	{"node CPU too small", "name: a\n" + okLoad + "lab: {nodeCPU: 5m}\n", []string{"lab.nodeCPU: must be at least 10m"}},
 	{"CPU limit below request", "name: a\n" + okLoad + "app: {resources: {requests: {cpu: 500m}, limits: {cpu: 0.25}}}\n", []string{"app.resources.limits.cpu: must not be less than the request (500m), got 250m"}},

@@ -171,6 +171,13 @@ func (v *validator) validateApp(a *App) {
 	}
 	v.oneOf(a.PreStop.Action, "app.preStop.action", "exec", "sleep", "httpGet", "none")
 	v.wholeSeconds(a.PreStop.Sleep, "app.preStop.sleep", 0)
+	if a.PreStop.Sleep > 0 && a.PreStop.Action != "httpGet" && a.PreStop.Action != "none" {
+		// The grace period counts from the deletion, the hook included: the kubelet cuts a longer hook, sends SIGTERM
+		// and kills the container 2 s later. A plan asking for that measures the cut, not the sleep it names.
+		v.check(a.PreStop.Sleep < a.TerminationGracePeriod, "app.preStop.sleep",
+			"%s is not shorter than app.terminationGracePeriod (%s): the kubelet would cut the hook at the end of the grace period, then SIGKILL 2 s after SIGTERM; lengthen the grace period or shorten the sleep",
+			a.PreStop.Sleep, a.TerminationGracePeriod)
+	}
 	if a.PreStop.Action == "httpGet" {
 		v.check(strings.HasPrefix(a.PreStop.Path, "/"), "app.preStop.path", "must start with /, got %q", a.PreStop.Path)
 		v.check(a.PreStop.Port >= 0 && a.PreStop.Port <= 65535, "app.preStop.port", "must be a port number (0 for the app's port), got %d", a.PreStop.Port)

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes of the runner.
@@ -49,11 +51,18 @@ type exitError struct{ code int }
 
 func (e *exitError) Error() string { return fmt.Sprintf("exit code %d", e.code) }
 
+// detachComponentFlags keeps the flags that imported Kubernetes components register on pflag's process-wide set
+// (component-base's --version, "--version=vX.Y.Z sets the reported version", among them) off the runner's command
+// line: cobra adds that set to every root command. The lab starts its components through their own flag sets.
+var detachComponentFlags sync.Once
+
 // NewRootCommand builds the command tree.
 func NewRootCommand(streams Streams) *cobra.Command {
+	detachComponentFlags.Do(func() { pflag.CommandLine = pflag.NewFlagSet("runner", pflag.ContinueOnError) })
 	var verbose bool
 	root := &cobra.Command{
-		Use:   "runner",
+		Use:     "runner",
+		Version: Version,
 		Short: "Prove with numbers what preStop sleeps and graceful shutdown buy during rolling updates",
 		Long: `runner drives rollout-lab experiments.
 
@@ -63,19 +72,21 @@ and the cases to compare. See README.md for the plan format.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
-			level := slog.LevelInfo
+			// Quiet by default, as kubectl and helm are: the live progress line tells what runs; -v tells all.
+			level := slog.LevelWarn
 			if verbose {
 				level = slog.LevelDebug
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(streams.Err, &slog.HandlerOptions{Level: level})))
 		},
 	}
+	root.SetVersionTemplate("rollout-lab runner {{.Version}} (runner version: the libraries it was built with)\n")
 	root.SetOut(streams.Out)
 	root.SetErr(streams.Err)
 	if streams.In != nil {
 		root.SetIn(streams.In)
 	}
-	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug details")
+	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log what the runner does, in detail (default: warnings and errors only)")
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand(), newWorkerCommand())
 	return root
 }

@@ -116,6 +116,13 @@ func TestVersionAndUsageErrors(t *testing.T) {
 	if code != ExitOK || !strings.HasPrefix(out, "rollout-lab runner dev (go") {
 		t.Errorf("version: %d %q", code, out)
 	}
+	// --version prints the version, not the help, and no flag of a Kubernetes component leaks into the help.
+	if code, out, _ := run(t, "--version"); code != ExitOK || !strings.HasPrefix(out, "rollout-lab runner dev ") {
+		t.Errorf("--version: %d %q", code, out)
+	}
+	if _, out, _ := run(t, "--help"); strings.Contains(out, "sets the reported version") || strings.Contains(out, "version[=true]") {
+		t.Errorf("a component's flag in the runner's help:\n%s", out)
+	}
 	if code, _, errOut := run(t, "plan"); code != ExitError || !strings.Contains(errOut, "accepts 1 arg") {
 		t.Errorf("plan without args: %d %q", code, errOut)
 	}

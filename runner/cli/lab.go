@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +37,15 @@ type labState struct {
 }
 
 const labStateFile = "lab.json"
+
+// serviceURL writes a forwarded Service port as a URL: https for the port HTTPS conventionally uses (the API
+// server's among them) or a port named https, else http.
+func serviceURL(portName string, port int, address string) string {
+	if port == 443 || port == 6443 || portName == "https" || strings.HasPrefix(portName, "https-") {
+		return "https://" + address
+	}
+	return "http://" + address
+}
 
 // CowwebSubcommand makes the runner binary play the cowweb image in the lab: `runner cowweb serve ...`.
 const CowwebSubcommand = "cowweb"
@@ -144,12 +154,16 @@ func newLabCommand() *cobra.Command {
 					fmt.Fprintf(cmd.OutOrStdout(), "stopped the lab of process %d\n", state.PID)
 				}
 			}
-			if os.Geteuid() == 0 {
-				if err := lab.CleanStaleNetwork(); err != nil {
-					return err
-				}
+			if os.Geteuid() != 0 {
+				return nil
 			}
-			return nil
+			cleaned, err := lab.CleanStaleNetwork()
+			if !cleaned.Empty() {
+				// Whatever was removed, the user learns it (a crashed run's leftovers go silently otherwise).
+				fmt.Fprintf(cmd.OutOrStdout(), "removed what dead labs left: %d network namespaces %v, %d processes in them, %d bridges %v\n",
+					len(cleaned.Namespaces), cleaned.Namespaces, cleaned.Processes, len(cleaned.Links), cleaned.Links)
+			}
+			return err
 		},
 	}
 	status := &cobra.Command{
@@ -194,7 +208,7 @@ func newLabCommand() *cobra.Command {
 			for _, s := range services.Items {
 				for _, in := range s.Status.LoadBalancer.Ingress {
 					for _, p := range s.Spec.Ports {
-						fmt.Fprintf(out, "load balancer %s/%s:%d → http://%s\n", s.Namespace, s.Name, p.Port, net.JoinHostPort(in.IP, fmt.Sprint(p.Port)))
+						fmt.Fprintf(out, "load balancer %s/%s:%d → %s\n", s.Namespace, s.Name, p.Port, serviceURL(p.Name, int(p.Port), net.JoinHostPort(in.IP, fmt.Sprint(p.Port))))
 					}
 				}
 			}
@@ -204,7 +218,9 @@ func newLabCommand() *cobra.Command {
 			}
 			sort.Strings(names)
 			for _, name := range names {
-				fmt.Fprintf(out, "service %s → http://%s\n", name, state.Services[name])
+				_, port, _ := strings.Cut(name, ":")
+				portNumber, _ := strconv.Atoi(port)
+				fmt.Fprintf(out, "service %s → %s\n", name, serviceURL("", portNumber, state.Services[name]))
 			}
 			return nil
 		},

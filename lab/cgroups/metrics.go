@@ -1,4 +1,4 @@
-package lab
+package cgroups
 
 import (
 	"os"
@@ -44,21 +44,29 @@ var (
 	descMachineCPU    = prometheus.NewDesc(MetricMachineCPUSeconds, "Seconds the machine's CPUs spent in each mode (/proc/stat, as node_exporter).", []string{"cpu", "mode"}, nil)
 )
 
-// cpuCollector reads the lab's cgroups and the machine's CPU pressure at each scrape.
-type cpuCollector struct {
+// Collector reads the lab's cgroups and the machine's CPU time and pressure at each scrape.
+type Collector struct {
 	source       atomic.Pointer[Cgroups]
 	pressureFile string
 	statFile     string
 }
 
-func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
+// NewCollector reads the machine's /proc files, and the cgroups given to SetSource.
+func NewCollector() *Collector {
+	return &Collector{pressureFile: machineCPUPressureFile, statFile: machineStatFile}
+}
+
+// SetSource gives the collector the lab's cgroups (nil: none, e.g. once the lab stops).
+func (c *Collector) SetSource(cg *Cgroups) { c.source.Store(cg) }
+
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descContainerUsage, descContainerPeriods, descContainerThrottled, descContainerThrottledTime,
 		descNodeUsage, descNodePeriods, descNodeThrottled, descNodeCapacity, descMachineWait, descMachineCPU} {
 		ch <- d
 	}
 }
 
-func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if waiting, ok := readCPUPressureWaiting(c.pressureFile); ok {
 		ch <- prometheus.MustNewConstMetric(descMachineWait, prometheus.CounterValue, waiting)
 	}

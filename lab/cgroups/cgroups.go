@@ -1,4 +1,7 @@
-package lab
+// Package cgroups plays the kubelet's CPU management for the lab's node agent: a cgroup per node capped at its
+// capacity, per Pod and per container with shares from requests and CFS quota from limits (cgroup v1 or v2), and a
+// Prometheus collector that reads their accounting with cAdvisor's metric names.
+package cgroups
 
 import (
 	"bufio"
@@ -15,9 +18,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // The lab's CPU model, as the kubelet and a container runtime map it onto cgroups (kubernetes
@@ -97,11 +97,14 @@ type cgroupHost struct {
 
 var procCgroupHost = cgroupHost{mountinfo: "/proc/self/mountinfo", selfCgroup: "/proc/self/cgroup"}
 
-// NewCgroups makes the lab's cgroup directory for owner (the lab's process) under the runner's own cgroup, with
-// the cpu controller available to it, or says why it cannot.
-func NewCgroups(owner int) (*Cgroups, error) { return procCgroupHost.newCgroups(owner) }
+// New makes the lab's cgroup directory for owner (the lab's process) under the runner's own cgroup, with the cpu
+// controller available to it, or says why it cannot. Directories of other labs are removed when stale(pid) says
+// their process is gone.
+func New(owner int, stale func(pid int) bool) (*Cgroups, error) {
+	return procCgroupHost.newCgroups(owner, stale)
+}
 
-func (h cgroupHost) newCgroups(owner int) (*Cgroups, error) {
+func (h cgroupHost) newCgroups(owner int, stale func(pid int) bool) (*Cgroups, error) {
 	mounts, err := h.mounts()
 	if err != nil {
 		return nil, err
@@ -117,7 +120,7 @@ func (h cgroupHost) newCgroups(owner int) (*Cgroups, error) {
 			return nil, fmt.Errorf("cgroup v1: the cpu controller is mounted at %s but cpuacct is not", cpu)
 		}
 		c := &Cgroups{Version: 1, cpuDir: filepath.Join(cpu, self.v1["cpu"], name), acctDir: filepath.Join(acct, self.v1["cpuacct"], name)}
-		removeStaleCgroups(filepath.Dir(c.cpuDir), filepath.Dir(c.acctDir))
+		removeStale(stale, filepath.Dir(c.cpuDir), filepath.Dir(c.acctDir))
 		for _, dir := range []string{c.cpuDir, c.acctDir} {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return nil, fmt.Errorf("cgroup v1: %w", err)
@@ -139,7 +142,7 @@ func (h cgroupHost) newCgroups(owner int) (*Cgroups, error) {
 		return nil, fmt.Errorf("cgroup v2: cannot give the cpu controller to %s's children (run the runner in a cgroup of its own, e.g. systemd-run --scope -p Delegate=yes): %w", parent, err)
 	}
 	dir := filepath.Join(parent, name)
-	removeStaleCgroups(parent)
+	removeStale(stale, parent)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cgroup v2: %w", err)
 	}
@@ -148,9 +151,8 @@ func (h cgroupHost) newCgroups(owner int) (*Cgroups, error) {
 	return c, enableController(dir, "cpu")
 }
 
-// removeStaleCgroups removes the cgroups of labs whose process is gone: its marker says it ended, or with no
-// marker no process has its PID any more (a live lab always has a marker; a reused PID keeps them, harmlessly).
-func removeStaleCgroups(parents ...string) {
+// removeStale removes the cgroups of labs whose process is gone.
+func removeStale(stale func(pid int) bool, parents ...string) {
 	for _, parent := range parents {
 		entries, err := os.ReadDir(parent)
 		if err != nil {
@@ -161,8 +163,7 @@ func removeStaleCgroups(parents ...string) {
 			if !e.IsDir() || !strings.HasPrefix(e.Name(), cgroupPrefix) || err != nil || pid == os.Getpid() {
 				continue
 			}
-			_, statErr := os.Stat(fmt.Sprintf("/proc/%d", pid))
-			if _, marked := readMarker(pid); staleOwner(pid) || (!marked && errors.Is(statErr, fs.ErrNotExist)) {
+			if stale != nil && stale(pid) {
 				stale := &Cgroups{cpuDir: filepath.Join(parent, e.Name()), acctDir: filepath.Join(parent, e.Name())}
 				_ = stale.removeTree("")
 			}
@@ -298,47 +299,29 @@ func (c *Cgroups) AddNode(node string, milliCPU int64) error {
 	return c.limits(node, milliCPUToShares(milliCPU), milliCPUToQuota(milliCPU))
 }
 
-func podCgroup(pod *corev1.Pod) string {
-	return filepath.Join(pod.Spec.NodeName, "pod"+string(pod.UID))
+// Container is what a container's cgroup is made from: where it runs, and the CPU of its Pod and its own, in
+// milli-CPU (a limit without a request stands for both, as the API server defaults it; 0: none).
+type Container struct {
+	Namespace, Pod, UID, Node, Name string
+	Request, Limit                  int64
+	// PodRequest is the sum of the Pod's containers' requests; PodLimit the sum of their limits when every one has
+	// a limit, else 0.
+	PodRequest, PodLimit int64
 }
 
-// cpuMilli returns a container's CPU request and limit; a limit without a request stands for both, as the API
-// server defaults it.
-func cpuMilli(c corev1.Container) (request, limit int64) {
-	if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
-		limit = q.MilliValue()
-	}
-	if q, ok := c.Resources.Requests[corev1.ResourceCPU]; ok {
-		request = q.MilliValue()
-	} else {
-		request = limit
-	}
-	return request, limit
-}
+func podDir(node, uid string) string { return filepath.Join(node, "pod"+uid) }
 
-// AddContainer makes the cgroups of a Pod and of one of its containers; it returns the container's, for Place.
-func (c *Cgroups) AddContainer(pod *corev1.Pod, container corev1.Container) (string, error) {
-	var podRequest, podLimit int64
-	allLimited := true
-	for _, ctr := range pod.Spec.Containers {
-		request, limit := cpuMilli(ctr)
-		podRequest += request
-		podLimit += limit
-		allLimited = allLimited && limit > 0
-	}
-	if !allLimited {
-		podLimit = 0
-	}
-	if err := c.limits(podCgroup(pod), milliCPUToShares(podRequest), milliCPUToQuota(podLimit)); err != nil {
+// AddContainer makes the cgroups of a container's Pod and of the container; it returns the container's, for Place.
+func (c *Cgroups) AddContainer(ctr Container) (string, error) {
+	if err := c.limits(podDir(ctr.Node, ctr.UID), milliCPUToShares(ctr.PodRequest), milliCPUToQuota(ctr.PodLimit)); err != nil {
 		return "", fmt.Errorf("pod cgroup: %w", err)
 	}
-	request, limit := cpuMilli(container)
-	rel := filepath.Join(podCgroup(pod), container.Name)
-	if err := c.limits(rel, milliCPUToShares(request), milliCPUToQuota(limit)); err != nil {
+	rel := filepath.Join(podDir(ctr.Node, ctr.UID), ctr.Name)
+	if err := c.limits(rel, milliCPUToShares(ctr.Request), milliCPUToQuota(ctr.Limit)); err != nil {
 		return "", fmt.Errorf("container cgroup: %w", err)
 	}
 	c.mu.Lock()
-	c.containers[rel] = containerCgroup{namespace: pod.Namespace, pod: pod.Name, container: container.Name, node: pod.Spec.NodeName}
+	c.containers[rel] = containerCgroup{namespace: ctr.Namespace, pod: ctr.Pod, container: ctr.Name, node: ctr.Node}
 	c.mu.Unlock()
 	return rel, nil
 }
@@ -361,8 +344,8 @@ func (c *Cgroups) Place(rel string, pid int) error {
 }
 
 // RemovePod removes a Pod's cgroups once its processes are gone.
-func (c *Cgroups) RemovePod(pod *corev1.Pod) error {
-	rel := podCgroup(pod)
+func (c *Cgroups) RemovePod(node, uid string) error {
+	rel := podDir(node, uid)
 	c.mu.Lock()
 	for k := range c.containers {
 		if strings.HasPrefix(k, rel+string(filepath.Separator)) {
@@ -473,7 +456,10 @@ func DefaultReservedCPU() int64 {
 
 // FormatMilliCPU writes milli-CPU as Kubernetes does ("750m", "2").
 func FormatMilliCPU(milli int64) string {
-	return resource.NewMilliQuantity(milli, resource.DecimalSI).String()
+	if milli%1000 == 0 {
+		return strconv.FormatInt(milli/1000, 10)
+	}
+	return strconv.FormatInt(milli, 10) + "m"
 }
 
 // isCgroupfs tells a cgroup filesystem from a plain directory.
