@@ -44,12 +44,9 @@ func ConditionsOf(c plan.Case) Conditions {
 		cond.CPULoad = c.App.Load
 	}
 	cond.Connection, cond.ThinkTime = c.Load.Connection, c.Load.ThinkTime
-	cond.MaxRPS = max(c.Load.Rate, c.Load.StartRate)
-	for _, s := range c.Load.Stages {
-		cond.MaxRPS = max(cond.MaxRPS, s.Target)
-	}
-	if c.App.PreStop.Action == "none" {
-		cond.PreStopSleep = 0
+	cond.MaxRPS = c.Load.MaxRate()
+	if !c.App.PreStop.Hook() {
+		cond.PreStopSleep, cond.PreStopAction = 0, "none"
 	}
 	return cond
 }

@@ -119,10 +119,10 @@ func (l labels) shutdown(c Conditions) string {
 }
 
 func (l labels) preStopSleep(c Conditions) string {
-	if c.PreStopAction == "httpGet" {
+	switch {
+	case c.PreStopAction == "httpGet":
 		return "httpGet"
-	}
-	if c.PreStopSleep == 0 {
+	case c.PreStopAction == "none", c.PreStopSleep == 0:
 		return l.none
 	}
 	return fmt.Sprintf("%gs", c.PreStopSleep.Seconds())

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/lint/support"
@@ -318,5 +319,23 @@ func TestPlanResourcesReachTheContainer(t *testing.T) {
 	app.Resources = plan.Resources{}
 	if none := render(t, CowwebValues(app)).container().Resources; len(none.Requests)+len(none.Limits) != 0 {
 		t.Errorf("a plan without resources renders %+v", none)
+	}
+}
+
+// The chart renders a preStop hook exactly when plan.PreStop.Hook says the container gets one.
+func TestChartAndPlanAgreeOnThePreStopHook(t *testing.T) {
+	for _, action := range []string{"exec", "sleep", "httpGet", "none"} {
+		for _, sleep := range []plan.Duration{0, plan.Duration(3 * time.Second)} {
+			p, err := plan.Parse("hook.yaml", []byte(fmt.Sprintf("name: hook\nload: {rate: 1, duration: 1s}\napp: {preStop: {action: %s, sleep: %s}}\n", action, sleep)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			app := p.Cases[0].App
+			lifecycle := render(t, CowwebValues(app)).container().Lifecycle
+			rendered := lifecycle != nil && lifecycle.PreStop != nil
+			if rendered != app.PreStop.Hook() {
+				t.Errorf("action %s sleep %s: chart renders a hook %v, plan says %v", action, sleep, rendered, app.PreStop.Hook())
+			}
+		}
 	}
 }

@@ -12,17 +12,8 @@ import (
 	"github.com/rollout-lab/rollout-lab/plan"
 )
 
-// Segment is a linear piece of the arrival rate: from From to To arrivals/s over Duration.
-type Segment struct {
-	Duration time.Duration
-	From, To float64
-}
-
-// arrivals is the integral of the segment's rate over its first tau.
-func (s Segment) arrivals(tau time.Duration) float64 {
-	t, d := tau.Seconds(), s.Duration.Seconds()
-	return s.From*t + (s.To-s.From)/(2*d)*t*t
-}
+// Segment is a linear piece of the arrival rate (the plan owns the arithmetic of arrivals).
+type Segment = plan.Segment
 
 // StagesPacer is a vegeta.Pacer for linear ramps and holds, as k6's ramping-arrival-rate: hit n is sent when the
 // integral of the rate reaches n, and exactly Total hits are sent.
@@ -43,24 +34,15 @@ func NewStagesPacer(segments []Segment) (*StagesPacer, error) {
 			return nil, fmt.Errorf("segment %d: want a positive duration and non-negative rates, got %+v", i, s)
 		}
 		p.starts = append(p.starts, sum)
-		sum += s.arrivals(s.Duration)
+		sum += s.ArrivalsBy(s.Duration)
 	}
-	p.total = uint64(math.Floor(sum + 1e-6))
+	p.total = uint64(math.Floor(plan.Arrivals(segments)))
 	return p, nil
 }
 
-// PacerFor is the pacer of a plan's load: its stages, or its constant rate as one flat segment.
+// PacerFor is the pacer of a plan's load; it sends exactly l.Requests() hits.
 func PacerFor(l plan.Load) (*StagesPacer, error) {
-	if len(l.Stages) == 0 {
-		return NewStagesPacer([]Segment{{Duration: l.Duration.D(), From: l.Rate, To: l.Rate}})
-	}
-	var segments []Segment
-	from := l.StartRate
-	for _, s := range l.Stages {
-		segments = append(segments, Segment{Duration: s.Duration.D(), From: from, To: s.Target})
-		from = s.Target
-	}
-	return NewStagesPacer(segments)
+	return NewStagesPacer(l.Segments())
 }
 
 // Total is how many hits the pacer lets through.
@@ -80,7 +62,7 @@ func (p *StagesPacer) Due(n uint64) time.Duration {
 	var offset time.Duration
 	target := float64(n)
 	for i, s := range p.segments {
-		end := p.starts[i] + s.arrivals(s.Duration)
+		end := p.starts[i] + s.ArrivalsBy(s.Duration)
 		if target > end && i < len(p.segments)-1 {
 			offset += s.Duration
 			continue

@@ -378,22 +378,55 @@ func (l Load) TotalDuration() time.Duration {
 
 // Requests is exactly how many requests the schedule sends: the integral of the arrival rate over the load,
 // rounded down (for the reference profile 1→200 over 60 s, hold 60 s, 200→1 over 60 s: 6030+12000+6030 = 24060).
+// The load's pacer sends exactly this many.
 func (l Load) Requests() int64 {
-	return int64(math.Floor(min(l.arrivals(), maxRequests+1)))
+	return int64(math.Floor(min(Arrivals(l.Segments()), maxRequests+1)))
 }
 
-func (l Load) arrivals() float64 {
-	total := 0.0
+// Segment is a linear piece of the arrival rate: from From to To arrivals/s over Duration.
+type Segment struct {
+	Duration time.Duration
+	From, To float64
+}
+
+// ArrivalsBy is the integral of the segment's rate over its first tau.
+func (s Segment) ArrivalsBy(tau time.Duration) float64 {
+	t, d := tau.Seconds(), s.Duration.Seconds()
+	return s.From*t + (s.To-s.From)/(2*d)*t*t
+}
+
+// Segments is the load's arrival rate as linear pieces: its stages, or its constant rate as one flat piece.
+func (l Load) Segments() []Segment {
 	if len(l.Stages) == 0 {
-		total = l.Rate * l.Duration.Seconds()
-	} else {
-		from := l.StartRate
-		for _, s := range l.Stages {
-			total += (from + s.Target) / 2 * s.Duration.Seconds()
-			from = s.Target
+		return []Segment{{Duration: l.Duration.D(), From: l.Rate, To: l.Rate}}
+	}
+	segments := make([]Segment, 0, len(l.Stages))
+	from := l.StartRate
+	for _, s := range l.Stages {
+		segments = append(segments, Segment{Duration: s.Duration.D(), From: from, To: s.Target})
+		from = s.Target
+	}
+	return segments
+}
+
+// MaxRate is the highest arrival rate the load asks for.
+func (l Load) MaxRate() float64 {
+	peak := 0.0
+	for _, s := range l.Segments() {
+		peak = max(peak, s.From, s.To)
+	}
+	return peak
+}
+
+// Arrivals is the integral of the rate over the segments, with a hair of slack: rates and durations written in
+// decimal are not exact in binary, and 24060 must not become 24059 when rounded down.
+func Arrivals(segments []Segment) float64 {
+	total := 0.0
+	for _, s := range segments {
+		if s.Duration > 0 {
+			total += s.ArrivalsBy(s.Duration)
 		}
 	}
-	// Rates and durations written in decimal are not exact in binary; a hair of slack keeps 24060 from becoming 24059.
 	return total + 1e-6
 }
 

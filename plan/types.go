@@ -208,6 +208,19 @@ type Image struct {
 	Command    []string `yaml:"command,omitempty"`
 }
 
+// Hook says whether the container gets a preStop hook: httpGet always, exec and sleep only with a sleep longer than
+// 0, none never. The chart renders the same rule for its own values (a test holds the two together); the
+// report and the validation ask this.
+func (p PreStop) Hook() bool {
+	switch p.Action {
+	case "httpGet":
+		return true
+	case "exec", "sleep":
+		return p.Sleep > 0
+	}
+	return false
+}
+
 // PreStop is the container's preStop hook.
 type PreStop struct {
 	// Sleep is how long the hook sleeps; 0 means no hook (unless Action is httpGet).

@@ -171,7 +171,7 @@ func (v *validator) validateApp(a *App) {
 	}
 	v.oneOf(a.PreStop.Action, "app.preStop.action", "exec", "sleep", "httpGet", "none")
 	v.wholeSeconds(a.PreStop.Sleep, "app.preStop.sleep", 0)
-	if a.PreStop.Sleep > 0 && a.PreStop.Action != "httpGet" && a.PreStop.Action != "none" {
+	if a.PreStop.Hook() && a.PreStop.Action != "httpGet" {
 		// The grace period counts from the deletion, the hook included: the kubelet cuts a longer hook, sends SIGTERM
 		// and kills the container 2 s later. A plan asking for that measures the cut, not the sleep it names.
 		v.check(a.PreStop.Sleep < a.TerminationGracePeriod, "app.preStop.sleep",
@@ -249,7 +249,7 @@ func (v *validator) validateLoad(l *Load) int64 {
 	if !v.check(total <= maxDuration, "load", "lasts %s, more than the %s a plan may run", total, maxDuration) {
 		return 0
 	}
-	if !v.check(l.arrivals() <= maxRequests, "load", "sends %.0f requests, more than the %d a plan may send", l.arrivals(), maxRequests) {
+	if arrivals := Arrivals(l.Segments()); !v.check(arrivals <= maxRequests, "load", "sends %.0f requests, more than the %d a plan may send", arrivals, maxRequests) {
 		return 0
 	}
 	requests := l.Requests()

@@ -98,10 +98,7 @@ func describeCluster(w io.Writer, info experiment.ClusterInfo, p *plan.Plan) {
 	maxRate := 0.0
 	for _, c := range p.Cases {
 		requests += c.Requests * int64(p.Repeats)
-		maxRate = max(maxRate, c.Load.Rate, c.Load.StartRate)
-		for _, s := range c.Load.Stages {
-			maxRate = max(maxRate, s.Target)
-		}
+		maxRate = max(maxRate, c.Load.MaxRate())
 	}
 	fmt.Fprintf(w, "About to run plan %s on a Kubernetes cluster:\n", p.Name)
 	fmt.Fprintf(w, "  context     %s (cluster %s, server %s, Kubernetes %s)\n", info.Context, info.Cluster, info.Server, info.ServerVersion)
