@@ -63,7 +63,7 @@ func NewRootCommand(streams Streams) *cobra.Command {
 	root := &cobra.Command{
 		Use:     "runner",
 		Version: Version,
-		Short: "Prove with numbers what preStop sleeps and graceful shutdown buy during rolling updates",
+		Short:   "Prove with numbers what preStop sleeps and graceful shutdown buy during rolling updates",
 		Long: `runner drives rollout-lab experiments.
 
 A plan (YAML) describes the app (replicas, CPU load, shutdown mode, preStop sleep, grace period, probes,
