@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // Selector picks the series of one run of one case.
@@ -101,7 +102,7 @@ func CompactQuery(q string) string { return strings.Join(strings.Fields(q), " ")
 // that triggered the EndpointSlice update to the node's rules being programmed), the lab's measurement.
 const (
 	KubeProxyProgrammingMetric = "kubeproxy_network_programming_duration_seconds"
-	LabServiceOutMetric        = "rolloutlab_lab_service_out_seconds"
+	LabServiceOutMetric        = timeline.MetricServiceOut
 )
 
 // ServiceOutQueries are the quantile and count of a service-out histogram over a window, every node together.

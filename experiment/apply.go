@@ -350,7 +350,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	if err != nil {
 		return err
 	}
-	attributor := NewAttributor(settleTime, FailureSampleLimit)
+	attributor := analysis.NewAttributor(analysis.SettleTime, analysis.FailureSampleLimit)
 	stopRecording, err := r.target.Record(ctx, namespace, attributor.Event)
 	if err != nil {
 		return err
@@ -429,7 +429,7 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	}
 	// Events the app logged carry the app's own time and may reach the recorder a little late.
 	sort.SliceStable(recorded, func(i, j int) bool { return recorded[i].Time.Before(recorded[j].Time) })
-	annotateInFlight(recorded, attributed.InFlight)
+	analysis.AnnotateInFlight(recorded, attributed.InFlight)
 	data, err := json.MarshalIndent(recorded, "", "  ")
 	if err != nil {
 		return err

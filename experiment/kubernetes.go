@@ -19,9 +19,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/timeline"
+	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 )
 
 // ClusterInfo is what the runner tells the user before it changes anything on a cluster.
@@ -42,7 +43,7 @@ type Kubernetes struct {
 	Info       ClusterInfo
 	kubeconfig string
 	client     kubernetes.Interface
-	recorder   *lab.Recorder
+	recorder   *timeline.Recorder
 }
 
 // OpenKubernetes loads the kubeconfig (file, or KUBECONFIG / ~/.kube/config when empty) and the named context, and
@@ -88,7 +89,7 @@ func OpenKubernetes(ctx context.Context, kubeconfig, kubeContext string) (*Kuber
 func (k *Kubernetes) Connect() Connect {
 	return func(_ context.Context, s *Session) (Target, error) {
 		var err error
-		k.recorder, err = lab.NewRecorder(filepath.Join(s.Dir, "cluster-events.jsonl"), lab.NewMetrics(s.Registry))
+		k.recorder, err = timeline.NewRecorder(filepath.Join(s.Dir, "cluster-events.jsonl"), timeline.NewMetrics(s.Registry))
 		return k, err
 	}
 }
@@ -142,7 +143,7 @@ func readyEndpoints(slices []discoveryv1.EndpointSlice) int {
 	n := 0
 	for _, s := range slices {
 		for _, ep := range s.Endpoints {
-			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+			if clusterwatch.EndpointReady(ep) {
 				n++
 			}
 		}
@@ -161,12 +162,12 @@ func (k *Kubernetes) LoadURL(c plan.Case, namespace, service string, port int) (
 // Record follows the namespace's Pods, EndpointSlices and Events. A cluster has no node agent telling the runner
 // its steps: preStop start and end, SIGTERM, SIGKILL, each node's service-out and the app's listener_closed are
 // missing; the kubelet's Killing event (preStop, then SIGTERM, begin) stands in their place.
-func (k *Kubernetes) Record(ctx context.Context, namespace string, observe func(lab.Event)) (func() []lab.Event, error) {
+func (k *Kubernetes) Record(ctx context.Context, namespace string, observe func(timeline.Event)) (func() []timeline.Event, error) {
 	return recordWith(ctx, k.recorder, observe,
-		func(ctx context.Context, record func(lab.Event)) error {
-			return watchEndpointSlices(ctx, k.client, namespace, record)
+		func(ctx context.Context, record func(timeline.Event)) error {
+			return clusterwatch.WatchEndpointSlices(ctx, k.client, namespace, record)
 		},
-		func(ctx context.Context, record func(lab.Event)) error {
+		func(ctx context.Context, record func(timeline.Event)) error {
 			return watchPods(ctx, k.client, namespace, record)
 		})
 }
@@ -188,12 +189,12 @@ type podSeen struct {
 }
 
 // watchPods turns Pod changes and the kubelet's Events into timeline events.
-func watchPods(ctx context.Context, client kubernetes.Interface, namespace string, record func(lab.Event)) error {
+func watchPods(ctx context.Context, client kubernetes.Interface, namespace string, record func(timeline.Event)) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
 	var mu sync.Mutex
 	seen := map[string]*podSeen{}
-	event := func(p *corev1.Pod, eventType string) lab.Event {
-		return lab.Event{Type: eventType, Namespace: p.Namespace, Pod: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, PodIP: p.Status.PodIP}
+	event := func(p *corev1.Pod, eventType string) timeline.Event {
+		return timeline.Event{Type: eventType, Namespace: p.Namespace, Pod: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, PodIP: p.Status.PodIP}
 	}
 	observe := func(p *corev1.Pod, initial bool) {
 		if isWorker(p) {
@@ -206,7 +207,7 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 			s = &podSeen{exited: map[string]bool{}}
 			seen[string(p.UID)] = s
 			if !initial {
-				record(event(p, lab.EventPodCreated))
+				record(event(p, timeline.EventPodCreated))
 			}
 		}
 		ready := false
@@ -217,19 +218,19 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 		}
 		switch {
 		case ready && !s.ready && !initial:
-			record(event(p, lab.EventPodReady))
+			record(event(p, timeline.EventPodReady))
 		case !ready && s.ready && p.DeletionTimestamp == nil:
-			record(event(p, lab.EventPodNotReady))
+			record(event(p, timeline.EventPodNotReady))
 		}
 		s.ready = ready
 		if p.DeletionTimestamp != nil && !s.deleting {
 			s.deleting = true
-			record(event(p, lab.EventDeletionSeen))
+			record(event(p, timeline.EventDeletionSeen))
 		}
 		for _, cs := range p.Status.ContainerStatuses {
 			if t := cs.State.Terminated; t != nil && !s.exited[cs.Name] {
 				s.exited[cs.Name] = true
-				e := event(p, lab.EventContainerExited)
+				e := event(p, timeline.EventContainerExited)
 				code := int(t.ExitCode)
 				e.Container, e.ExitCode, e.Message = cs.Name, &code, t.Reason
 				record(e)
@@ -248,7 +249,7 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 				mu.Lock()
 				delete(seen, string(p.UID))
 				mu.Unlock()
-				record(event(p, lab.EventPodRemoved))
+				record(event(p, timeline.EventPodRemoved))
 			}
 		},
 	}); err != nil {
@@ -261,7 +262,7 @@ func watchPods(ctx context.Context, client kubernetes.Interface, namespace strin
 			if !ok || initial || e.InvolvedObject.Kind != "Pod" || e.Reason != "Killing" {
 				return
 			}
-			record(lab.Event{Type: lab.EventKilling, Namespace: e.Namespace, Pod: e.InvolvedObject.Name, UID: string(e.InvolvedObject.UID),
+			record(timeline.Event{Type: timeline.EventKilling, Namespace: e.Namespace, Pod: e.InvolvedObject.Name, UID: string(e.InvolvedObject.UID),
 				Message: e.Message})
 		},
 	}); err != nil {

@@ -1,8 +1,6 @@
 package experiment
 
 import (
-	"github.com/rollout-lab/rollout-lab/lab/cgroups"
-
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +12,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/timeline"
+	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 )
 
 // Target is where the app runs and how load reaches it: the one part that differs between the embedded lab and a
@@ -35,7 +36,7 @@ type Target interface {
 	LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc)
 	// Record records the lifecycle of the namespace's Pods until stop, which returns the events; observe (when
 	// not nil) sees each event as it is recorded.
-	Record(ctx context.Context, namespace string, observe func(lab.Event)) (stop func() []lab.Event, err error)
+	Record(ctx context.Context, namespace string, observe func(timeline.Event)) (stop func() []timeline.Event, err error)
 	// Close releases the target (the lab stops).
 	Close() error
 }
@@ -132,9 +133,9 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 }
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.
-func (t *labTarget) Record(ctx context.Context, namespace string, observe func(lab.Event)) (func() []lab.Event, error) {
-	return recordWith(ctx, t.lab.Agent.Events, observe, func(ctx context.Context, record func(lab.Event)) error {
-		return watchEndpointSlices(ctx, t.lab.Client, namespace, record)
+func (t *labTarget) Record(ctx context.Context, namespace string, observe func(timeline.Event)) (func() []timeline.Event, error) {
+	return recordWith(ctx, t.lab.Agent.Events, observe, func(ctx context.Context, record func(timeline.Event)) error {
+		return clusterwatch.WatchEndpointSlices(ctx, t.lab.Client, namespace, record)
 	})
 }
 
@@ -151,18 +152,18 @@ func (t *labTarget) Close() error {
 
 // recordWith subscribes to the recorder, starts the watches (which record into it) and returns the function that
 // stops them and hands over what was recorded in between.
-func recordWith(ctx context.Context, recorder *lab.Recorder, observe func(lab.Event), watches ...func(context.Context, func(lab.Event)) error) (func() []lab.Event, error) {
+func recordWith(ctx context.Context, recorder *timeline.Recorder, observe func(timeline.Event), watches ...func(context.Context, func(timeline.Event)) error) (func() []timeline.Event, error) {
 	events, unsubscribe := recorder.Subscribe(100000)
 	collected := collect(events, observe)
 	watchCtx, stopWatches := context.WithCancel(ctx)
 	for _, watch := range watches {
-		if err := watch(watchCtx, func(e lab.Event) { recorder.Record(e) }); err != nil {
+		if err := watch(watchCtx, func(e timeline.Event) { recorder.Record(e) }); err != nil {
 			stopWatches()
 			unsubscribe()
 			return nil, err
 		}
 	}
-	return func() []lab.Event {
+	return func() []timeline.Event {
 		stopWatches()
 		unsubscribe()
 		return collected()
@@ -170,10 +171,10 @@ func recordWith(ctx context.Context, recorder *lab.Recorder, observe func(lab.Ev
 }
 
 // collect gathers events until the channel closes; the returned function waits for that and hands them over.
-func collect(events <-chan lab.Event, observe func(lab.Event)) func() []lab.Event {
+func collect(events <-chan timeline.Event, observe func(timeline.Event)) func() []timeline.Event {
 	var (
 		mu       sync.Mutex
-		recorded []lab.Event
+		recorded []timeline.Event
 	)
 	done := make(chan struct{})
 	go func() {
@@ -187,7 +188,7 @@ func collect(events <-chan lab.Event, observe func(lab.Event)) func() []lab.Even
 			mu.Unlock()
 		}
 	}()
-	return func() []lab.Event {
+	return func() []timeline.Event {
 		<-done
 		mu.Lock()
 		defer mu.Unlock()

@@ -1,8 +1,6 @@
 package lab
 
 import (
-	"github.com/rollout-lab/rollout-lab/lab/cgroups"
-
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,6 +21,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
+
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // AgentOptions configure the lab's node agent.
@@ -49,7 +50,7 @@ type Agent struct {
 	opts     AgentOptions
 	client   kubernetes.Interface
 	Nodes    []string
-	Events   *Recorder
+	Events   *timeline.Recorder
 	logger   *slog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -84,7 +85,7 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	if err != nil {
 		return nil, err
 	}
-	events, err := NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics)
+	events, err := timeline.NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics.timeline())
 	if err != nil {
 		files.Close()
 		return nil, err

@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 var cowwebBinary string
@@ -198,7 +200,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 			addr, node, err := l.Dataplane.Route("web.default:80")
 			if err == nil {
 				host, _, _ := net.SplitHostPort(addr)
-				routes = append(routes, routed{at: time.Since(l.Agent.Events.start), node: node, addr: host})
+				routes = append(routes, routed{at: time.Since(l.Agent.Events.Started()), node: node, addr: host})
 			}
 		}
 	}()
@@ -225,7 +227,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 	<-routingDone
 
 	// Every old Pod went through deletion → preStop → SIGTERM right after the hook → exit → removal.
-	byPod := map[string]map[string]Event{}
+	byPod := map[string]map[string]timeline.Event{}
 	serviceOut := map[[2]string]time.Duration{} // node, pod IP → when that node stopped routing to it
 	timeout := time.After(5 * time.Second)
 collect:
@@ -233,10 +235,10 @@ collect:
 		select {
 		case e := <-events:
 			if byPod[e.Pod] == nil {
-				byPod[e.Pod] = map[string]Event{}
+				byPod[e.Pod] = map[string]timeline.Event{}
 			}
 			byPod[e.Pod][e.Type] = e
-			if e.Type == EventServiceOut {
+			if e.Type == timeline.EventServiceOut {
 				serviceOut[[2]string{e.Node, e.PodIP}] = e.Since
 			}
 		case <-timeout:
@@ -245,7 +247,7 @@ collect:
 		// The Pod objects are gone before the agent records their removal: wait for every old Pod's.
 		removed := 0
 		for _, old := range before {
-			if _, ok := byPod[old.Name][EventPodRemoved]; ok {
+			if _, ok := byPod[old.Name][timeline.EventPodRemoved]; ok {
 				removed++
 			}
 		}
@@ -255,7 +257,7 @@ collect:
 	}
 	for _, old := range before {
 		ev := byPod[old.Name]
-		for _, step := range []string{EventDeletionSeen, EventPreStopStart, EventPreStopEnd, EventSIGTERM, EventContainerExited, EventPodRemoved} {
+		for _, step := range []string{timeline.EventDeletionSeen, timeline.EventPreStopStart, timeline.EventPreStopEnd, timeline.EventSIGTERM, timeline.EventContainerExited, timeline.EventPodRemoved} {
 			if _, ok := ev[step]; !ok {
 				t.Errorf("pod %s: no %s event (%v)", old.Name, step, ev)
 			}
@@ -263,17 +265,17 @@ collect:
 		if len(ev) == 0 {
 			continue
 		}
-		hook := ev[EventPreStopEnd].Since - ev[EventPreStopStart].Since
+		hook := ev[timeline.EventPreStopEnd].Since - ev[timeline.EventPreStopStart].Since
 		if hook < 900*time.Millisecond || hook > 2*time.Second {
 			t.Errorf("pod %s: preStop sleep 1 took %v", old.Name, hook)
 		}
-		if gap := ev[EventSIGTERM].Since - ev[EventPreStopEnd].Since; gap < 0 || gap > 100*time.Millisecond {
+		if gap := ev[timeline.EventSIGTERM].Since - ev[timeline.EventPreStopEnd].Since; gap < 0 || gap > 100*time.Millisecond {
 			t.Errorf("pod %s: SIGTERM %v after preStop end, want within 100 ms", old.Name, gap)
 		}
-		if _, killed := ev[EventSIGKILL]; killed {
+		if _, killed := ev[timeline.EventSIGKILL]; killed {
 			t.Errorf("pod %s: graceful cowweb was SIGKILLed", old.Name)
 		}
-		if code := ev[EventContainerExited].ExitCode; code == nil || *code != 0 {
+		if code := ev[timeline.EventContainerExited].ExitCode; code == nil || *code != 0 {
 			t.Errorf("pod %s: exit code %v, want 0 after a graceful shutdown", old.Name, code)
 		}
 	}
@@ -297,7 +299,7 @@ collect:
 	}
 	t.Logf("%d routes during the rollout, %d service-outs", len(routes), outs)
 	// The metrics count the same steps, and the measured deletion → service-out latency of every Pod and node.
-	if got := testutil.ToFloat64(metrics.Events.WithLabelValues(EventSIGTERM)); got != 4 {
+	if got := testutil.ToFloat64(metrics.Events.WithLabelValues(timeline.EventSIGTERM)); got != 4 {
 		t.Errorf("sigterm events counted %v, want 4", got)
 	}
 	var observed uint64
@@ -345,9 +347,9 @@ collect:
 				continue
 			}
 			switch e.Type {
-			case EventDeletionSeen:
+			case timeline.EventDeletionSeen:
 				seen = e.Since
-			case EventSIGKILL:
+			case timeline.EventSIGKILL:
 				sigkill = e.Since
 			}
 		case <-deadline:

@@ -18,10 +18,10 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-)
 
-// EventServiceOut is recorded when a node's proxy stops sending new connections to a Pod.
-const EventServiceOut = "service_out"
+	"github.com/rollout-lab/rollout-lab/timeline"
+	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
+)
 
 // ServiceOutModel is how long a node's proxy takes to program an EndpointSlice change, on top of the
 // EndpointSlice controller's own (real) latency.
@@ -53,7 +53,7 @@ type Dataplane struct {
 	nodeIP   string // the nodes' address as Pods see it: node ports are served there too
 	nodes    []string
 	model    ServiceOutModel
-	recorder *Recorder
+	recorder *timeline.Recorder
 	mu       sync.Mutex
 	rng      *rand.Rand
 	services map[string]*corev1.Service                       // ns/name
@@ -79,11 +79,11 @@ type sliceChange struct {
 const proxyQueueSize = 4096
 
 // StartDataplane watches Services and EndpointSlices and keeps each node's view.
-func StartDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger) (*Dataplane, error) {
+func StartDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger) (*Dataplane, error) {
 	return startDataplane(client, nodes, nodeIP, model, recorder, logger, proxyQueueSize)
 }
 
-func startDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *Recorder, logger *slog.Logger, queueSize int) (*Dataplane, error) {
+func startDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger, queueSize int) (*Dataplane, error) {
 	d := &Dataplane{client: client, logger: logger, nodeIP: nodeIP, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
 		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
@@ -230,10 +230,6 @@ func (d *Dataplane) program(node string) {
 	}
 }
 
-func readyEndpoint(e discoveryv1.Endpoint) bool {
-	return e.Conditions.Ready == nil || *e.Conditions.Ready
-}
-
 func (d *Dataplane) apply(node, key string, slice *discoveryv1.EndpointSlice, deleted bool, seen time.Time) {
 	d.mu.Lock()
 	old := d.views[node][key]
@@ -249,16 +245,16 @@ func (d *Dataplane) apply(node, key string, slice *discoveryv1.EndpointSlice, de
 	stillReady := map[string]bool{}
 	if !deleted {
 		for _, e := range slice.Endpoints {
-			if readyEndpoint(e) && len(e.Addresses) > 0 {
+			if clusterwatch.EndpointReady(e) && len(e.Addresses) > 0 {
 				stillReady[e.Addresses[0]] = true
 			}
 		}
 	}
 	for _, e := range old.Endpoints {
-		if !readyEndpoint(e) || len(e.Addresses) == 0 || stillReady[e.Addresses[0]] {
+		if !clusterwatch.EndpointReady(e) || len(e.Addresses) == 0 || stillReady[e.Addresses[0]] {
 			continue
 		}
-		ev := Event{Type: EventServiceOut, Node: node, PodIP: e.Addresses[0],
+		ev := timeline.Event{Type: timeline.EventServiceOut, Node: node, PodIP: e.Addresses[0],
 			Message: fmt.Sprintf("programmed %s after the EndpointSlice change", time.Since(seen).Round(time.Millisecond))}
 		if e.TargetRef != nil {
 			ev.Namespace, ev.Pod, ev.UID = e.TargetRef.Namespace, e.TargetRef.Name, string(e.TargetRef.UID)
@@ -358,7 +354,7 @@ func (d *Dataplane) RouteTo(addr string) (Routed, error) {
 			continue
 		}
 		for _, e := range slice.Endpoints {
-			if readyEndpoint(e) && len(e.Addresses) > 0 {
+			if clusterwatch.EndpointReady(e) && len(e.Addresses) > 0 {
 				r := Routed{Node: node, Endpoint: net.JoinHostPort(e.Addresses[0], strconv.Itoa(target))}
 				if e.TargetRef != nil {
 					r.PodUID = string(e.TargetRef.UID)
@@ -390,7 +386,7 @@ func (d *Dataplane) WaitProgrammed(ctx context.Context, addr string, want int) e
 				for _, slice := range d.views[node] {
 					if slice.Namespace == svc.Namespace && slice.Labels[discoveryv1.LabelServiceName] == svc.Name {
 						for _, e := range slice.Endpoints {
-							if readyEndpoint(e) {
+							if clusterwatch.EndpointReady(e) {
 								ready++
 							}
 						}

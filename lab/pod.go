@@ -1,8 +1,6 @@
 package lab
 
 import (
-	"github.com/rollout-lab/rollout-lab/lab/cgroups"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -26,6 +24,9 @@ import (
 	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 	"k8s.io/utils/ptr"
+
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // minKillDelay is what the kubelet grants after SIGTERM when the preStop hook used up the grace period.
@@ -70,8 +71,8 @@ func newPodWorker(a *Agent, pod *corev1.Pod) *podWorker {
 		terminate: make(chan *corev1.Pod, 1), killed: make(chan struct{})}
 }
 
-func (w *podWorker) record(eventType string, container string, mutate func(*Event)) {
-	e := Event{Type: eventType, Namespace: w.pod.Namespace, Pod: w.pod.Name, UID: string(w.pod.UID), Node: w.pod.Spec.NodeName,
+func (w *podWorker) record(eventType string, container string, mutate func(*timeline.Event)) {
+	e := timeline.Event{Type: eventType, Namespace: w.pod.Namespace, Pod: w.pod.Name, UID: string(w.pod.UID), Node: w.pod.Spec.NodeName,
 		PodIP: podIPString(w.ip), Container: container}
 	if mutate != nil {
 		mutate(&e)
@@ -91,7 +92,7 @@ func (w *podWorker) kill() {
 
 func (w *podWorker) run() {
 	w.started = time.Now()
-	w.record(EventPodCreated, "", nil)
+	w.record(timeline.EventPodCreated, "", nil)
 	ip, err := w.agent.opts.Network.Setup(w.key)
 	if err != nil {
 		w.agent.logger.Error("pod network", "pod", w.key, "err", err)
@@ -211,8 +212,8 @@ func (w *podWorker) startContainer(c *containerRunner) {
 	}
 	if err == nil {
 		out := &appLogWriter{file: logFile, onEvent: func(event string, at time.Time) {
-			if event == EventListenerClosed {
-				w.record(EventListenerClosed, c.spec.Name, func(e *Event) { e.Time = at })
+			if event == timeline.EventListenerClosed {
+				w.record(timeline.EventListenerClosed, c.spec.Name, func(e *timeline.Event) { e.Time = at })
 			}
 		}}
 		cmd.Stdout, cmd.Stderr = out, out
@@ -242,7 +243,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 		c.mu.Unlock()
 		close(exited)
 	}()
-	w.record(EventContainerStart, c.spec.Name, func(e *Event) { e.Message = fmt.Sprintf("pid %d", cmd.Process.Pid) })
+	w.record(timeline.EventContainerStart, c.spec.Name, func(e *timeline.Event) { e.Message = fmt.Sprintf("pid %d", cmd.Process.Pid) })
 }
 
 // place moves a process of the container into the container's cgroup.
@@ -340,7 +341,7 @@ func (w *podWorker) supervise(ctx context.Context, c *containerRunner) {
 			StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
 		c.ready = false
 		c.mu.Unlock()
-		w.record(EventContainerExited, c.spec.Name, func(e *Event) { e.ExitCode, e.Signal = &code, signal })
+		w.record(timeline.EventContainerExited, c.spec.Name, func(e *timeline.Event) { e.ExitCode, e.Signal = &code, signal })
 		w.updateStatus()
 		policy := w.pod.Spec.RestartPolicy
 		if policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && code == 0) {
@@ -356,7 +357,7 @@ func (w *podWorker) supervise(ctx context.Context, c *containerRunner) {
 		c.restarts++
 		c.mu.Unlock()
 		w.startContainer(c)
-		w.record(EventRestarted, c.spec.Name, nil)
+		w.record(timeline.EventRestarted, c.spec.Name, nil)
 		w.updateStatus()
 	}
 }
@@ -594,9 +595,9 @@ func (w *podWorker) readinessChanged() {
 		return
 	}
 	if ready {
-		w.record(EventPodReady, "", nil)
+		w.record(timeline.EventPodReady, "", nil)
 	} else {
-		w.record(EventPodNotReady, "", nil)
+		w.record(timeline.EventPodNotReady, "", nil)
 	}
 	w.updateStatus()
 }
@@ -696,7 +697,7 @@ func (w *podWorker) shutdown(deleted *corev1.Pod) {
 		if deleted.DeletionGracePeriodSeconds != nil {
 			grace = time.Duration(*deleted.DeletionGracePeriodSeconds) * time.Second
 		}
-		w.record(EventDeletionSeen, "", func(e *Event) { e.Message = "grace period " + grace.String() })
+		w.record(timeline.EventDeletionSeen, "", func(e *timeline.Event) { e.Message = "grace period " + grace.String() })
 	}
 	select {
 	case <-w.killed:
@@ -735,11 +736,11 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 		return
 	}
 	if hook := c.spec.Lifecycle; graceful && hook != nil && hook.PreStop != nil {
-		w.record(EventPreStopStart, c.spec.Name, nil)
+		w.record(timeline.EventPreStopStart, c.spec.Name, nil)
 		ctx, cancel := context.WithDeadline(w.agent.ctx, killAt)
 		err := w.runHook(ctx, hook.PreStop, c)
 		cancel()
-		w.record(EventPreStopEnd, c.spec.Name, func(e *Event) {
+		w.record(timeline.EventPreStopEnd, c.spec.Name, func(e *timeline.Event) {
 			if err != nil {
 				e.Message = err.Error()
 			}
@@ -753,7 +754,7 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 		// runs again, and the timeline must not show the effect before its cause.
 		sent := time.Now()
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		w.record(EventSIGTERM, c.spec.Name, func(e *Event) { e.Time = sent })
+		w.record(timeline.EventSIGTERM, c.spec.Name, func(e *timeline.Event) { e.Time = sent })
 		if min := time.Now().Add(minKillDelay); graceful && killAt.Before(min) {
 			killAt = min
 		}
@@ -761,7 +762,7 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 		case <-exited:
 		case <-time.After(time.Until(killAt)):
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			w.record(EventSIGKILL, c.spec.Name, nil)
+			w.record(timeline.EventSIGKILL, c.spec.Name, nil)
 			<-exited
 		}
 	} else {
@@ -770,7 +771,7 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 	c.mu.Lock()
 	code, signal := c.exitCode, c.signal
 	c.mu.Unlock()
-	w.record(EventContainerExited, c.spec.Name, func(e *Event) { e.ExitCode, e.Signal = &code, signal })
+	w.record(timeline.EventContainerExited, c.spec.Name, func(e *timeline.Event) { e.ExitCode, e.Signal = &code, signal })
 }
 
 func (w *podWorker) runHook(ctx context.Context, h *corev1.LifecycleHandler, c *containerRunner) error {
@@ -828,7 +829,7 @@ func (w *podWorker) remove() {
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		w.agent.logger.Warn("pod delete", "pod", w.key, "err", err)
 	}
-	w.record(EventPodRemoved, "", nil)
+	w.record(timeline.EventPodRemoved, "", nil)
 }
 
 // containerCPU is a container's CPU as its cgroups take it: a limit without a request stands for both, as the API

@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // Startup (tcpSocket), readiness (exec) and liveness (httpGet) probes, the restart back-off, and the native sleep
@@ -110,21 +112,21 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 				steps[app] = map[string]time.Duration{}
 			}
 			steps[app][e.Type] = e.Since
-			if e.Type == EventPodRemoved && (app == "sleeper" || app == "getter") {
+			if e.Type == timeline.EventPodRemoved && (app == "sleeper" || app == "getter") {
 				exits++
 			}
 		case <-deadline:
 			t.Fatalf("hooks did not run: %v", steps)
 		}
 	}
-	if d := steps["sleeper"][EventPreStopEnd] - steps["sleeper"][EventPreStopStart]; d < 1900*time.Millisecond || d > 2500*time.Millisecond {
+	if d := steps["sleeper"][timeline.EventPreStopEnd] - steps["sleeper"][timeline.EventPreStopStart]; d < 1900*time.Millisecond || d > 2500*time.Millisecond {
 		t.Errorf("native sleep 2 s took %v", d)
 	}
-	if d := steps["getter"][EventPreStopEnd] - steps["getter"][EventPreStopStart]; d < 0 || d > time.Second {
+	if d := steps["getter"][timeline.EventPreStopEnd] - steps["getter"][timeline.EventPreStopStart]; d < 0 || d > time.Second {
 		t.Errorf("httpGet hook took %v", d)
 	}
 	for _, app := range []string{"sleeper", "getter"} {
-		if gap := steps[app][EventSIGTERM] - steps[app][EventPreStopEnd]; gap < 0 || gap > 100*time.Millisecond {
+		if gap := steps[app][timeline.EventSIGTERM] - steps[app][timeline.EventPreStopEnd]; gap < 0 || gap > 100*time.Millisecond {
 			t.Errorf("%s: SIGTERM %v after the hook", app, gap)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // A plan that runs the upstream image maps it to a binary that behaves as cowweb-go v1.1.1: here the project's
@@ -59,10 +61,10 @@ func TestUpstreamImageRollsOverAsV111(t *testing.T) {
 	for len(exits) < 2 {
 		select {
 		case e := <-events:
-			if e.Type == EventSIGKILL && oldUIDs[e.UID] {
+			if e.Type == timeline.EventSIGKILL && oldUIDs[e.UID] {
 				t.Errorf("old Pod %s needed SIGKILL", e.Pod)
 			}
-			if e.Type == EventContainerExited && oldUIDs[e.UID] && e.ExitCode != nil {
+			if e.Type == timeline.EventContainerExited && oldUIDs[e.UID] && e.ExitCode != nil {
 				exits[e.Pod] = *e.ExitCode
 			}
 		case <-deadline:

@@ -16,9 +16,9 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/deploy"
 	"github.com/rollout-lab/rollout-lab/embedprom"
-	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 const e2ePlan = `
@@ -137,8 +137,8 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 	}
 	// Every old Pod's termination is in the case's events.
 	count := eventCounts(t, resultsDir, "gs-slp4")
-	if count[lab.EventSIGTERM] != 3 || count[lab.EventPreStopEnd] != 3 || count[lab.EventServiceOut] != 6 ||
-		count[lab.EventEndpointNotReady] != 3 || count[lab.EventListenerClosed] != 3 {
+	if count[timeline.EventSIGTERM] != 3 || count[timeline.EventPreStopEnd] != 3 || count[timeline.EventServiceOut] != 6 ||
+		count[timeline.EventEndpointNotReady] != 3 || count[timeline.EventListenerClosed] != 3 {
 		t.Errorf("events of gs-slp4: %v", count)
 	}
 	md, err := os.ReadFile(filepath.Join(resultsDir, "report.md"))
@@ -159,7 +159,7 @@ func eventCounts(t *testing.T, resultsDir, caseName string) map[string]int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var events []lab.Event
+	var events []timeline.Event
 	if err := json.Unmarshal(data, &events); err != nil {
 		t.Fatal(err)
 	}

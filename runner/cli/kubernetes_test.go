@@ -24,6 +24,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // freeNodePort finds a port of Kubernetes' node port range free on loopback now.
@@ -286,8 +287,8 @@ report: {lang: en}
 	t.Logf("outcomes through the node port: %v", m.Runs[0].Summary.ByClass)
 	count := eventCounts(t, resultsDir, "default")
 	// From watches only: no node agent on a cluster (no preStop, SIGTERM or service-out rows).
-	if count[lab.EventDeletionSeen] != 2 || count[lab.EventEndpointNotReady] != 2 || count[lab.EventContainerExited] != 2 ||
-		count[lab.EventPodCreated] != 2 || count[lab.EventPodReady] != 2 || count[lab.EventSIGTERM] != 0 || count[lab.EventServiceOut] != 0 {
+	if count[timeline.EventDeletionSeen] != 2 || count[timeline.EventEndpointNotReady] != 2 || count[timeline.EventContainerExited] != 2 ||
+		count[timeline.EventPodCreated] != 2 || count[timeline.EventPodReady] != 2 || count[timeline.EventSIGTERM] != 0 || count[timeline.EventServiceOut] != 0 {
 		t.Errorf("timeline from watches: %v", count)
 	}
 }

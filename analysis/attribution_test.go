@@ -1,4 +1,4 @@
-package experiment
+package analysis
 
 import (
 	"fmt"
@@ -6,23 +6,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
-	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 func TestAttributeByEndpointAndTime(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	zero, killed := 0, 143
-	events := []lab.Event{
-		{Type: lab.EventDeletionSeen, PodIP: "198.18.0.2", Time: at(0)},
-		{Type: lab.EventSIGTERM, PodIP: "198.18.0.2", Time: at(10)},
-		{Type: lab.EventServiceOut, PodIP: "198.18.0.2", Node: "lab-node-1", Time: at(700)},
-		{Type: lab.EventContainerExited, PodIP: "198.18.0.2", Time: at(20), ExitCode: &zero},
-		{Type: lab.EventSIGTERM, PodIP: "198.18.0.3", Time: at(8000)},
-		{Type: lab.EventContainerExited, PodIP: "198.18.0.3", Time: at(8005), ExitCode: &killed},
+	events := []timeline.Event{
+		{Type: timeline.EventDeletionSeen, PodIP: "198.18.0.2", Time: at(0)},
+		{Type: timeline.EventSIGTERM, PodIP: "198.18.0.2", Time: at(10)},
+		{Type: timeline.EventServiceOut, PodIP: "198.18.0.2", Node: "lab-node-1", Time: at(700)},
+		{Type: timeline.EventContainerExited, PodIP: "198.18.0.2", Time: at(20), ExitCode: &zero},
+		{Type: timeline.EventSIGTERM, PodIP: "198.18.0.3", Time: at(8000)},
+		{Type: timeline.EventContainerExited, PodIP: "198.18.0.3", Time: at(8005), ExitCode: &killed},
 	}
 	failures := []load.Outcome{
 		{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: at(300)},                                   // after SIGTERM, before service-out
@@ -37,16 +36,16 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 	}
 	attribution := Attribute(failures, events)
 	got := attribution.ByPhase()
-	want := map[string]uint64{analysis.PhaseBeforeServiceOut: 3, analysis.PhaseInFlightCut: 2, analysis.PhaseOther: 4}
+	want := map[string]uint64{PhaseBeforeServiceOut: 3, PhaseInFlightCut: 2, PhaseOther: 4}
 	for phase, n := range want {
 		if got[phase] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", phase, got[phase], n, got)
 		}
 	}
-	if n := attribution[analysis.PhaseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
+	if n := attribution[PhaseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
 		t.Errorf("before-service-out by class: %v", n)
 	}
-	if n := attribution[analysis.PhaseInFlightCut]; n[load.ClassReset] != 1 || n[load.ClassHTTP5xx] != 1 {
+	if n := attribution[PhaseInFlightCut]; n[load.ClassReset] != 1 || n[load.ClassHTTP5xx] != 1 {
 		t.Errorf("in-flight-cut by class: %v", n)
 	}
 }
@@ -56,7 +55,7 @@ func feedFailures(a *Attributor, n int) {
 	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
 	now := t0
 	a.now = func() time.Time { return now }
-	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.2", Time: t0.Add(time.Hour)})
+	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.2", Time: t0.Add(time.Hour)})
 	for i := range n {
 		now = t0.Add(time.Duration(i) * time.Millisecond)
 		a.Outcome(load.Outcome{Seq: uint64(i), Sent: now.Add(-time.Millisecond), Latency: time.Millisecond, Class: load.ClassRefused,
@@ -78,12 +77,12 @@ func heapOf(f func() *Attributor) (uint64, *Attributor) {
 // A dead target at a high rate fails every request: what the attribution holds must not grow with their number.
 func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
 	small, a1 := heapOf(func() *Attributor {
-		a := NewAttributor(settleTime, FailureSampleLimit)
+		a := NewAttributor(SettleTime, FailureSampleLimit)
 		feedFailures(a, 100_000)
 		return a
 	})
 	large, a2 := heapOf(func() *Attributor {
-		a := NewAttributor(settleTime, FailureSampleLimit)
+		a := NewAttributor(SettleTime, FailureSampleLimit)
 		feedFailures(a, 1_000_000)
 		return a
 	})
@@ -103,7 +102,7 @@ func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
 				total += n
 			}
 		}
-		if total != tc.n || counts[analysis.PhaseOther][load.ClassRefused] != tc.n {
+		if total != tc.n || counts[PhaseOther][load.ClassRefused] != tc.n {
 			t.Errorf("%d failures attributed as %v", tc.n, counts)
 		}
 		if len(sample.Kept) != FailureSampleLimit || sample.Dropped != tc.n-FailureSampleLimit {
@@ -116,28 +115,28 @@ func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
 func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
 	now := t0
-	a := NewAttributor(settleTime, 2)
+	a := NewAttributor(SettleTime, 2)
 	a.now = func() time.Time { return now }
 	killed := 143
 	// Refused after SIGTERM: SIGTERM is recorded before the failure arrives.
-	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.2", Time: t0})
+	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.2", Time: t0})
 	now = t0.Add(300 * time.Millisecond)
 	a.Outcome(load.Outcome{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: t0.Add(200 * time.Millisecond)})
 	// A cut whose exit event arrives 2 s after the failure: it waits for it.
-	a.Event(lab.Event{Type: lab.EventSIGTERM, PodIP: "198.18.0.3", Time: t0})
+	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.3", Time: t0})
 	a.Outcome(load.Outcome{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: t0.Add(100 * time.Millisecond), Latency: 200 * time.Millisecond})
 	now = t0.Add(2300 * time.Millisecond)
-	a.Event(lab.Event{Type: lab.EventContainerExited, PodIP: "198.18.0.3", Time: t0.Add(290 * time.Millisecond), ExitCode: &killed})
+	a.Event(timeline.Event{Type: timeline.EventContainerExited, PodIP: "198.18.0.3", Time: t0.Add(290 * time.Millisecond), ExitCode: &killed})
 	// Later failures push the clock past the settle time; the held ones are then decided.
 	now = t0.Add(30 * time.Second)
 	a.Outcome(load.Outcome{Class: load.ClassTimeout, Sent: now})
 	got := a.Finish()
 	counts, sample := got.ByClass, got.Failures
-	if counts[analysis.PhaseBeforeServiceOut][load.ClassRefused] != 1 || counts[analysis.PhaseInFlightCut][load.ClassReset] != 1 ||
-		counts[analysis.PhaseOther][load.ClassTimeout] != 1 {
+	if counts[PhaseBeforeServiceOut][load.ClassRefused] != 1 || counts[PhaseInFlightCut][load.ClassReset] != 1 ||
+		counts[PhaseOther][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v", counts)
 	}
-	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != analysis.PhaseBeforeServiceOut || sample.Kept[1].Cause != analysis.PhaseInFlightCut {
+	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != PhaseBeforeServiceOut || sample.Kept[1].Cause != PhaseInFlightCut {
 		t.Errorf("sample %+v", sample)
 	}
 }
@@ -146,15 +145,15 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 // address now.
 func TestAttributionFollowsThePodsUIDNotItsAddress(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 4, 0, 0, 0, time.UTC)
-	events := []lab.Event{
-		{Type: lab.EventSIGTERM, UID: "old", PodIP: "198.18.0.5", Time: t0},
-		{Type: lab.EventPodCreated, UID: "new", PodIP: "198.18.0.5", Time: t0.Add(2 * time.Second)},
+	events := []timeline.Event{
+		{Type: timeline.EventSIGTERM, UID: "old", PodIP: "198.18.0.5", Time: t0},
+		{Type: timeline.EventPodCreated, UID: "new", PodIP: "198.18.0.5", Time: t0.Add(2 * time.Second)},
 	}
 	failures := []load.Outcome{
 		// Routed to the old Pod after its SIGTERM; the connect timed out once the Pod was gone.
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.5:8080", Pod: "old", Sent: t0.Add(500 * time.Millisecond), Latency: 5 * time.Second},
 	}
-	if got := Attribute(failures, events); got[analysis.PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
+	if got := Attribute(failures, events); got[PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v, want the timeout before-service-out (the old Pod)", got)
 	}
 }
@@ -165,8 +164,8 @@ func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	killed := 143
 	a := NewAttributor(0, 10)
-	a.Event(lab.Event{Type: lab.EventSIGTERM, UID: "p1", PodIP: "198.18.0.2", Time: at(1000)})
-	a.Event(lab.Event{Type: lab.EventContainerExited, UID: "p1", PodIP: "198.18.0.2", Time: at(2000), ExitCode: &killed})
+	a.Event(timeline.Event{Type: timeline.EventSIGTERM, UID: "p1", PodIP: "198.18.0.2", Time: at(1000)})
+	a.Event(timeline.Event{Type: timeline.EventContainerExited, UID: "p1", PodIP: "198.18.0.2", Time: at(2000), ExitCode: &killed})
 	req := func(sent, end int, class string) load.Outcome {
 		return load.Outcome{Pod: "p1", Endpoint: "198.18.0.2:8080", Sent: at(sent), Latency: time.Duration(end-sent) * time.Millisecond, Class: class}
 	}
@@ -184,7 +183,7 @@ func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
 	if len(got.InFlight) != 1 || got.InFlight[0] != (rundir.PodInFlight{Pod: "p1", AtSIGTERM: 1, AtExit: 2}) {
 		t.Errorf("in flight %+v, want p1 with 1 at SIGTERM and 2 at exit", got.InFlight)
 	}
-	if cut := got.ByClass[analysis.PhaseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
+	if cut := got.ByClass[PhaseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
 		t.Errorf("cuts %v: the in-flight-cut count should match the in-flight count at exit", got.ByClass)
 	}
 }

@@ -1,4 +1,8 @@
-package lab
+// Package timeline owns what happens to Pods during a rollout: the lifecycle events (deletion seen, endpoint not
+// ready, each node's service-out, preStop, SIGTERM, listener closed, exit…), their recorder, their metrics, and
+// what "endpoint ready" means. The lab's node agent and dataplane feed it; on a cluster the watches do
+// (timeline/clusterwatch); the attribution of failed requests reads it.
+package timeline
 
 import (
 	"encoding/json"
@@ -27,6 +31,8 @@ const (
 	EventKilling = "killing"
 	// EventEndpointNotReady is the EndpointSlice controller marking the Pod's endpoint not ready (terminating).
 	EventEndpointNotReady = "endpoint_not_ready"
+	// EventServiceOut is a node's proxy no longer routing new connections to the Pod.
+	EventServiceOut = "service_out"
 )
 
 // Event is one step in a Pod's life as the node agent saw it.
@@ -51,7 +57,7 @@ type Event struct {
 	InFlight *uint64 `json:"inFlight,omitempty"`
 }
 
-// Recorder keeps events in a JSON-lines file and hands them to subscribers.
+// Recorder keeps events in a JSON-lines file, counts them in its metrics, and hands them to subscribers.
 type Recorder struct {
 	start    time.Time
 	metrics  *Metrics
@@ -124,3 +130,6 @@ func (r *Recorder) Close() error {
 	defer r.mu.Unlock()
 	return r.file.Close()
 }
+
+// Started is when the recorder started: events' Since counts from it.
+func (r *Recorder) Started() time.Time { return r.start }

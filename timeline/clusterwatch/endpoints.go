@@ -1,4 +1,6 @@
-package experiment
+// Package clusterwatch feeds the timeline from a cluster's API: the EndpointSlice controller's view of each Pod's
+// endpoint, and what "endpoint ready" means for everyone who routes or counts.
+package clusterwatch
 
 import (
 	"context"
@@ -10,15 +12,21 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // endpointKey names one address of one EndpointSlice.
 type endpointKey struct{ slice, address string }
 
-// watchEndpointSlices records, from the namespace's EndpointSlices as the EndpointSlice controller writes them,
+// EndpointReady says whether an endpoint takes new connections: ready, or with no readiness given (the API's
+// rule for consumers of EndpointSlices).
+func EndpointReady(e discoveryv1.Endpoint) bool {
+	return e.Conditions.Ready == nil || *e.Conditions.Ready
+}
+
+// WatchEndpointSlices records, from the namespace's EndpointSlices as the EndpointSlice controller writes them,
 // when each Pod's endpoint stops being ready (terminating, or gone). It returns once the informer has synced.
-func watchEndpointSlices(ctx context.Context, client kubernetes.Interface, namespace string, record func(lab.Event)) error {
+func WatchEndpointSlices(ctx context.Context, client kubernetes.Interface, namespace string, record func(timeline.Event)) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
 	informer := factory.Discovery().V1().EndpointSlices().Informer()
 	ready := map[endpointKey]bool{} // touched only by the informer's one handler goroutine
@@ -30,9 +38,9 @@ func watchEndpointSlices(ctx context.Context, client kubernetes.Interface, names
 			}
 			key := endpointKey{slice.Name, ep.Addresses[0]}
 			seen[key] = true
-			isReady := !deleted && (ep.Conditions.Ready == nil || *ep.Conditions.Ready)
+			isReady := !deleted && EndpointReady(ep)
 			if ready[key] && !isReady {
-				e := lab.Event{Type: lab.EventEndpointNotReady, Namespace: namespace, PodIP: ep.Addresses[0]}
+				e := timeline.Event{Type: timeline.EventEndpointNotReady, Namespace: namespace, PodIP: ep.Addresses[0]}
 				if ep.TargetRef != nil {
 					e.Pod, e.UID = ep.TargetRef.Name, string(ep.TargetRef.UID)
 				}
@@ -49,7 +57,7 @@ func watchEndpointSlices(ctx context.Context, client kubernetes.Interface, names
 		for key, wasReady := range ready {
 			if key.slice == slice.Name && !seen[key] {
 				if wasReady {
-					record(lab.Event{Type: lab.EventEndpointNotReady, Namespace: namespace, PodIP: key.address, Message: "removed from the slice"})
+					record(timeline.Event{Type: timeline.EventEndpointNotReady, Namespace: namespace, PodIP: key.address, Message: "removed from the slice"})
 				}
 				delete(ready, key)
 			}

@@ -1,14 +1,13 @@
-package experiment
+package analysis
 
 import (
 	"net"
 	"sync"
 	"time"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
-	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // cutSlack absorbs the gap between the agent's record of an exit and the client seeing its connection end.
@@ -39,7 +38,7 @@ func (a Attribution) ByPhase() map[string]uint64 {
 
 // Attribute sorts failed requests into phases from where they went (the endpoint) and when, against the Pods'
 // recorded lifecycle.
-func Attribute(failures []load.Outcome, events []lab.Event) Attribution {
+func Attribute(failures []load.Outcome, events []timeline.Event) Attribution {
 	a := NewAttributor(0, 0)
 	for _, e := range events {
 		a.Event(e)
@@ -50,11 +49,11 @@ func Attribute(failures []load.Outcome, events []lab.Event) Attribution {
 	return a.Finish().ByClass
 }
 
-// settleTime is how long a failed request waits for its Pod's timeline before it is attributed: the events that
+// SettleTime is how long a failed request waits for its Pod's timeline before it is attributed: the events that
 // decide it (SIGTERM, the exit) reach the recorder within milliseconds in the lab and within seconds from a
-// cluster's watches. Only failures of the last settleTime are held, so memory grows with the failure rate, not
+// cluster's watches. Only failures of the last SettleTime are held, so memory grows with the failure rate, not
 // with the run's length.
-const settleTime = 10 * time.Second
+const SettleTime = 10 * time.Second
 
 // FailureSampleLimit is how many failed requests a run keeps one by one (failures.json); beyond it they are only
 // counted, by phase and class.
@@ -98,8 +97,8 @@ func NewAttributor(settle time.Duration, sampleLimit int) *Attributor {
 }
 
 // Event takes one timeline event.
-func (a *Attributor) Event(e lab.Event) {
-	if e.PodIP == "" && e.UID == "" || e.Type == lab.EventServiceOut {
+func (a *Attributor) Event(e timeline.Event) {
+	if e.PodIP == "" && e.UID == "" || e.Type == timeline.EventServiceOut {
 		return
 	}
 	a.mu.Lock()
@@ -119,11 +118,11 @@ func (a *Attributor) Event(e lab.Event) {
 		a.pods[e.PodIP] = p // an address is reused by later Pods: the latest holds it
 	}
 	switch e.Type {
-	case lab.EventSIGTERM:
+	case timeline.EventSIGTERM:
 		if p.sigterm.IsZero() {
 			p.sigterm = e.Time
 		}
-	case lab.EventContainerExited:
+	case timeline.EventContainerExited:
 		if p.exited.IsZero() && !p.sigterm.IsZero() {
 			p.exited = e.Time
 			p.graceful = e.ExitCode != nil && *e.ExitCode == 0
@@ -185,8 +184,8 @@ func (a *Attributor) decide(f load.Outcome) {
 	}
 }
 
-// annotateInFlight puts the in-flight counts on each Pod's first sigterm and exited events (after its SIGTERM).
-func annotateInFlight(events []lab.Event, inFlight []rundir.PodInFlight) {
+// AnnotateInFlight puts the in-flight counts on each Pod's first sigterm and exited events (after its SIGTERM).
+func AnnotateInFlight(events []timeline.Event, inFlight []rundir.PodInFlight) {
 	byPod := map[string]rundir.PodInFlight{}
 	for _, p := range inFlight {
 		byPod[p.Pod] = p
@@ -202,10 +201,10 @@ func annotateInFlight(events []lab.Event, inFlight []rundir.PodInFlight) {
 			continue
 		}
 		switch e.Type {
-		case lab.EventSIGTERM:
+		case timeline.EventSIGTERM:
 			e.InFlight = &p.AtSIGTERM
-		case lab.EventContainerExited:
-			if !done[e.UID+e.PodIP+lab.EventSIGTERM] {
+		case timeline.EventContainerExited:
+			if !done[e.UID+e.PodIP+timeline.EventSIGTERM] {
 				continue // a restart's exit, before the termination
 			}
 			e.InFlight = &p.AtExit
@@ -264,14 +263,14 @@ func podOf(f load.Outcome, pods map[string]*podTimeline) *podTimeline {
 func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 	p := podOf(f, pods)
 	if p == nil || p.sigterm.IsZero() {
-		return analysis.PhaseOther
+		return PhaseOther
 	}
 	end := f.Sent.Add(f.Latency)
 	// Running when the process exited at once: cut. (Through the http balancer a cut reaches the client as a 502.)
 	switch f.Class {
 	case load.ClassReset, load.ClassEOF, load.ClassHTTP5xx:
 		if !p.graceful && !p.exited.IsZero() && !p.exited.Before(f.Sent.Add(-cutSlack)) && !p.exited.After(end.Add(cutSlack)) {
-			return analysis.PhaseInFlightCut
+			return PhaseInFlightCut
 		}
 	}
 	// Failed at or after the Pod's SIGTERM although routed there, because a node had not yet taken the Pod out of
@@ -280,7 +279,7 @@ func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 	// (no route, timeout). The failure's time counts, not the send's: a request sent a moment before SIGTERM may
 	// reach the Pod after it.
 	if f.Class != load.ClassHTTP4xx && !end.Before(p.sigterm) {
-		return analysis.PhaseBeforeServiceOut
+		return PhaseBeforeServiceOut
 	}
-	return analysis.PhaseOther
+	return PhaseOther
 }
