@@ -132,19 +132,19 @@ func TestCSVAndJSONGolden(t *testing.T) {
 
 func TestChartsGolden(t *testing.T) {
 	rep := fixtureReport()
-	for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsChart, "latency": LatencyChart} {
+	for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot} {
 		p, err := build(rep.Runs[0])
 		if err != nil {
 			t.Fatal(err)
 		}
 		var svg bytes.Buffer
-		if err := WriteChart(&svg, p, "svg"); err != nil {
+		if err := WritePlot(&svg, p, "svg"); err != nil {
 			t.Fatal(err)
 		}
 		golden(t, kind+".svg", svg.Bytes())
 	}
 	dir := t.TempDir()
-	files, err := WriteCharts(dir, rep)
+	files, err := WritePlots(dir, rep)
 	if err != nil {
 		t.Fatal(err)
 	}

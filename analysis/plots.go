@@ -82,8 +82,8 @@ func maxOf(series ...Points) float64 {
 	return top
 }
 
-// RequestsChart plots requests per second by outcome over the run, the rollout window shaded.
-func RequestsChart(r CaseRun) (*plot.Plot, error) {
+// RequestsPlot plots requests per second by outcome over the run, the rollout window shaded.
+func RequestsPlot(r CaseRun) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s: requests/s by outcome", r.column())
 	p.X.Label.Text = "seconds since load start"
@@ -124,8 +124,8 @@ func RequestsChart(r CaseRun) (*plot.Plot, error) {
 	return p, nil
 }
 
-// LatencyChart plots p50 and p99 latency over the run, the rollout window shaded.
-func LatencyChart(r CaseRun) (*plot.Plot, error) {
+// LatencyPlot plots p50 and p99 latency over the run, the rollout window shaded.
+func LatencyPlot(r CaseRun) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s: latency", r.column())
 	p.X.Label.Text = "seconds since load start"
@@ -158,8 +158,8 @@ func LatencyChart(r CaseRun) (*plot.Plot, error) {
 	return p, nil
 }
 
-// WriteChart renders a plot in a format (png or svg).
-func WriteChart(w io.Writer, p *plot.Plot, format string) error {
+// WritePlot renders a plot in a format (png or svg).
+func WritePlot(w io.Writer, p *plot.Plot, format string) error {
 	wt, err := p.WriterTo(chartWidth, chartHeight, format)
 	if err != nil {
 		return err
@@ -192,21 +192,21 @@ func safeFileName(s string) string {
 	return out
 }
 
-// WriteCharts writes the requests and latency charts of every run into dir, in every format, and returns the files.
-func WriteCharts(dir string, rep Report) ([]string, error) {
+// WritePlots writes the requests and latency charts of every run into dir, in every format, and returns the files.
+func WritePlots(dir string, rep Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	var files []string
 	for _, r := range rep.Runs {
-		for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsChart, "latency": LatencyChart} {
+		for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot} {
 			p, err := build(r)
 			if err != nil {
 				return files, fmt.Errorf("%s chart of %s: %w", kind, r.column(), err)
 			}
 			for _, format := range ChartFormats {
 				path := filepath.Join(dir, chartFileName(r, kind, format))
-				if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return WriteChart(w, p, format) }); err != nil {
+				if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return WritePlot(w, p, format) }); err != nil {
 					return files, err
 				}
 				files = append(files, path)
@@ -246,6 +246,6 @@ func WriteAll(dir string, rep Report, lang string) error {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}
-	_, err := WriteCharts(filepath.Join(dir, "charts"), rep)
+	_, err := WritePlots(filepath.Join(dir, "charts"), rep)
 	return err
 }
