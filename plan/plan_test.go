@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -189,5 +190,29 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 func TestLoadFileReportsAMissingFile(t *testing.T) {
 	if _, err := LoadFile(filepath.Join(t.TempDir(), "nope.yaml")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("want not-exist, got %v", err)
+	}
+}
+
+// run.json and the in-cluster workers carry the plan as JSON: the same field names as the YAML, and it reads back.
+func TestPlanJSONUsesTheYAMLNames(t *testing.T) {
+	p, err := Parse("json.yaml", []byte("name: j\nlab: {nodeCPU: 750m}\nload: {rate: 5, duration: 2s, thinkTime: 1s}\napp: {resources: {limits: {cpu: 1.5}}, terminationGracePeriod: 20s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"nodeCPU":"750m"`, `"thinkTime":"1s"`, `"terminationGracePeriod":"20s"`, `"limits":{"cpu":"1500m"}`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("JSON lacks %s:\n%s", want, data)
+		}
+	}
+	var back Plan
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Lab.NodeCPU != 750 || back.Cases[0].App.Resources.Limits.CPU != 1500 || back.Cases[0].Load.ThinkTime != p.Cases[0].Load.ThinkTime {
+		t.Errorf("round trip: %+v %+v", back.Lab, back.Cases[0].App.Resources)
 	}
 }
