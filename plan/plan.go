@@ -59,16 +59,31 @@ const (
 )
 
 // LoadFile reads and resolves a plan file.
-func LoadFile(path string) (*Plan, error) {
+func LoadFile(path string) (*Plan, error) { return LoadFileWith(path, Overrides{}) }
+
+// LoadFileWith reads and resolves a plan file with command-line overrides.
+func LoadFileWith(path string, o Overrides) (*Plan, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return Parse(path, data)
+	return ParseWith(path, data, o)
+}
+
+// Overrides are command-line settings laid over a plan before it is validated, so one set of rules judges a value
+// whether it came from the file or from a flag; an error about one names the flag.
+type Overrides struct {
+	// Target's non-empty fields replace the plan's (--target, --kubeconfig, --context, --namespace).
+	Target Target
+	// LoadURL replaces every case's load.url (--load-url).
+	LoadURL string
 }
 
 // Parse resolves a plan from its YAML. The error, if any, is an ErrorList holding every problem found.
-func Parse(file string, data []byte) (*Plan, error) {
+func Parse(file string, data []byte) (*Plan, error) { return ParseWith(file, data, Overrides{}) }
+
+// ParseWith resolves a plan from its YAML with overrides applied before validation.
+func ParseWith(file string, data []byte, o Overrides) (*Plan, error) {
 	d := &decoder{file: file, paths: map[*yaml.Node]string{}}
 	root, err := parseDocument(file, data)
 	if err != nil {
@@ -90,6 +105,7 @@ func Parse(file string, data []byte) (*Plan, error) {
 	d.decode(merged, reflect.ValueOf(&top).Elem(), "", topLoc)
 
 	p := &Plan{Source: file, Name: top.Name, Description: top.Description, Target: top.Target, Lab: top.Lab, Repeats: top.Repeats, Report: top.Report, Prometheus: top.Prometheus}
+	o.applyTarget(&p.Target)
 	d.validateTop(p, topLoc)
 
 	base := settingsNode(merged)
@@ -106,15 +122,31 @@ func Parse(file string, data []byte) (*Plan, error) {
 		loc := located{}
 		d.decode(node, reflect.ValueOf(&s).Elem(), "", loc)
 		c := Case{Name: cs.name, Description: cs.description, Settings: s}
+		urlField := "load.url"
+		if o.LoadURL != "" {
+			c.Load.URL, urlField = o.LoadURL, "load.url (--load-url)"
+		}
 		v := &validator{d: d, loc: loc, fallback: cs.nameNode}
 		c.Requests = v.validateCase(&c)
-		v.validateLoadURL(c.Load, p.Target.Kind)
+		v.validateLoadURL(c.Load, p.Target.Kind, urlField)
 		p.Cases = append(p.Cases, c)
 	}
 	if len(d.errs) > 0 {
 		return nil, d.errs.sorted()
 	}
 	return p, nil
+}
+
+func (o Overrides) applyTarget(t *Target) {
+	for _, f := range []struct {
+		over string
+		into *string
+	}{{o.Target.Kind, &t.Kind}, {o.Target.Kubeconfig, &t.Kubeconfig},
+		{o.Target.Context, &t.Context}, {o.Target.Namespace, &t.Namespace}} {
+		if f.over != "" {
+			*f.into = f.over
+		}
+	}
 }
 
 var yamlLineError = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)

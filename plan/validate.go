@@ -109,20 +109,20 @@ const maxWorkerPods = 100
 
 // validateLoadURL checks load.url and load.inCluster against the target: a cluster needs an address or in-cluster
 // workers (which default to the Service's cluster DNS name); the lab needs neither.
-func (v *validator) validateLoadURL(l Load, targetKind string) {
+func (v *validator) validateLoadURL(l Load, targetKind, urlField string) {
 	raw, inCluster := l.URL, l.InCluster.Pods > 0
 	v.check(l.InCluster.Pods >= 0 && l.InCluster.Pods <= maxWorkerPods, "load.inCluster.pods", "must be between 0 and %d, got %d", maxWorkerPods, l.InCluster.Pods)
 	switch {
 	case targetKind == "lab" && inCluster:
 		v.fail("load.inCluster.pods", "only with target kind kubernetes: in the lab load goes through its own Service dataplane")
 	case targetKind == "lab" && raw != "":
-		v.fail("load.url", "only with target kind kubernetes: the lab sends load through its own Service dataplane")
+		v.fail(urlField, "only with target kind kubernetes: the lab sends load through its own Service dataplane")
 	case targetKind == "kubernetes" && raw == "" && !inCluster:
-		v.fail("load.url", "required with target kind kubernetes: where the Service is reachable from the runner, e.g. http://203.0.113.10 (LoadBalancer), an Ingress host, or a node's address with the NodePort")
+		v.fail(urlField, "required with target kind kubernetes: where the Service is reachable from the runner, e.g. http://203.0.113.10 (LoadBalancer), an Ingress host, or a node's address with the NodePort (or --load-url)")
 	case raw != "":
 		u, err := url.Parse(raw)
 		v.check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && (u.Path == "" || u.Path == "/") && u.RawQuery == "",
-			"load.url", "want scheme://host[:port] with http or https and no path (load.path is appended), got %q", raw)
+			urlField, "want scheme://host[:port] with http or https and no path (load.path is appended), got %q", raw)
 	}
 }
 

@@ -39,7 +39,7 @@ the runner shows the cluster, context, namespace, server version and the planned
   runner apply plans/quick.yaml --target kubernetes --context kind-rollout --load-url http://172.18.0.2:30080`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := plan.LoadFile(args[0])
+			p, err := cluster.load(args[0])
 			if err != nil {
 				return err
 			}

@@ -130,3 +130,16 @@ func TestVersionAndUsageErrors(t *testing.T) {
 		t.Errorf("unknown command: %d %q", code, errOut)
 	}
 }
+
+// Flags are laid over the plan before validation: the same rule judges --load-url as load.url, and says which.
+func TestFlagsAreValidatedAsThePlansOwnFields(t *testing.T) {
+	quick := filepath.Join("..", "..", "plans", "quick.yaml")
+	code, _, errOut := run(t, "apply", quick, "--target", "kubernetes", "--context", "c", "--load-url", "http://h/x", "--yes")
+	if code != ExitError || !strings.Contains(errOut, "load.url (--load-url): want scheme://host[:port]") {
+		t.Errorf("--load-url with a path: %d %q", code, errOut)
+	}
+	code, _, errOut = run(t, "apply", quick, "--load-url", "http://h")
+	if code != ExitError || !strings.Contains(errOut, "load.url (--load-url): only with target kind kubernetes") {
+		t.Errorf("--load-url on the lab: %d %q", code, errOut)
+	}
+}

@@ -30,39 +30,29 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.yes, "yes", false, "do not ask before installing on a cluster")
 }
 
-// connect lays the flags over the plan's target and, for a cluster, opens it and asks before anything is
-// installed; nil means the lab.
-func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan) (experiment.Connect, error) {
-	if f.target != "" {
-		if f.target != "lab" && f.target != "kubernetes" {
-			return nil, fmt.Errorf("--target %q: want lab or kubernetes", f.target)
-		}
-		p.Target.Kind = f.target
+// load reads the plan with the flags laid over it before it is validated: one set of rules judges a value from the
+// file and one from a flag.
+func (f *clusterFlags) load(planFile string) (*plan.Plan, error) {
+	if f.target != "" && f.target != "lab" && f.target != "kubernetes" {
+		return nil, fmt.Errorf("--target %q: want lab or kubernetes", f.target)
 	}
-	for flag, value := range map[string]string{"kubeconfig": f.kubeconfig, "context": f.context, "namespace": f.namespace, "load-url": f.loadURL} {
+	p, err := plan.LoadFileWith(planFile, plan.Overrides{LoadURL: f.loadURL,
+		Target: plan.Target{Kind: f.target, Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}})
+	if err != nil {
+		return nil, err
+	}
+	for flag, value := range map[string]string{"kubeconfig": f.kubeconfig, "context": f.context, "namespace": f.namespace} {
 		if value != "" && p.Target.Kind == "lab" {
 			return nil, fmt.Errorf("--%s is for a cluster; %s runs on the lab (use --target kubernetes)", flag, planFile)
 		}
 	}
+	return p, nil
+}
+
+// connect opens the plan's cluster and asks before anything is installed; nil means the lab.
+func (f *clusterFlags) connect(cmd *cobra.Command, planFile string, p *plan.Plan) (experiment.Connect, error) {
 	if p.Target.Kind == "lab" {
 		return nil, nil
-	}
-	if f.kubeconfig != "" {
-		p.Target.Kubeconfig = f.kubeconfig
-	}
-	if f.context != "" {
-		p.Target.Context = f.context
-	}
-	if f.namespace != "" {
-		p.Target.Namespace = f.namespace
-	}
-	for i := range p.Cases {
-		if f.loadURL != "" {
-			p.Cases[i].Load.URL = f.loadURL
-		}
-		if p.Cases[i].Load.URL == "" && p.Cases[i].Load.InCluster.Pods == 0 {
-			return nil, fmt.Errorf("%s: case %s: load.url: required on a cluster: where the Service is reachable from here (or --load-url)", planFile, p.Cases[i].Name)
-		}
 	}
 	interactive := false
 	if in, ok := cmd.InOrStdin().(*os.File); ok && in != nil {
