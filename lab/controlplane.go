@@ -13,7 +13,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,8 +41,33 @@ import (
 	scheduleroptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 )
 
-// KubernetesVersion is the release the lab's components come from.
-const KubernetesVersion = "v1.37.2"
+// KubernetesVersion is the release the lab's components come from: k8s.io/kubernetes's version in the module
+// build info (the Makefile stamps the same into component-base, which the apiserver reports; a test holds them
+// together). Without build info (never in a built binary): the go.mod requirement of this writing.
+var KubernetesVersion = kubernetesModuleVersion()
+
+func kubernetesModuleVersion() string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == "k8s.io/kubernetes" {
+				if dep.Replace != nil {
+					return dep.Replace.Version
+				}
+				return dep.Version
+			}
+		}
+	}
+	return "v1.37.2"
+}
+
+// KubernetesMinor is the minor version ("37") of KubernetesVersion.
+func KubernetesMinor() string {
+	parts := strings.SplitN(strings.TrimPrefix(KubernetesVersion, "v"), ".", 3)
+	if len(parts) < 2 {
+		return ""
+	}
+	return parts[1]
+}
 
 // Controllers the lab's controller-manager runs: what Deployments, Services, namespaces and Jobs (in-cluster load) need.
 var Controllers = []string{"deployment-controller", "replicaset-controller", "endpointslice-controller", "garbage-collector-controller",

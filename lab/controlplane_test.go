@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/component-base/version"
 	"k8s.io/utils/ptr"
 )
 
@@ -197,5 +198,16 @@ func etcdRefusesClientsWithoutItsCertificate(t *testing.T, cp *ControlPlane) {
 	}
 	if err := get("https", cp.pki.APIServerEtcdCertFile, cp.pki.APIServerEtcdKeyFile); err != nil {
 		t.Errorf("the apiserver's etcd client certificate: %v", err)
+	}
+}
+
+// The version the apiserver reports (stamped into component-base by the Makefile) is the module's.
+func TestStampedVersionIsTheModules(t *testing.T) {
+	stamped := version.Get().GitVersion
+	if !strings.HasPrefix(stamped, "v1.") {
+		t.Skipf("component-base not stamped (%s): build with the Makefile's K8S_LDFLAGS", stamped)
+	}
+	if stamped != KubernetesVersion || KubernetesMinor() != version.Get().Minor {
+		t.Errorf("stamped %s (minor %s), module %s (minor %s)", stamped, version.Get().Minor, KubernetesVersion, KubernetesMinor())
 	}
 }

@@ -403,7 +403,7 @@ func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunn
 		if err != nil {
 			return false
 		}
-		req.Header.Set("User-Agent", "kube-probe/1.37")
+		req.Header.Set("User-Agent", "kube-probe/1."+KubernetesMinor())
 		resp, err := probeClient.Do(req)
 		if err != nil {
 			return false
