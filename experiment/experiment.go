@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,8 +16,6 @@ import (
 
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/embedprom"
@@ -143,16 +140,11 @@ func Start(cfg Config) (_ *Session, err error) {
 	}
 	s.Metrics = load.NewMetrics(s.Registry)
 	s.Attributed = NewAttributedCounter(s.Registry)
-	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ln, err := net.Listen("tcp", cfg.MetricsListen)
-	if err != nil {
-		return nil, fmt.Errorf("serve metrics: %w", err)
+	var addr string
+	if s.metrics, addr, err = load.ServeMetrics(cfg.MetricsListen, s.Registry); err != nil {
+		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{EnableOpenMetrics: true}))
-	s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = s.metrics.Serve(ln) }()
-	cfg.Logger.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	cfg.Logger.Info("serving metrics", "url", "http://"+addr+"/metrics")
 
 	if cfg.PrometheusURL != "" {
 		if s.API, err = embedprom.NewClient(cfg.PrometheusURL, cfg.PrometheusToken); err != nil {
@@ -174,7 +166,7 @@ func Start(cfg Config) (_ *Session, err error) {
 			return nil, err
 		}
 	}
-	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: ln.Addr().String()}}); err != nil {
+	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: addr}}); err != nil {
 		return nil, err
 	}
 	if s.API, err = s.prom.Client(); err != nil {

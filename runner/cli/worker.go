@@ -4,13 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/rollout-lab/rollout-lab/load"
@@ -43,15 +39,10 @@ func newWorkerCommand() *cobra.Command {
 			l = l.Share(share)
 			reg := prometheus.NewRegistry()
 			m := load.NewMetrics(reg)
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			ln, err := net.Listen("tcp", metricsListen)
+			srv, _, err := load.ServeMetrics(metricsListen, reg)
 			if err != nil {
-				return fmt.Errorf("serve metrics: %w", err)
+				return err
 			}
-			mux := http.NewServeMux()
-			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
-			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-			go func() { _ = srv.Serve(ln) }()
 			defer srv.Close()
 			opts, err := load.OptionsFromPlan(url, l, labels)
 			if err != nil {
