@@ -33,7 +33,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"helm.sh/helm/v3/pkg/action"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
@@ -173,18 +172,12 @@ func labFigures(cowweb string) error {
 	if err != nil {
 		return err
 	}
-	chart, err := charts.Cowweb()
-	if err != nil {
-		return err
-	}
 	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
-	install := action.NewInstall(cfg)
-	install.ReleaseName, install.Namespace, install.Wait, install.Timeout = "cowweb", "default", true, 2*time.Minute
 	installStart := time.Now()
-	if _, err := install.Run(chart, charts.CowwebValues(p.Cases[0].App)); err != nil {
+	if err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
 		return err
 	}
 	ready := time.Since(installStart)

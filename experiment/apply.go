@@ -289,14 +289,20 @@ func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 	if err != nil {
 		return err
 	}
+	values := charts.CowwebValues(c.App)
+	r.target.AdjustValues(values)
+	return InstallCowweb(ctx, helmCfg, r.cfg.Plan.Namespace(), values)
+}
+
+// InstallCowweb installs the cowweb chart (Helm SDK) as the runner's release in namespace, labelled as the runner's,
+// and waits until every Pod is Ready: what apply does for each case, and what the bench times.
+func InstallCowweb(ctx context.Context, helmCfg *action.Configuration, namespace string, values map[string]any) error {
 	chart, err := charts.Cowweb()
 	if err != nil {
 		return err
 	}
-	values := charts.CowwebValues(c.App)
-	r.target.AdjustValues(values)
 	install := action.NewInstall(helmCfg)
-	install.ReleaseName, install.Namespace = ReleaseName, r.cfg.Plan.Namespace()
+	install.ReleaseName, install.Namespace = ReleaseName, namespace
 	install.Labels = map[string]string{InstalledByLabel: InstalledByValue}
 	install.Wait, install.Timeout = true, 5*time.Minute
 	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
