@@ -247,7 +247,7 @@ func (r *caseRunner) inCluster(ctx context.Context, c plan.Case, run int, url st
 
 // uninstallRelease removes the app's release, if there is one, and waits until its resources are gone.
 func uninstallRelease(t Target, namespace string, logger *slog.Logger) error {
-	helmCfg, err := helmFor(t, namespace, logger)
+	helmCfg, err := t.Helm(namespace, logger)
 	if err != nil {
 		return err
 	}
@@ -275,17 +275,13 @@ func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger
 	return nil
 }
 
-func helmFor(t Target, namespace string, logger *slog.Logger) (*action.Configuration, error) {
-	file, kubeContext := t.Kubeconfig()
-	return HelmConfiguration(file, kubeContext, namespace, logger)
-}
 
 // install replaces the release with the case's values and waits until every Pod is Ready.
 func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 	if err := uninstallRelease(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
 		return err
 	}
-	helmCfg, err := helmFor(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger)
+	helmCfg, err := r.target.Helm(r.cfg.Plan.Namespace(), r.cfg.Logger)
 	if err != nil {
 		return err
 	}

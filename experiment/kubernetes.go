@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"helm.sh/helm/v3/pkg/action"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -99,7 +101,9 @@ func (k *Kubernetes) Provenance() map[string]string {
 		"server": k.Info.Server, "kubernetes": k.Info.ServerVersion}
 }
 
-func (k *Kubernetes) Kubeconfig() (string, string) { return k.kubeconfig, k.Info.Context }
+func (k *Kubernetes) Helm(namespace string, logger *slog.Logger) (*action.Configuration, error) {
+	return HelmConfiguration(k.kubeconfig, k.Info.Context, namespace, logger)
+}
 
 func (k *Kubernetes) Client() kubernetes.Interface { return k.client }
 

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"time"
 
+	"helm.sh/helm/v3/pkg/action"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/rollout-lab/rollout-lab/lab"
@@ -24,8 +26,8 @@ import (
 type Target interface {
 	// Provenance describes the target for the results (no credentials).
 	Provenance() map[string]string
-	// Kubeconfig is the kubeconfig file and context the Helm SDK uses.
-	Kubeconfig() (file, context string)
+	// Helm is the Helm SDK's configuration for the namespace (the kubeconfig's, on the lab and on a cluster).
+	Helm(namespace string, logger *slog.Logger) (*action.Configuration, error)
 	// Client is the Kubernetes API.
 	Client() kubernetes.Interface
 	// AdjustValues sets the chart values the target needs (the lab has no load balancer: ClusterIP).
@@ -84,7 +86,9 @@ func (t *labTarget) Provenance() map[string]string {
 		"cpuModel": t.lab.CPU.String(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }
 
-func (t *labTarget) Kubeconfig() (string, string) { return t.lab.Kubeconfig, "" }
+func (t *labTarget) Helm(namespace string, logger *slog.Logger) (*action.Configuration, error) {
+	return HelmConfiguration(t.lab.Kubeconfig, "", namespace, logger)
+}
 
 func (t *labTarget) Client() kubernetes.Interface { return t.lab.Client }
 
