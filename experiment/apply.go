@@ -275,7 +275,6 @@ func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger
 	return nil
 }
 
-
 // install replaces the release with the case's values and waits until every Pod is Ready.
 func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
 	if err := uninstallRelease(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
