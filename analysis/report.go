@@ -198,7 +198,7 @@ func (l labels) rows(runs []CaseRun) []row {
 				return "-"
 			}
 			mark := ""
-			if r.Saturated() {
+			if r.Lateness.P99Ms > SaturatedLateness {
 				mark = " ⚠"
 			}
 			return formatMs(r.Lateness.P99Ms) + " / " + formatMs(r.Lateness.MaxMs) + mark
