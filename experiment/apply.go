@@ -30,6 +30,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // ReleaseName is the Helm release of the app; with the chart's naming the Deployment and Service are "cowweb".
@@ -113,7 +114,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		{name: "connect to the target", do: func(ctx context.Context) error {
 			var err error
 			if target, err = cfg.Connect(ctx, session); err == nil {
-				session.Manifest.Provenance.Target = target.Provenance()
+				session.SetTargetProvenance(target.Provenance())
 			}
 			return err
 		}, cleanup: func() error { return target.Close() }},
@@ -330,122 +331,204 @@ func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) e
 	})
 }
 
+// timelineSettle is how long the timeline keeps recording after the load ends: Pods still terminating then (a
+// preStop sleep, a graceful drain) belong to this case's timeline too, and the app's own log lines reach the
+// recorder a little after the moment they record.
+const timelineSettle = time.Second
+
+// caseRun is one run of one case; its steps share this state.
+type caseRun struct {
+	*caseRunner
+	c          plan.Case
+	run        int
+	labels     load.Labels
+	log        *slog.Logger
+	phase      atomic.Value // the current phase's name, for progress
+	attributor *analysis.Attributor
+	stopRecord func() []timeline.Event
+	recorded   []timeline.Event
+	stopLoad   context.CancelFunc
+	attackDone chan error
+	rolloutErr error
+	attackErr  error
+	failures   analysis.Failures
+}
+
+// run runs one case once as a list of steps, each undone (when it has something to undo) in reverse order however
+// the run ends: install, record, warm-up (the load starts), rollout, drain (the load ends), final scrape, results.
 func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
-	log := r.cfg.Logger.With("case", c.Name, "run", run)
-	var currentPhase atomic.Value
-	phase := func(p string) {
-		currentPhase.Store(p)
-		if r.cfg.Progress != nil {
-			r.cfg.Progress(c.Name, run, p, load.Progress{})
-		}
-		log.Info(p)
+	cr := &caseRun{caseRunner: r, c: c, run: run, labels: load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)},
+		log: r.cfg.Logger.With("case", c.Name, "run", run)}
+	cr.phase.Store(PhaseInstall)
+	steps := []step{
+		{name: PhaseInstall, do: cr.install},
+		{name: "record the timeline", do: cr.startRecording, cleanup: cr.stopRecording},
+		{name: PhaseWarmUp, do: cr.startLoad, cleanup: func() error { cr.stopLoad(); return nil }},
+		{name: PhaseRollout, do: cr.rollout},
+		{name: PhaseDrain, do: cr.waitLoad},
+		{name: "final scrape", do: cr.finalScrape},
+		{name: "write the run's results", do: cr.writeResults},
 	}
-	phase(PhaseInstall)
-	if err := r.install(ctx, c); err != nil {
-		return err
-	}
-	namespace := r.cfg.Plan.Namespace()
-	servingCtx, cancelServing := context.WithTimeout(ctx, time.Minute)
-	err := r.target.WaitServing(servingCtx, namespace, ReleaseName, servicePort, c.App.Replicas, c)
-	cancelServing()
-	if err != nil {
-		return err
-	}
-	attributor := analysis.NewAttributor(analysis.SettleTime, analysis.FailureSampleLimit)
-	stopRecording, err := r.target.Record(ctx, namespace, attributor.Event)
-	if err != nil {
-		return err
-	}
-	labels := load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}
-	url, dial := r.target.LoadURL(c, namespace, ReleaseName, servicePort)
-	// The target now knows the load's path (a load balancer, a node's proxy): the report states it.
-	r.session.Manifest.Provenance.Target = r.target.Provenance()
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	defer stopLoad()
-	attackDone := make(chan error, 1)
-	loadStarted := make(chan struct{})
-	phase(PhaseWarmUp)
-	go func() {
-		if c.Load.InCluster.Pods > 0 {
-			attackDone <- r.inCluster(loadCtx, c, run, url, labels, loadStarted)
-			return
-		}
-		close(loadStarted)
-		_, err := r.session.Attack(loadCtx, c, run, url, dial, func(p load.Progress) {
-			if r.cfg.Progress != nil {
-				r.cfg.Progress(c.Name, run, currentPhase.Load().(string), p)
-			}
-		}, attributor.Outcome)
-		attackDone <- err
-	}()
-	var rolloutErr error
-	started := false
-	select {
-	case <-loadStarted:
-		started = true
-	case err := <-attackDone:
-		attackDone <- err
-	case <-ctx.Done():
-	}
-	if c.Rollout.Restart && started {
-		select {
-		case <-time.After(c.RolloutAt()):
-			phase(PhaseRollout)
-			r.session.Metrics.MarkPhase(labels, load.PhaseRolloutStart, time.Now())
-			if rolloutErr = r.restart(ctx); rolloutErr == nil {
-				if rolloutErr = r.waitRolledOut(ctx, c.Rollout.Timeout.D()); rolloutErr == nil {
-					r.session.Metrics.MarkPhase(labels, load.PhaseRolloutComplete, time.Now())
-					phase(PhaseDrain)
+	var done []step
+	defer func() {
+		for i := len(done) - 1; i >= 0; i-- {
+			if done[i].cleanup != nil {
+				if err := done[i].cleanup(); err != nil {
+					cr.log.Warn("cleanup", "step", done[i].name, "err", err)
 				}
 			}
-		case err := <-attackDone:
-			attackDone <- err
-		case <-ctx.Done():
 		}
-	}
-	attackErr := <-attackDone
-	// Pods still terminating after the load belong to this case's timeline too.
-	time.Sleep(time.Second)
-	recorded := stopRecording()
-	attributed := attributor.Finish()
-	byClass, failures := attributed.ByClass, attributed.Failures
-	attribution := byClass.ByPhase()
-	for _, phase := range analysis.AttributionPhases {
-		r.session.Attributed.WithLabelValues(labels.Plan, labels.Case, labels.Run, phase).Add(float64(attribution[phase]))
-	}
-	if n := len(r.session.Manifest.Runs); n > 0 && r.session.Manifest.Runs[n-1].Labels == labels {
-		r.session.Manifest.Runs[n-1].Attribution = attribution
-		r.session.Manifest.Runs[n-1].AttributionByClass = byClass
-		r.session.Manifest.Runs[n-1].InFlight = attributed.InFlight
-		if err := r.session.Manifest.Save(r.session.Dir); err != nil {
+	}()
+	for _, s := range steps {
+		if err := s.do(ctx); err != nil {
 			return err
 		}
+		done = append(done, s)
 	}
-	if err := r.session.FinalScrape(context.WithoutCancel(ctx), time.Now()); err != nil {
+	if cr.rolloutErr != nil {
+		return fmt.Errorf("case %s run %d: rollout: %w", c.Name, run, cr.rolloutErr)
+	}
+	return cr.attackErr
+}
+
+func (cr *caseRun) enter(phase string) {
+	cr.phase.Store(phase)
+	if cr.cfg.Progress != nil {
+		cr.cfg.Progress(cr.c.Name, cr.run, phase, load.Progress{})
+	}
+	cr.log.Info(phase)
+}
+
+// install installs the case's release and waits until the Service sends new connections to every replica.
+func (cr *caseRun) install(ctx context.Context) error {
+	cr.enter(PhaseInstall)
+	if err := cr.caseRunner.install(ctx, cr.c); err != nil {
 		return err
 	}
-	eventsFile := filepath.Join(r.session.Dir, "cases", c.Name, fmt.Sprintf("run-%d", run), "events.json")
+	servingCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return cr.target.WaitServing(servingCtx, cr.cfg.Plan.Namespace(), ReleaseName, servicePort, cr.c.App.Replicas, cr.c)
+}
+
+// startRecording starts the timeline; each event also reaches the attributor as it is recorded.
+func (cr *caseRun) startRecording(ctx context.Context) error {
+	cr.attributor = analysis.NewAttributor(analysis.SettleTime, analysis.FailureSampleLimit)
+	var err error
+	cr.stopRecord, err = cr.target.Record(ctx, cr.cfg.Plan.Namespace(), cr.attributor.Event)
+	return err
+}
+
+// stopRecording ends the timeline once (the results step stops it first, to write it).
+func (cr *caseRun) stopRecording() error {
+	if cr.stopRecord != nil {
+		cr.recorded, cr.stopRecord = cr.stopRecord(), nil
+	}
+	return nil
+}
+
+// startLoad starts the case's load and returns once it is sending (or failed to start).
+func (cr *caseRun) startLoad(ctx context.Context) error {
+	namespace := cr.cfg.Plan.Namespace()
+	url, dial := cr.target.LoadURL(cr.c, namespace, ReleaseName, servicePort)
+	// The target now knows the load's path (a load balancer, a node's proxy): the report states it.
+	cr.session.SetTargetProvenance(cr.target.Provenance())
+	var loadCtx context.Context
+	loadCtx, cr.stopLoad = context.WithCancel(ctx)
+	cr.attackDone = make(chan error, 1)
+	started := make(chan struct{})
+	cr.enter(PhaseWarmUp)
+	go func() {
+		if cr.c.Load.InCluster.Pods > 0 {
+			cr.attackDone <- cr.inCluster(loadCtx, cr.c, cr.run, url, cr.labels, started)
+			return
+		}
+		close(started)
+		_, err := cr.session.Attack(loadCtx, cr.c, cr.run, url, dial, func(p load.Progress) {
+			if cr.cfg.Progress != nil {
+				cr.cfg.Progress(cr.c.Name, cr.run, cr.phase.Load().(string), p)
+			}
+		}, cr.attributor.Outcome)
+		cr.attackDone <- err
+	}()
+	select {
+	case <-started:
+	case err := <-cr.attackDone:
+		cr.attackDone <- err // the drain step reports it
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// rollout does what `kubectl rollout restart` does at rollout.at and waits as `kubectl rollout status` does. A
+// rollout that fails or times out does not stop the run: the load ends and the results are written first.
+func (cr *caseRun) rollout(ctx context.Context) error {
+	if !cr.c.Rollout.Restart {
+		return nil
+	}
+	select {
+	case <-time.After(cr.c.RolloutAt()):
+	case err := <-cr.attackDone:
+		cr.attackDone <- err
+		return nil
+	case <-ctx.Done():
+		return nil
+	}
+	cr.enter(PhaseRollout)
+	cr.session.Metrics.MarkPhase(cr.labels, load.PhaseRolloutStart, time.Now())
+	if cr.rolloutErr = cr.restart(ctx); cr.rolloutErr != nil {
+		return nil
+	}
+	if cr.rolloutErr = cr.waitRolledOut(ctx, cr.c.Rollout.Timeout.D()); cr.rolloutErr != nil {
+		return nil
+	}
+	cr.session.Metrics.MarkPhase(cr.labels, load.PhaseRolloutComplete, time.Now())
+	cr.enter(PhaseDrain)
+	return nil
+}
+
+// waitLoad waits for the load to end, then lets the timeline settle. A load that failed still has its results
+// written; the run then ends with its error.
+func (cr *caseRun) waitLoad(context.Context) error {
+	cr.attackErr = <-cr.attackDone
+	time.Sleep(timelineSettle)
+	return nil
+}
+
+// finalScrape records the attribution in the run's record and waits until Prometheus holds every sample.
+func (cr *caseRun) finalScrape(ctx context.Context) error {
+	if err := cr.stopRecording(); err != nil {
+		return err
+	}
+	attributed := cr.attributor.Finish()
+	attribution := attributed.ByClass.ByPhase()
+	for _, phase := range analysis.AttributionPhases {
+		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, phase).Add(float64(attribution[phase]))
+	}
+	if err := cr.session.RecordAttribution(cr.labels, attribution, attributed.ByClass, attributed.InFlight); err != nil {
+		return err
+	}
+	analysis.AnnotateInFlight(cr.recorded, attributed.InFlight)
+	cr.failures = attributed.Failures
+	return cr.session.FinalScrape(context.WithoutCancel(ctx), time.Now())
+}
+
+// writeResults writes the run's timeline (events.json) and its failed requests (failures.json).
+func (cr *caseRun) writeResults(context.Context) error {
+	eventsFile := filepath.Join(cr.session.Dir, "cases", cr.c.Name, fmt.Sprintf("run-%d", cr.run), "events.json")
 	if err := os.MkdirAll(filepath.Dir(eventsFile), 0o755); err != nil {
 		return err
 	}
 	// Events the app logged carry the app's own time and may reach the recorder a little late.
-	sort.SliceStable(recorded, func(i, j int) bool { return recorded[i].Time.Before(recorded[j].Time) })
-	analysis.AnnotateInFlight(recorded, attributed.InFlight)
-	data, err := json.MarshalIndent(recorded, "", "  ")
+	sort.SliceStable(cr.recorded, func(i, j int) bool { return cr.recorded[i].Time.Before(cr.recorded[j].Time) })
+	data, err := json.MarshalIndent(cr.recorded, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := rundir.WriteFileAtomic(eventsFile, data, 0o644); err != nil {
 		return err
 	}
-	if data, err = json.MarshalIndent(failures, "", "  "); err != nil {
+	if data, err = json.MarshalIndent(cr.failures, "", "  "); err != nil {
 		return err
 	}
-	if err := rundir.WriteFileAtomic(filepath.Join(filepath.Dir(eventsFile), "failures.json"), data, 0o644); err != nil {
-		return err
-	}
-	if rolloutErr != nil {
-		return fmt.Errorf("case %s run %d: rollout: %w", c.Name, run, rolloutErr)
-	}
-	return attackErr
+	return rundir.WriteFileAtomic(filepath.Join(filepath.Dir(eventsFile), "failures.json"), data, 0o644)
 }

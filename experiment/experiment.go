@@ -264,6 +264,22 @@ func (s *Session) RecordRun(record rundir.RunRecord) error {
 	return s.Manifest.Save(s.Dir)
 }
 
+// RecordAttribution adds a run's attribution of failed requests and its in-flight counts to the run's record (the
+// last one recorded, when it is that run's: a run whose load failed to start has none).
+func (s *Session) RecordAttribution(labels load.Labels, byPhase map[string]uint64, byClass map[string]map[string]uint64, inFlight []rundir.PodInFlight) error {
+	n := len(s.Manifest.Runs)
+	if n == 0 || s.Manifest.Runs[n-1].Labels != labels {
+		return nil
+	}
+	s.Manifest.Runs[n-1].Attribution = byPhase
+	s.Manifest.Runs[n-1].AttributionByClass = byClass
+	s.Manifest.Runs[n-1].InFlight = inFlight
+	return s.Manifest.Save(s.Dir)
+}
+
+// SetTargetProvenance records what the target says of itself (no credentials) in the results.
+func (s *Session) SetTargetProvenance(target map[string]string) { s.Manifest.Provenance.Target = target }
+
 // FinalScrape waits until Prometheus holds every sample up to t.
 func (s *Session) FinalScrape(ctx context.Context, t time.Time) error {
 	if s.prom != nil {
