@@ -155,6 +155,8 @@ type row struct {
 	values func(CaseRun) string
 }
 
+// rows is the article table's row list, in the article's order: long because it is a table, each entry a label
+// and how a run fills it; a row appears only when some run has its data.
 func (l labels) rows(runs []CaseRun) []row {
 	app := func(f func(CaseRun) string) func(CaseRun) string {
 		return func(r CaseRun) string {

@@ -87,7 +87,8 @@ type step struct {
 
 // Apply runs a plan on the lab: for every case and repeat, install the chart, load the Service, restart the
 // Deployment as kubectl does during the load, record the Pods' lifecycle, then write the reports. Every step undoes
-// itself, also when ctx ends (Ctrl-C): then what finished is reported and the run is marked partial.
+// itself, also when ctx ends (Ctrl-C): then what finished is reported and the run is marked partial. Its length is
+// the list of setup steps, each with its cleanup; a case's run is caseRunner's.
 func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -151,22 +152,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		done = append(done, s)
 	}
 
-	runner := &caseRunner{cfg: cfg, session: session, target: target}
-	var runErr error
-	for _, c := range cfg.Plan.Cases {
-		for run := 1; run <= cfg.Plan.Repeats && ctx.Err() == nil; run++ {
-			if session.Finished(load.Labels{Plan: cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}) {
-				cfg.Logger.Info("finished before the resume: skipped", "case", c.Name, "run", run)
-				continue
-			}
-			if runErr = runner.run(ctx, c, run); runErr != nil {
-				break
-			}
-		}
-		if runErr != nil || ctx.Err() != nil {
-			break
-		}
-	}
+	runErr := (&caseRunner{cfg: cfg, session: session, target: target}).runAll(ctx)
 	result.Partial = runErr != nil || ctx.Err() != nil
 	if cfg.Progress != nil {
 		cfg.Progress("", 0, PhaseReport, load.Progress{})
@@ -190,6 +176,25 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		runErr = fmt.Errorf("interrupted: %w", runErr)
 	}
 	return result, runErr
+}
+
+// runAll runs every case and repeat a resume did not find finished, and stops at the first failure or interrupt.
+func (r *caseRunner) runAll(ctx context.Context) error {
+	for _, c := range r.cfg.Plan.Cases {
+		for run := 1; run <= r.cfg.Plan.Repeats && ctx.Err() == nil; run++ {
+			if r.session.Finished(load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}) {
+				r.cfg.Logger.Info("finished before the resume: skipped", "case", c.Name, "run", run)
+				continue
+			}
+			if err := r.run(ctx, c, run); err != nil {
+				return err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 // ensureNamespace creates the namespace when it is missing, enforcing the "restricted" Pod Security Standard, and

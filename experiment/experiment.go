@@ -86,7 +86,8 @@ type Session struct {
 	logger     *slog.Logger
 }
 
-// Start creates the results directory, serves the metrics and starts (or connects to) Prometheus.
+// Start creates the results directory, serves the metrics and starts (or connects to) Prometheus: one sequence of
+// steps whose order matters (the manifest before the TSDB, the metrics address before the scrape target).
 func Start(cfg Config) (_ *Session, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

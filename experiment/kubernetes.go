@@ -192,7 +192,8 @@ type podSeen struct {
 	exited          map[string]bool
 }
 
-// watchPods turns Pod changes and the kubelet's Events into timeline events.
+// watchPods turns Pod changes and the kubelet's Events into timeline events: two informers and their handlers,
+// which share the state of what was already recorded.
 func watchPods(ctx context.Context, client kubernetes.Interface, namespace string, record func(timeline.Event)) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
 	var mu sync.Mutex

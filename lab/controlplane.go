@@ -1,6 +1,14 @@
-// Package lab is rollout-lab's embedded Kubernetes: etcd, kube-apiserver, kube-controller-manager and
-// kube-scheduler from k8s.io/kubernetes v1.37.2, all in the runner's process, on loopback, with TLS, client
-// certificates and RBAC.
+// Package lab is rollout-lab's embedded Kubernetes, laid out as the components it plays:
+//   - the control plane (controlplane.go, certs.go): etcd, kube-apiserver, kube-controller-manager and
+//     kube-scheduler from k8s.io/kubernetes, in the runner's process, on loopback, with TLS, client certificates
+//     and RBAC;
+//   - the node agent, the lab's kubelet (agent.go; pod.go, container.go, probe.go, termination.go, security.go):
+//     Pods as local processes with probes, hooks and the kubelet's termination, CPU through lab/cgroups;
+//   - the Pod network (network.go, addresses.go): a network namespace and address per Pod on a bridge;
+//   - the proxy and the load balancer (dataplane.go, balancer.go): each node's kube-proxy view with its
+//     programming delay, and a cloud-like balancer for Services of type LoadBalancer.
+//
+// What happens to Pods is recorded into the timeline package.
 package lab
 
 import (

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/rollout-lab/rollout-lab/plan"
@@ -106,7 +107,8 @@ type Summary struct {
 func (s Summary) Errors() uint64 { return s.Completed - s.ByClass[ClassNone] }
 
 // Attack sends the pacer's requests to opts.URL, records every outcome in m, and returns when all have completed
-// or ctx is done (then in-flight requests are abandoned by the attacker and counted by their own failure).
+// or ctx is done (then in-flight requests are abandoned by the attacker and counted by their own failure). The
+// client is attackClient's, each outcome outcomeRecorder's; what stays here is the attacker's one loop.
 func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	if opts.Pacer == nil {
 		return Summary{}, fmt.Errorf("attack %s: no pacer", opts.URL)
@@ -119,29 +121,8 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	if err != nil {
 		return Summary{}, fmt.Errorf("attack: %w", err)
 	}
-	dial := opts.Dial
-	if dial == nil {
-		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
-	}
-	perUser := opts.Connection != plan.ConnectionPooled
-	if perUser && opts.ThinkTime > 0 {
-		dial = holdOpen(dial, opts.ThinkTime)
-	}
-	idle := max(opts.Connections, 1)
-	if perUser {
-		// Per user: a new connection for every request, closed (after the think time) once its response is read —
-		// never reused, so Go's client never retries (it retries only on reused connections), as Gatling without
-		// shareConnections. The request still asks for keep-alive, as Gatling's does: the server keeps the
-		// connection open through the user's pause and sees the client close it.
-		idle = -1
-	}
-	transport := &http.Transport{
-		DialContext:         dial,
-		MaxIdleConnsPerHost: idle,
-		Proxy:               nil, // load must reach the target itself, never a proxy from the environment
-	}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: classifyingTransport{next: transport, timeout: opts.Timeout}}
+	client, closeIdle := attackClient(opts)
+	defer closeIdle()
 	maxWorkers := opts.MaxWorkers
 	if maxWorkers == 0 {
 		maxWorkers = vegeta.DefaultMaxWorkers
@@ -182,9 +163,8 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	defer ticker.Stop()
 	lastProgress := time.Now()
 	done := ctx.Done()
-	latencyByClass := map[string]interface{ Observe(float64) }{}
-	requestsByKey := map[[2]string]interface{ Inc() }{}
-	var latencySum time.Duration
+	rec := &outcomeRecorder{m: m, opts: opts, summary: &summary, hist: hist, lateHist: lateHist, lateness: lateness,
+		latencyByClass: map[string]interface{ Observe(float64) }{}, requestsByKey: map[[2]string]interface{ Inc() }{}}
 	for {
 		select {
 		case <-done:
@@ -205,7 +185,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 				targetRate.Set(0)
 				m.MarkPhase(opts.Labels, PhaseLoadEnd, summary.End)
 				if summary.Completed > 0 {
-					summary.Mean = latencySum / time.Duration(summary.Completed)
+					summary.Mean = rec.latencySum / time.Duration(summary.Completed)
 				}
 				summary.P50, summary.P90, summary.P99 = hist.quantile(0.5), hist.quantile(0.9), hist.quantile(0.99)
 				summary.Max = hist.max
@@ -213,33 +193,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 				return summary, nil
 			}
 			inFlight.Dec()
-			class := Classify(r.Code, r.Error)
-			code := CodeLabel(r.Code)
-			key := [2]string{code, class}
-			counter, ok := requestsByKey[key]
-			if !ok {
-				counter = m.Requests.WithLabelValues(opts.Labels.values(code, class)...)
-				requestsByKey[key] = counter
-			}
-			counter.Inc()
-			observer, ok := latencyByClass[class]
-			if !ok {
-				observer = m.Latency.WithLabelValues(opts.Labels.values(class)...)
-				latencyByClass[class] = observer
-			}
-			observer.Observe(r.Latency.Seconds())
-			summary.Completed++
-			summary.ByClass[class]++
-			summary.ByCode[code]++
-			latencySum += r.Latency
-			hist.observe(r.Latency)
-			late := max(r.Timestamp.Sub(summary.Start.Add(opts.Pacer.Due(r.Seq))), 0)
-			lateHist.observe(late)
-			lateness.Observe(late.Seconds())
-			if opts.Observe != nil {
-				route := RouteOf(r.Error, r.Headers)
-				opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod})
-			}
+			rec.observe(r)
 		}
 	}
 }
@@ -296,4 +250,74 @@ func (h *localHistogram) quantile(q float64) time.Duration {
 		cumulative += c
 	}
 	return h.max
+}
+
+// attackClient is the HTTP client of an attack: the plan's connection model over opts.Dial (the target's dialer),
+// never a proxy, every error classified with the request's timeout.
+func attackClient(opts Options) (*http.Client, func()) {
+	dial := opts.Dial
+	if dial == nil {
+		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	perUser := opts.Connection != plan.ConnectionPooled
+	if perUser && opts.ThinkTime > 0 {
+		dial = holdOpen(dial, opts.ThinkTime)
+	}
+	idle := max(opts.Connections, 1)
+	if perUser {
+		// Per user: a new connection for every request, closed (after the think time) once its response is read —
+		// never reused, so Go's client never retries (it retries only on reused connections), as Gatling without
+		// shareConnections. The request still asks for keep-alive, as Gatling's does: the server keeps the
+		// connection open through the user's pause and sees the client close it.
+		idle = -1
+	}
+	transport := &http.Transport{
+		DialContext:         dial,
+		MaxIdleConnsPerHost: idle,
+		Proxy:               nil, // load must reach the target itself, never a proxy from the environment
+	}
+	return &http.Client{Transport: classifyingTransport{next: transport, timeout: opts.Timeout}}, transport.CloseIdleConnections
+}
+
+// outcomeRecorder counts each result of an attack into the metrics, the summary and the local histograms, and hands
+// it to opts.Observe.
+type outcomeRecorder struct {
+	m              *Metrics
+	opts           Options
+	summary        *Summary
+	hist, lateHist *localHistogram
+	lateness       prometheus.Observer
+	latencyByClass map[string]interface{ Observe(float64) }
+	requestsByKey  map[[2]string]interface{ Inc() }
+	latencySum     time.Duration
+}
+
+func (o *outcomeRecorder) observe(r *vegeta.Result) {
+	class := Classify(r.Code, r.Error)
+	code := CodeLabel(r.Code)
+	key := [2]string{code, class}
+	counter, ok := o.requestsByKey[key]
+	if !ok {
+		counter = o.m.Requests.WithLabelValues(o.opts.Labels.values(code, class)...)
+		o.requestsByKey[key] = counter
+	}
+	counter.Inc()
+	observer, ok := o.latencyByClass[class]
+	if !ok {
+		observer = o.m.Latency.WithLabelValues(o.opts.Labels.values(class)...)
+		o.latencyByClass[class] = observer
+	}
+	observer.Observe(r.Latency.Seconds())
+	o.summary.Completed++
+	o.summary.ByClass[class]++
+	o.summary.ByCode[code]++
+	o.latencySum += r.Latency
+	o.hist.observe(r.Latency)
+	late := max(r.Timestamp.Sub(o.summary.Start.Add(o.opts.Pacer.Due(r.Seq))), 0)
+	o.lateHist.observe(late)
+	o.lateness.Observe(late.Seconds())
+	if o.opts.Observe != nil {
+		route := RouteOf(r.Error, r.Headers)
+		o.opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod})
+	}
 }

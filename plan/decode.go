@@ -87,7 +87,8 @@ func join(path, field string) string {
 	return path + "." + field
 }
 
-// decode sets v from n. A null node leaves v as it is, so defaults merged underneath stay.
+// decode sets v from n. A null node leaves v as it is, so defaults merged underneath stay. One switch over the
+// plan's value types, each case with its own error wording, kept together so every type reads the same way.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located) {
 	n = resolveAlias(n)
 	if !d.spend(n) {

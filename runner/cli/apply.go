@@ -14,6 +14,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/plan"
 )
 
+// newApplyCommand is the apply command's help, flags and progress line; the work is experiment.Apply's.
 func newApplyCommand() *cobra.Command {
 	var resultsRoot, resume, metricsListen string
 	var scrapeInterval time.Duration

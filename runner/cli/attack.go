@@ -41,6 +41,8 @@ func (f *prometheusFlags) token() (string, error) {
 	return strings.TrimSpace(string(data)), nil
 }
 
+// newAttackCommand is the attack command's help, flags and their mapping onto a plan; long because the flags
+// are many, each one line.
 func newAttackCommand() *cobra.Command {
 	var (
 		url, planFile, caseName, resultsRoot, metricsListen, stages string

@@ -57,6 +57,11 @@ func newLabCommand() *cobra.Command {
 		Short: "The embedded Kubernetes: a real control plane in one process, Pods as local processes",
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", ".lab", "the lab's state directory (certificates, etcd, logs, kubeconfig)")
+	cmd.AddCommand(newLabUpCommand(&dir), newLabDownCommand(&dir), newLabStatusCommand(&dir))
+	return cmd
+}
+
+func newLabUpCommand(dirFlag *string) *cobra.Command {
 	var (
 		nodes                        int
 		images                       []string
@@ -71,7 +76,7 @@ func newLabCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			abs, err := filepath.Abs(dir)
+			abs, err := filepath.Abs(*dirFlag)
 			if err != nil {
 				return err
 			}
@@ -131,19 +136,23 @@ func newLabCommand() *cobra.Command {
 	up.Flags().StringArrayVar(&images, "image", nil, "IMAGE=COMMAND: run containers of IMAGE (or of that repository) with COMMAND (repeatable)")
 	up.Flags().DurationVar(&serviceOutMin, "service-out-min", lab.DefaultServiceOutModel.Min, "least per-node proxy programming delay")
 	up.Flags().DurationVar(&serviceOutMax, "service-out-max", lab.DefaultServiceOutModel.Max, "greatest per-node proxy programming delay (kube-proxy's default min-sync-period: 1s)")
-	down := &cobra.Command{
+	return up
+}
+
+func newLabDownCommand(dirFlag *string) *cobra.Command {
+	return &cobra.Command{
 		Use:   "down",
 		Short: "Stop a lab started with `runner lab up` and remove what a crashed one left (network namespaces, bridge)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			state, err := readLabState(dir)
+			state, err := readLabState(*dirFlag)
 			switch {
 			case err != nil:
 			case !state.Owner.Alive():
 				// The lab is gone (crash, reboot); its PID may belong to another process now: leave that alone.
 				fmt.Fprintf(cmd.OutOrStdout(), "the lab of %s is no longer running (process %d is not it): nothing to stop\n",
-					filepath.Join(dir, labStateFile), state.PID)
-				if err := os.Remove(filepath.Join(dir, labStateFile)); err != nil && !os.IsNotExist(err) {
+					filepath.Join(*dirFlag, labStateFile), state.PID)
+				if err := os.Remove(filepath.Join(*dirFlag, labStateFile)); err != nil && !os.IsNotExist(err) {
 					return err
 				}
 			default:
@@ -166,12 +175,15 @@ func newLabCommand() *cobra.Command {
 			return err
 		},
 	}
-	status := &cobra.Command{
+}
+
+func newLabStatusCommand(dirFlag *string) *cobra.Command {
+	return &cobra.Command{
 		Use:   "status",
 		Short: "Show the running lab: server, kubeconfig, Nodes and Pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			state, err := readLabState(dir)
+			state, err := readLabState(*dirFlag)
 			if err != nil {
 				return err
 			}
@@ -225,8 +237,6 @@ func newLabCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(up, down, status)
-	return cmd
 }
 
 func readLabState(dir string) (labState, error) {
