@@ -176,7 +176,7 @@ func labFigures(cowweb string) error {
 		return err
 	}
 	installStart := time.Now()
-	if err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
+	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
 		return err
 	}
 	ready := time.Since(installStart)

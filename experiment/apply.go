@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -281,35 +282,40 @@ func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger
 	return nil
 }
 
-// install replaces the release with the case's values and waits until every Pod is Ready.
-func (r *caseRunner) install(ctx context.Context, c plan.Case) error {
+// install replaces the release with the case's values, waits until every Pod is Ready, and says what it installed.
+func (r *caseRunner) install(ctx context.Context, c plan.Case) (*rundir.Installed, error) {
 	if err := uninstallRelease(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
-		return err
+		return nil, err
 	}
 	helmCfg, err := r.target.Helm(r.cfg.Plan.Namespace(), r.cfg.Logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	values := charts.CowwebValues(c.App)
 	r.target.AdjustValues(values)
-	return InstallCowweb(ctx, helmCfg, r.cfg.Plan.Namespace(), values)
+	rel, err := InstallCowweb(ctx, helmCfg, r.cfg.Plan.Namespace(), values)
+	if err != nil {
+		return nil, err
+	}
+	return InstalledFrom(rel.Manifest)
 }
 
 // InstallCowweb installs the cowweb chart (Helm SDK) as the runner's release in namespace, labelled as the runner's,
 // and waits until every Pod is Ready: what apply does for each case, and what the bench times.
-func InstallCowweb(ctx context.Context, helmCfg *action.Configuration, namespace string, values map[string]any) error {
+func InstallCowweb(ctx context.Context, helmCfg *action.Configuration, namespace string, values map[string]any) (*release.Release, error) {
 	chart, err := charts.Cowweb()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	install := action.NewInstall(helmCfg)
 	install.ReleaseName, install.Namespace = ReleaseName, namespace
 	install.Labels = map[string]string{InstalledByLabel: InstalledByValue}
 	install.Wait, install.Timeout = true, 5*time.Minute
-	if _, err := install.RunWithContext(ctx, chart, values); err != nil {
-		return fmt.Errorf("helm install: %w", err)
+	rel, err := install.RunWithContext(ctx, chart, values)
+	if err != nil {
+		return nil, fmt.Errorf("helm install: %w", err)
 	}
-	return nil
+	return rel, nil
 }
 
 // restart does what `kubectl rollout restart deployment/cowweb` does: patch the restartedAt annotation.
@@ -357,6 +363,7 @@ type caseRun struct {
 	rolloutErr error
 	attackErr  error
 	failures   analysis.Failures
+	installed  *rundir.Installed
 }
 
 // run runs one case once as a list of steps, each undone (when it has something to undo) in reverse order however
@@ -407,7 +414,8 @@ func (cr *caseRun) enter(phase string) {
 // install installs the case's release and waits until the Service sends new connections to every replica.
 func (cr *caseRun) install(ctx context.Context) error {
 	cr.enter(PhaseInstall)
-	if err := cr.caseRunner.install(ctx, cr.c); err != nil {
+	var err error
+	if cr.installed, err = cr.caseRunner.install(ctx, cr.c); err != nil {
 		return err
 	}
 	servingCtx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -509,7 +517,8 @@ func (cr *caseRun) finalScrape(ctx context.Context) error {
 	for _, phase := range analysis.AttributionPhases {
 		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, phase).Add(float64(attribution[phase]))
 	}
-	if err := cr.session.RecordAttribution(cr.labels, attribution, attributed.ByClass, attributed.InFlight); err != nil {
+	if err := cr.session.CompleteRun(cr.labels, RunDetails{Attribution: attribution, AttributionByClass: attributed.ByClass,
+		InFlight: attributed.InFlight, Installed: cr.installed}); err != nil {
 		return err
 	}
 	analysis.AnnotateInFlight(cr.recorded, attributed.InFlight)

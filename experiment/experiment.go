@@ -265,16 +265,23 @@ func (s *Session) RecordRun(record rundir.RunRecord) error {
 	return s.Manifest.Save(s.Dir)
 }
 
-// RecordAttribution adds a run's attribution of failed requests and its in-flight counts to the run's record (the
-// last one recorded, when it is that run's: a run whose load failed to start has none).
-func (s *Session) RecordAttribution(labels load.Labels, byPhase map[string]uint64, byClass map[string]map[string]uint64, inFlight []rundir.PodInFlight) error {
+// RunDetails is what an apply's run adds to its record once its load ended.
+type RunDetails struct {
+	Attribution        map[string]uint64
+	AttributionByClass map[string]map[string]uint64
+	InFlight           []rundir.PodInFlight
+	Installed          *rundir.Installed
+}
+
+// CompleteRun adds a run's details to its record (the last one recorded, when it is that run's: a run whose load
+// failed to start has none).
+func (s *Session) CompleteRun(labels load.Labels, d RunDetails) error {
 	n := len(s.Manifest.Runs)
 	if n == 0 || s.Manifest.Runs[n-1].Labels != labels {
 		return nil
 	}
-	s.Manifest.Runs[n-1].Attribution = byPhase
-	s.Manifest.Runs[n-1].AttributionByClass = byClass
-	s.Manifest.Runs[n-1].InFlight = inFlight
+	r := &s.Manifest.Runs[n-1]
+	r.Attribution, r.AttributionByClass, r.InFlight, r.Installed = d.Attribution, d.AttributionByClass, d.InFlight, d.Installed
 	return s.Manifest.Save(s.Dir)
 }
 
@@ -331,6 +338,14 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		cond := analysis.ConditionsOf(c)
 		// A bare attack deploys nothing: whatever the plan says of the app is not what answered.
 		cond.AppKnown = m.Kind != KindAttack
+		if in := r.Installed; in != nil {
+			// What was installed, Helm values included, not what the plan alone says.
+			cond.Replicas, cond.PreStopAction, cond.PreStopSleep = in.Replicas, in.PreStopAction, plan.Duration(in.PreStopSleep)
+			cond.Shutdown, cond.DrainDelay, cond.GracePeriod, cond.CPULoad = in.Shutdown, plan.Duration(in.DrainDelay), plan.Duration(in.GracePeriod), in.CPULoad
+			if in.PreStopAction != "httpGet" && in.PreStopSleep == 0 {
+				cond.PreStopAction = "none"
+			}
+		}
 		opts := analysis.Options{ScrapeInterval: m.Prometheus.ScrapeInterval, Drain: r.Drain, Now: now}
 		if m.Kind == KindApply {
 			opts.Namespace = m.Plan.Namespace()

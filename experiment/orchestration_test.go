@@ -202,7 +202,11 @@ func TestApplyOrchestration(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(m.Runs) != 2 || m.Runs[0].Summary.Sent != 40 || m.Runs[1].Summary.ByClass[load.ClassNone] != 40 {
-			t.Errorf("runs %+v", m.Runs)
+			t.Fatalf("runs %+v", m.Runs)
+		}
+		// What the release installed, read from its rendered Deployment, is in the run's record.
+		if in := m.Runs[0].Installed; in == nil || in.Replicas != 2 || in.PreStopAction != "none" {
+			t.Errorf("installed %+v", in)
 		}
 		for _, file := range []string{"report.md", "report.json", filepath.Join("cases", "first", "run-1", "events.json")} {
 			if _, err := os.Stat(filepath.Join(run.result.Dir, file)); err != nil {

@@ -60,6 +60,19 @@ type RunRecord struct {
 	AttributionByClass map[string]map[string]uint64 `json:"attributionByClass,omitempty"`
 	// InFlight lists the Pods that got SIGTERM during the run with their in-flight requests (apply only).
 	InFlight []PodInFlight `json:"inFlight,omitempty"`
+	// Installed is what the release installed for the run, read from its rendered Deployment (apply only).
+	Installed *Installed `json:"installed,omitempty"`
+}
+
+// Installed is what a run's release set up, as its rendered Deployment says: the report's conditions.
+type Installed struct {
+	Replicas      int           `json:"replicas"`
+	PreStopAction string        `json:"preStopAction"` // exec, sleep, httpGet or none
+	PreStopSleep  time.Duration `json:"preStopSleep"`
+	Shutdown      string        `json:"shutdown"` // graceful, immediate or drain
+	DrainDelay    time.Duration `json:"drainDelay,omitempty"`
+	GracePeriod   time.Duration `json:"terminationGracePeriod"`
+	CPULoad       int           `json:"cpuLoad"` // 0 when the CPU knob is off
 }
 
 // PodInFlight is how many requests one Pod had in flight at its SIGTERM and at its exit, counted from the
