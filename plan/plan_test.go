@@ -215,4 +215,9 @@ func TestPlanJSONUsesTheYAMLNames(t *testing.T) {
 	if back.Lab.NodeCPU != 750 || back.Cases[0].App.Resources.Limits.CPU != 1500 || back.Cases[0].Load.ThinkTime != p.Cases[0].Load.ThinkTime {
 		t.Errorf("round trip: %+v %+v", back.Lab, back.Cases[0].App.Resources)
 	}
+	// Results written before CPU was written as in a plan hold bare milli-CPU numbers: they still read.
+	var old Lab
+	if err := json.Unmarshal([]byte(`{"nodes": 3, "nodeCPU": 0, "reservedCPU": 500}`), &old); err != nil || old.ReservedCPU != 500 {
+		t.Errorf("an older run.json's lab: %v %+v", err, old)
+	}
 }

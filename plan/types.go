@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"fmt"
 	"strconv"
 
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -51,9 +52,18 @@ func (m MilliCPU) MarshalYAML() (any, error) { return m.String(), nil }
 // MarshalText writes the CPU for JSON as in a plan.
 func (m MilliCPU) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
-// UnmarshalText reads what MarshalText wrote.
-func (m *MilliCPU) UnmarshalText(text []byte) error {
-	q, err := resource.ParseQuantity(string(text))
+// UnmarshalJSON reads what MarshalText wrote, and the bare milli-CPU numbers of results written before CPU was
+// written as in a plan.
+func (m *MilliCPU) UnmarshalJSON(data []byte) error {
+	if n, err := strconv.ParseInt(string(data), 10, 64); err == nil {
+		*m = MilliCPU(n)
+		return nil
+	}
+	text, err := strconv.Unquote(string(data))
+	if err != nil {
+		return fmt.Errorf("CPU: want a string such as \"500m\", got %s", data)
+	}
+	q, err := resource.ParseQuantity(text)
 	if err != nil {
 		return err
 	}
