@@ -286,7 +286,9 @@ func (s *Session) CompleteRun(labels load.Labels, d RunDetails) error {
 }
 
 // SetTargetProvenance records what the target says of itself (no credentials) in the results.
-func (s *Session) SetTargetProvenance(target map[string]string) { s.Manifest.Provenance.Target = target }
+func (s *Session) SetTargetProvenance(target map[string]string) {
+	s.Manifest.Provenance.Target = target
+}
 
 // FinalScrape waits until Prometheus holds every sample up to t.
 func (s *Session) FinalScrape(ctx context.Context, t time.Time) error {
