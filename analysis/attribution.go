@@ -66,7 +66,10 @@ type Failure struct {
 	Class     string    `json:"class"`
 	Cause     string    `json:"cause"`
 	Endpoint  string    `json:"endpoint,omitempty"`
-	Code      uint16    `json:"code,omitempty"`
+	// Pod is the UID of the Pod the request's connection reached, Node the node whose proxy routed it (when known).
+	Pod  string `json:"pod,omitempty"`
+	Node string `json:"node,omitempty"`
+	Code uint16 `json:"code,omitempty"`
 }
 
 // Failures is a run's bounded record of failed requests.
@@ -178,7 +181,7 @@ func (a *Attributor) decide(f load.Outcome) {
 	a.counts[phase][f.Class]++
 	if len(a.sample.Kept) < a.sample.Limit {
 		a.sample.Kept = append(a.sample.Kept, Failure{Sent: f.Sent, LatencyMs: float64(f.Latency) / float64(time.Millisecond),
-			Class: f.Class, Cause: phase, Endpoint: f.Endpoint, Code: f.Code})
+			Class: f.Class, Cause: phase, Endpoint: f.Endpoint, Pod: f.Pod, Node: f.Node, Code: f.Code})
 	} else {
 		a.sample.Dropped++
 	}

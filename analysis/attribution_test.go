@@ -119,9 +119,9 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 	a.now = func() time.Time { return now }
 	killed := 143
 	// Refused after SIGTERM: SIGTERM is recorded before the failure arrives.
-	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.2", Time: t0})
+	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.2", UID: "uid-2", Time: t0})
 	now = t0.Add(300 * time.Millisecond)
-	a.Outcome(load.Outcome{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Sent: t0.Add(200 * time.Millisecond)})
+	a.Outcome(load.Outcome{Class: load.ClassRefused, Endpoint: "198.18.0.2:8080", Pod: "uid-2", Node: "lab-node-1", Sent: t0.Add(200 * time.Millisecond)})
 	// A cut whose exit event arrives 2 s after the failure: it waits for it.
 	a.Event(timeline.Event{Type: timeline.EventSIGTERM, PodIP: "198.18.0.3", Time: t0})
 	a.Outcome(load.Outcome{Class: load.ClassReset, Endpoint: "198.18.0.3:8080", Sent: t0.Add(100 * time.Millisecond), Latency: 200 * time.Millisecond})
@@ -138,6 +138,10 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 	}
 	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != PhaseBeforeServiceOut || sample.Kept[1].Cause != PhaseInFlightCut {
 		t.Errorf("sample %+v", sample)
+	}
+	// Each kept failure names the Pod its connection reached and the node whose proxy routed it.
+	if k := sample.Kept[0]; k.Pod != "uid-2" || k.Node != "lab-node-1" || k.Endpoint != "198.18.0.2:8080" {
+		t.Errorf("kept failure %+v", k)
 	}
 }
 

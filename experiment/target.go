@@ -115,7 +115,7 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 			client := conn.LocalAddr().String()
 			route := func() load.Route {
 				r, _ := t.lab.Balancers.RouteOf(client)
-				return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID}
+				return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID, Node: r.Node}
 			}
 			load.ReportRoute(ctx, route)
 			return load.NewRoutedConn(conn, route), nil
@@ -124,7 +124,7 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 	}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, r, err := t.lab.Dataplane.DialRouted(ctx, network, addr)
-		route := func() load.Route { return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID} }
+		route := func() load.Route { return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID, Node: r.Node} }
 		load.ReportRoute(ctx, route)
 		if err != nil {
 			return nil, err

@@ -65,9 +65,11 @@ type Outcome struct {
 	Latency time.Duration
 	Code    uint16
 	Class   string
-	// Endpoint is where the request's connection went (host:port), when known; Pod is that Pod's UID.
+	// Endpoint is where the request's connection went (host:port), when known; Pod is that Pod's UID, Node the
+	// node whose proxy routed it.
 	Endpoint string
 	Pod      string
+	Node     string
 }
 
 // Progress is the running state of an attack.
@@ -318,6 +320,6 @@ func (o *outcomeRecorder) observe(r *vegeta.Result) {
 	o.lateness.Observe(late.Seconds())
 	if o.opts.Observe != nil {
 		route := RouteOf(r.Error, r.Headers)
-		o.opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod})
+		o.opts.Observe(Outcome{Seq: r.Seq, Sent: r.Timestamp, Latency: r.Latency, Code: r.Code, Class: class, Endpoint: route.Endpoint, Pod: route.Pod, Node: route.Node})
 	}
 }

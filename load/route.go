@@ -14,22 +14,30 @@ import (
 type Route struct {
 	Endpoint string
 	Pod      string
+	// Node is the node whose proxy routed the connection, when the target knows it (the lab does).
+	Node string
 }
 
 // RouteHeader carries a response's route through vegeta, which keeps a result's headers but not its connection.
 const RouteHeader = "X-Rollout-Lab-Route"
 
+// String writes the route as endpoint[#pod][@node].
 func (r Route) String() string {
-	if r.Pod == "" {
-		return r.Endpoint
+	s := r.Endpoint
+	if r.Pod != "" {
+		s += "#" + r.Pod
 	}
-	return r.Endpoint + "#" + r.Pod
+	if r.Node != "" {
+		s += "@" + r.Node
+	}
+	return s
 }
 
 // ParseRoute reads what Route.String wrote.
 func ParseRoute(s string) Route {
-	endpoint, pod, _ := strings.Cut(s, "#")
-	return Route{Endpoint: endpoint, Pod: pod}
+	rest, node, _ := strings.Cut(s, "@")
+	endpoint, pod, _ := strings.Cut(rest, "#")
+	return Route{Endpoint: endpoint, Pod: pod, Node: node}
 }
 
 // RoutedConn is a connection that knows its route; the route may be decided after the connection opened (a load
