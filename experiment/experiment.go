@@ -344,9 +344,6 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			// What was installed, Helm values included, not what the plan alone says.
 			cond.Replicas, cond.PreStopAction, cond.PreStopSleep = in.Replicas, in.PreStopAction, plan.Duration(in.PreStopSleep)
 			cond.Shutdown, cond.DrainDelay, cond.GracePeriod, cond.CPULoad = in.Shutdown, plan.Duration(in.DrainDelay), plan.Duration(in.GracePeriod), in.CPULoad
-			if in.PreStopAction != "httpGet" && in.PreStopSleep == 0 {
-				cond.PreStopAction = "none"
-			}
 		}
 		opts := analysis.Options{ScrapeInterval: m.Prometheus.ScrapeInterval, Drain: r.Drain, Now: now}
 		if m.Kind == KindApply {

@@ -30,7 +30,7 @@ type Target interface {
 	Helm(namespace string, logger *slog.Logger) (*action.Configuration, error)
 	// Client is the Kubernetes API.
 	Client() kubernetes.Interface
-	// AdjustValues sets the chart values the target needs (the lab has no load balancer: ClusterIP).
+	// AdjustValues sets the chart values the target needs beyond the case's (neither target needs any today).
 	AdjustValues(values map[string]any)
 	// WaitServing waits until the Service sends new connections to every one of its replicas.
 	WaitServing(ctx context.Context, namespace, service string, port, replicas int, c plan.Case) error
