@@ -15,6 +15,9 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/lab/controlplane"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/loadbalancer"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/timeline"
@@ -68,8 +71,8 @@ func ConnectLab(dir string, cowweb []string) Connect {
 			t.tempDir = dir
 		}
 		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
-			ServiceOut:   &lab.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
-			LoadBalancer: &lab.LoadBalancerOptions{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
+			ServiceOut:   &kubeproxy.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
+			LoadBalancer: &loadbalancer.Options{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
 			NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU),
 			Metrics: lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
 		t.lab = l
@@ -81,7 +84,7 @@ func ConnectLab(dir string, cowweb []string) Connect {
 }
 
 func (t *labTarget) Provenance() map[string]string {
-	return map[string]string{"kind": "lab", "kubernetes": lab.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
+	return map[string]string{"kind": "lab", "kubernetes": controlplane.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
 		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
 		"cpuModel": t.lab.CPU.String(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }

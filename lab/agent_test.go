@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,38 +20,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 var cowwebBinary string
 
-func TestMain(m *testing.M) {
-	if os.Getenv(podParentHelperEnv) != "" {
-		os.Exit(runPodParentHelper())
-	}
-	dir, err := os.MkdirTemp("", "lab-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cowwebBinary = filepath.Join(dir, "cowweb")
-	if out, err := exec.Command("go", "build", "-o", cowwebBinary, "../cowweb").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build cowweb: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.MainWithCowweb(m, &cowwebBinary)) }
 
-var _, podNetwork, _ = net.ParseCIDR(podNetworkCIDR)
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the lab's Pod network needs root")
-	}
-}
+var _, podNetwork, _ = net.ParseCIDR(cni.PodNetworkCIDR)
 
 func cowwebDeployment(name string, replicas int32, preStopSleep int, shutdown string) *appsv1.Deployment {
 	labels := map[string]string{"app": name}
@@ -109,7 +85,7 @@ func restart(ctx context.Context, l *Lab, ns, name string) error {
 }
 
 func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
@@ -122,7 +98,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 		if err := l.Down(); err != nil {
 			t.Error(err)
 		}
-		if left, err := Namespaces(os.Getpid()); err != nil || len(left) > 0 {
+		if left, err := cni.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
 			t.Errorf("network namespaces left: %v %v", left, err)
 		}
 	}()
@@ -134,7 +110,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var before []corev1.Pod
-	eventually(t, "4 Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "4 Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
 		before, err = readyPods(ctx, l, ns, "web")
 		return len(before) == 4, err
 	})
@@ -156,7 +132,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := &http.Client{Transport: &http.Transport{DialContext: l.Dataplane.Dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	eventually(t, "the Service answers through the dataplane", 30*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "the Service answers through the dataplane", 30*time.Second, func(ctx context.Context) (bool, error) {
 		resp, err := client.Get("http://web.default.svc:80/say?m=hi")
 		if err != nil {
 			return false, nil
@@ -167,12 +143,12 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 
 	// People reach it on a loopback port that forwards the same way.
 	var forward string
-	eventually(t, "a loopback port for the Service", 10*time.Second, func(context.Context) (bool, error) {
+	testenv.Eventually(t, "a loopback port for the Service", 10*time.Second, func(context.Context) (bool, error) {
 		forward = l.Dataplane.Forwards()["default/web:80"]
 		return forward != "", nil
 	})
 	// Every node's proxy learns the endpoints within the model's delay; until then a node may refuse.
-	eventually(t, "an answer through the loopback port", 10*time.Second, func(context.Context) (bool, error) {
+	testenv.Eventually(t, "an answer through the loopback port", 10*time.Second, func(context.Context) (bool, error) {
 		resp, err := http.Get("http://" + forward + "/say?m=forwarded")
 		if err != nil {
 			return false, nil
@@ -207,7 +183,7 @@ func TestAgentRunsPodsAndTerminatesThemAsTheKubeletDoes(t *testing.T) {
 	if err := restart(ctx, l, ns, "web"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "all 4 Pods replaced and Ready", 90*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "all 4 Pods replaced and Ready", 90*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := readyPods(ctx, l, ns, "web")
 		if err != nil || len(pods) != 4 {
 			return false, err
@@ -328,7 +304,7 @@ collect:
 		t.Fatal(err)
 	}
 	var pod corev1.Pod
-	eventually(t, "stubborn Pod Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "stubborn Pod Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := readyPods(ctx, l, ns, "stubborn")
 		if len(pods) == 1 {
 			pod = pods[0]

@@ -14,13 +14,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/lab/kubelet"
 )
 
 // On the real hierarchy: a node never gives its Pods more CPU than its capacity, a container never more than its
 // limit, and the accounting shows both with cAdvisor's names.
 func TestPodsGetTheirCPULimitsAndNodesTheirCapacity(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
@@ -33,7 +35,7 @@ func TestPodsGetTheirCPULimitsAndNodesTheirCapacity(t *testing.T) {
 	if l.Cgroups == nil {
 		t.Fatalf("no cgroups: %s", l.CPU.Reason)
 	}
-	node, err := l.Client.CoreV1().Nodes().Get(ctx, NodeName(1), metav1.GetOptions{})
+	node, err := l.Client.CoreV1().Nodes().Get(ctx, kubelet.NodeName(1), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func TestPodsGetTheirCPULimitsAndNodesTheirCapacity(t *testing.T) {
 				}
 			}
 		}()
-		eventually(t, app+" Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
+		testenv.Eventually(t, app+" Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
 			pods, err := readyPods(ctx, l, "default", app)
 			return len(pods) == 1, err
 		})

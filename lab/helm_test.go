@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/rollout-lab/rollout-lab/charts"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
 
@@ -37,7 +38,7 @@ func helmConfig(t *testing.T, kubeconfig, namespace string) *action.Configuratio
 // The project's chart, installed with the Helm SDK into a namespace that enforces the "restricted" Pod Security
 // Standard, runs 8 replicas on the lab; a restart replaces them all; a Pod whose readiness fails gets no traffic.
 func TestHelmChartOnTheLab(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 3, Cowweb: []string{cowwebBinary}})
 	if err != nil {
@@ -117,7 +118,7 @@ load: {rate: 1, duration: 1s}
 	if err := restart(ctx, l, ns, "cowweb"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "all 8 Pods replaced", 2*time.Minute, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "all 8 Pods replaced", 2*time.Minute, func(ctx context.Context) (bool, error) {
 		pods, err := l.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil || len(pods.Items) != 8 {
 			return false, err
@@ -152,7 +153,7 @@ load: {rate: 1, duration: 1s}
 		t.Fatal(err)
 	}
 	var brokenIP string
-	eventually(t, "the broken Pod running and the good ones Ready", time.Minute, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "the broken Pod running and the good ones Ready", time.Minute, func(ctx context.Context) (bool, error) {
 		pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=broken"})
 		if err != nil || len(pods.Items) != 1 || pods.Items[0].Status.PodIP == "" {
 			return false, err
@@ -177,15 +178,10 @@ load: {rate: 1, duration: 1s}
 // private home directory.
 func assertRunsAs(t *testing.T, l *Lab, pod corev1.Pod, uid int) {
 	t.Helper()
-	l.Agent.mu.Lock()
-	w := l.Agent.pods[pod.UID]
-	l.Agent.mu.Unlock()
-	if w == nil || len(w.ctrs) == 0 || !w.ctrs[0].running() {
+	pid, ok := l.Agent.ContainerPID(pod.UID, pod.Spec.Containers[0].Name)
+	if !ok {
 		t.Fatalf("pod %s: no running container", pod.Name)
 	}
-	w.ctrs[0].mu.Lock()
-	pid := w.ctrs[0].cmd.Process.Pid
-	w.ctrs[0].mu.Unlock()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -203,11 +199,21 @@ func assertRunsAs(t *testing.T, l *Lab, pod corev1.Pod, uid int) {
 			t.Errorf("pod %s process %d: %s %q, want %q", pod.Name, pid, key, fields[key], want)
 		}
 	}
-	info, err := os.Stat(w.home)
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var home string
+	for _, kv := range strings.Split(string(environ), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "HOME="); ok {
+			home = v
+		}
+	}
+	info, err := os.Stat(home)
+	if err != nil {
+		t.Fatalf("pod %s home %q: %v", pod.Name, home, err)
+	}
 	if st := info.Sys().(*syscall.Stat_t); int(st.Uid) != uid || info.Mode().Perm() != 0o700 {
-		t.Errorf("pod %s home %s: owner %d mode %v", pod.Name, w.home, st.Uid, info.Mode().Perm())
+		t.Errorf("pod %s home %s: owner %d mode %v", pod.Name, home, st.Uid, info.Mode().Perm())
 	}
 }

@@ -1,16 +1,33 @@
+// Package lab is rollout-lab's embedded Kubernetes: it starts, wires and stops the components it plays, each a
+// package named for the Kubernetes part it stands for:
+//   - lab/controlplane: etcd, kube-apiserver, kube-controller-manager and kube-scheduler from k8s.io/kubernetes, in
+//     the runner's process, on loopback, with TLS, client certificates and RBAC;
+//   - lab/kubelet: the node agent, Pods as local processes with the kubelet's probes, hooks and termination, their
+//     CPU through lab/cgroups (the kubelet's cgroup settings);
+//   - lab/cni: the Pod network, a network namespace and address per Pod on a bridge;
+//   - lab/kubeproxy: each node's kube-proxy view with its programming delay;
+//   - lab/loadbalancer: a cloud-like balancer for Services of type LoadBalancer;
+//   - lab/owner: which lab made what, so only a dead lab's leftovers are cleaned up.
+//
+// What happens to Pods is recorded into the timeline package.
 package lab
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
+	"github.com/rollout-lab/rollout-lab/lab/controlplane"
+	"github.com/rollout-lab/rollout-lab/lab/kubelet"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/loadbalancer"
+	"github.com/rollout-lab/rollout-lab/lab/owner"
 )
 
 // CowwebImages are the images the lab plays with the project's cowweb: the upstream image the chart defaults to
@@ -27,10 +44,10 @@ type Options struct {
 	Cowweb []string
 	// Images maps more images to local executables (image or repository → argv).
 	Images map[string][]string
-	// ServiceOut is the per-node proxy programming delay; zero value: DefaultServiceOutModel.
-	ServiceOut *ServiceOutModel
-	// LoadBalancer configures the balancers of Services of type LoadBalancer; nil: DefaultLoadBalancer.
-	LoadBalancer *LoadBalancerOptions
+	// ServiceOut is the per-node proxy programming delay; nil: kubeproxy.DefaultServiceOutModel.
+	ServiceOut *kubeproxy.ServiceOutModel
+	// LoadBalancer configures the balancers of Services of type LoadBalancer; nil: loadbalancer.Default.
+	LoadBalancer *loadbalancer.Options
 	// NodeCPU is each node's CPU in milli-CPU; 0: DefaultNodeCPU (the machine's CPUs less ReservedCPU, shared).
 	NodeCPU int64
 	// ReservedCPU is kept for the runner and control plane when NodeCPU is derived; 0: DefaultReservedCPU.
@@ -42,11 +59,11 @@ type Options struct {
 
 // Lab is a running lab: control plane, node agent and Pod network.
 type Lab struct {
-	*ControlPlane
-	Agent     *Agent
-	Network   Network
-	Dataplane *Dataplane
-	Balancers *Balancers
+	*controlplane.ControlPlane
+	Agent     *kubelet.Agent
+	Network   cni.Network
+	Dataplane *kubeproxy.Dataplane
+	Balancers *loadbalancer.Balancers
 	Cgroups   *cgroups.Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
 	CPU       CPUModel
 	metrics   *Metrics
@@ -94,7 +111,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 			err = errors.Join(err, l.Down())
 		}
 	}()
-	if l.Network, err = NewNetnsNetwork(); err != nil {
+	if l.Network, err = cni.NewNetnsNetwork(); err != nil {
 		return l, err
 	}
 	l.CPU = CPUModel{NodeMilli: opts.NodeCPU, ReservedMilli: opts.ReservedCPU, MachineCPUs: runtime.NumCPU()}
@@ -104,7 +121,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if l.CPU.NodeMilli == 0 {
 		l.CPU.NodeMilli = cgroups.DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
 	}
-	if l.Cgroups, err = cgroups.New(os.Getpid(), deadLab); err != nil {
+	if l.Cgroups, err = cgroups.New(os.Getpid(), owner.Gone); err != nil {
 		opts.Logger.Warn("Pods run without CPU limits: no cgroup CPU controller for the lab", "err", err)
 		l.CPU.Reason, err = err.Error(), nil
 	} else {
@@ -117,16 +134,16 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
 			"nodeCPU", cgroups.FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
 	}
-	if l.ControlPlane, err = StartControlPlane(ctx, opts.Dir, opts.Logger); err != nil {
+	if l.ControlPlane, err = controlplane.Start(ctx, opts.Dir, opts.Logger); err != nil {
 		return l, err
 	}
-	l.Agent, err = StartAgent(ctx, l.Client, AgentOptions{Nodes: opts.Nodes, Images: images, Network: l.Network,
-		StateDir: filepath.Join(opts.Dir, "agent"), Metrics: opts.Metrics, Logger: opts.Logger.With("component", "node-agent"),
+	l.Agent, err = kubelet.Start(ctx, l.Client, kubelet.Options{Version: controlplane.KubernetesVersion, Nodes: opts.Nodes, Images: images, Network: l.Network,
+		StateDir: filepath.Join(opts.Dir, "agent"), Metrics: opts.Metrics.timeline(), Logger: opts.Logger.With("component", "node-agent"),
 		NodeCPU: l.CPU.NodeMilli, Cgroups: l.Cgroups})
 	if err != nil {
 		return l, err
 	}
-	model := DefaultServiceOutModel
+	model := kubeproxy.DefaultServiceOutModel
 	if opts.ServiceOut != nil {
 		model = *opts.ServiceOut
 	}
@@ -134,15 +151,15 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		opts.Metrics.ModelBound.WithLabelValues("min").Set(model.Min.Seconds())
 		opts.Metrics.ModelBound.WithLabelValues("max").Set(model.Max.Seconds())
 	}
-	l.Dataplane, err = StartDataplane(l.Client, l.Agent.Nodes, l.Network.HostIP().String(), model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
+	l.Dataplane, err = kubeproxy.Start(l.Client, l.Agent.Nodes, l.Network.HostIP().String(), model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
 	if err != nil {
 		return l, err
 	}
-	balancer := DefaultLoadBalancer
+	balancer := loadbalancer.Default
 	if opts.LoadBalancer != nil {
 		balancer = *opts.LoadBalancer
 	}
-	l.Balancers, err = StartBalancers(l.Client, l.Dataplane, l.Network, balancer, opts.Metrics, opts.Logger.With("component", "load-balancer"))
+	l.Balancers, err = loadbalancer.Start(l.Client, l.Dataplane, l.Network, balancer, opts.Metrics.loadBalancer(), opts.Logger.With("component", "load-balancer"))
 	return l, err
 }
 
@@ -173,15 +190,4 @@ func (l *Lab) Down() error {
 		errs = append(errs, l.ControlPlane.Stop())
 	}
 	return errors.Join(errs...)
-}
-
-// deadLab says whether the lab of process pid is gone: its marker says it ended, or with no marker no process has
-// its PID any more (a live lab always has a marker; a reused PID keeps its leftovers, harmlessly).
-func deadLab(pid int) bool {
-	if staleOwner(pid) {
-		return true
-	}
-	_, marked := readMarker(pid)
-	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
-	return !marked && errors.Is(err, fs.ErrNotExist)
 }

@@ -2,13 +2,7 @@ package lab
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,13 +12,14 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // Startup (tcpSocket), readiness (exec) and liveness (httpGet) probes, the restart back-off, and the native sleep
 // and httpGet preStop hooks, on the real lab.
 func TestProbesRestartsAndHooks(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ctx := context.Background()
 	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 1, Cowweb: []string{cowwebBinary}})
 	if err != nil {
@@ -66,7 +61,7 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 		}
 	}
 	for _, app := range []string{"probed", "sleeper", "getter"} {
-		eventually(t, app+" Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
+		testenv.Eventually(t, app+" Ready", 30*time.Second, func(ctx context.Context) (bool, error) {
 			pods, err := readyPods(ctx, l, "default", app)
 			return len(pods) == 1, err
 		})
@@ -75,7 +70,7 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 	if s := pods[0].Status.ContainerStatuses[0]; s.Started == nil || !*s.Started || !s.Ready {
 		t.Errorf("probed: started %v ready %v", s.Started, s.Ready)
 	}
-	eventually(t, "rootless refused as the kubelet does", 30*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "rootless refused as the kubelet does", 30*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=rootless"})
 		if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
 			return false, err
@@ -83,7 +78,7 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 		w := pods.Items[0].Status.ContainerStatuses[0].State.Waiting
 		return w != nil && w.Reason == "CreateContainerConfigError" && strings.Contains(w.Message, "runAsNonRoot"), nil
 	})
-	eventually(t, "dying restarted once after its liveness failures", 30*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "dying restarted once after its liveness failures", 30*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=dying"})
 		if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.ContainerStatuses) != 1 {
 			return false, err
@@ -129,102 +124,5 @@ func TestProbesRestartsAndHooks(t *testing.T) {
 		if gap := steps[app][timeline.EventSIGTERM] - steps[app][timeline.EventPreStopEnd]; gap < 0 || gap > 100*time.Millisecond {
 			t.Errorf("%s: SIGTERM %v after the hook", app, gap)
 		}
-	}
-}
-
-// Leftovers of a lab whose process died (a namespace with a process in it, the bridge) go at the next start;
-// those of a lab still running stay, and so do names like a lab's that no lab of this project marked.
-func TestStaleNetworkOfDeadLabsIsRemoved(t *testing.T) {
-	requireRoot(t)
-	boot, err := bootID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := 4194300 // above any pid this machine hands out
-	if err := writeMarker(Owner{PID: dead, Start: 1, BootID: boot}); err != nil {
-		t.Fatal(err)
-	}
-	// A live process whose PID a dead lab once had: the marker's start time is not its own.
-	reused := exec.Command("sleep", "300")
-	if err := reused.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer reused.Process.Kill()
-	reusedOwner, err := ProcessOwner(reused.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reusedOwner.Start--
-	if err := writeMarker(reusedOwner); err != nil {
-		t.Fatal(err)
-	}
-	unmarked := 4194299
-	ns := fmt.Sprintf("%s%d-1", netnsPrefix, dead)
-	reusedNS := fmt.Sprintf("%s%d-1", netnsPrefix, reused.Process.Pid)
-	unmarkedNS := fmt.Sprintf("%s%d-1", netnsPrefix, unmarked)
-	for _, name := range []string{ns, reusedNS, unmarkedNS} {
-		if err := ipCommand("netns", "add", name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer ipCommand("netns", "del", unmarkedNS)
-	if err := ipCommand("link", "add", BridgeName(dead), "type", "bridge"); err != nil {
-		t.Fatal(err)
-	}
-	if err := ipCommand("link", "add", BridgeName(unmarked), "type", "bridge"); err != nil {
-		t.Fatal(err)
-	}
-	defer ipCommand("link", "del", BridgeName(unmarked))
-	sleeper := exec.Command("ip", "netns", "exec", ns, "sleep", "300")
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- sleeper.Wait() }()
-	// What was removed is told (runner lab down prints it); only what dead labs of this project marked.
-	cleaned, err := CleanStaleNetwork()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(cleaned.Namespaces, ns) || !slices.Contains(cleaned.Namespaces, reusedNS) || slices.Contains(cleaned.Namespaces, unmarkedNS) ||
-		cleaned.Processes < 1 || !slices.Contains(cleaned.Links, BridgeName(dead)) || slices.Contains(cleaned.Links, BridgeName(unmarked)) {
-		t.Errorf("cleaned %+v", cleaned)
-	}
-	n, err := NewNetnsNetwork()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if left, _ := Namespaces(dead); len(left) > 0 {
-		t.Errorf("stale namespaces left: %v", left)
-	}
-	if left, _ := Namespaces(reused.Process.Pid); len(left) > 0 {
-		t.Errorf("namespaces of a dead lab whose PID was reused left: %v", left)
-	}
-	if _, err := net.InterfaceByName(BridgeName(dead)); err == nil {
-		t.Errorf("stale bridge %s left", BridgeName(dead))
-	}
-	if _, ok := readMarker(dead); ok {
-		t.Error("the dead lab's marker is left")
-	}
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		t.Error("the process in the stale namespace still runs")
-	}
-	if err := syscall.Kill(reused.Process.Pid, 0); err != nil {
-		t.Errorf("the process that reused a dead lab's PID was touched: %v", err)
-	}
-	if left, _ := Namespaces(unmarked); len(left) != 1 {
-		t.Errorf("an unmarked namespace named like a lab's was removed: %v", left)
-	}
-	if _, err := net.InterfaceByName(BridgeName(unmarked)); err != nil {
-		t.Errorf("an unmarked bridge named like a lab's was removed: %v", err)
-	}
-	if _, err := net.InterfaceByName(n.Bridge); err != nil {
-		t.Errorf("this lab's bridge: %v", err)
-	}
-	if o, ok := readMarker(os.Getpid()); !ok || !o.Alive() {
-		t.Errorf("this lab's marker: %+v %v", o, ok)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
@@ -16,7 +17,7 @@ import (
 // cowweb built in its upstream flavour. Two replicas roll over; the old Pods, told not to shut down gracefully,
 // exit with v1.1.1's status 0 (the project's cowweb dies of SIGTERM: 143).
 func TestUpstreamImageRollsOverAsV111(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	upstream := filepath.Join(t.TempDir(), "cowweb-v1.1.1")
 	build := exec.Command("go", "build", "-ldflags", "-X github.com/rollout-lab/rollout-lab/cowweb/app.Flavor=upstream", "-o", upstream, "../cowweb")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -34,7 +35,7 @@ func TestUpstreamImageRollsOverAsV111(t *testing.T) {
 	if _, err := l.Client.AppsV1().Deployments("default").Create(ctx, cowwebDeployment("upstream", 2, 0, "immediate"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "2 upstream Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "2 upstream Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := readyPods(ctx, l, "default", "upstream")
 		return len(pods) == 2, err
 	})
@@ -46,7 +47,7 @@ func TestUpstreamImageRollsOverAsV111(t *testing.T) {
 	if err := restart(ctx, l, "default", "upstream"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "2 new Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
+	testenv.Eventually(t, "2 new Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
 		pods, err := readyPods(ctx, l, "default", "upstream")
 		fresh := 0
 		for _, p := range pods {

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/experiment"
-	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -130,11 +130,11 @@ func listeningPorts(t *testing.T) map[string]bool {
 // assertNothingLeft checks what an interrupted apply must have removed, and what it must have kept.
 func assertNothingLeft(t *testing.T, run applyRun, before map[string]bool, tmp string) {
 	t.Helper()
-	if left, err := lab.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
+	if left, err := cni.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
 		t.Errorf("network namespaces left: %v %v", left, err)
 	}
-	if _, err := net.InterfaceByName(lab.BridgeName(os.Getpid())); err == nil {
-		t.Errorf("bridge %s left", lab.BridgeName(os.Getpid()))
+	if _, err := net.InterfaceByName(cni.BridgeName(os.Getpid())); err == nil {
+		t.Errorf("bridge %s left", cni.BridgeName(os.Getpid()))
 	}
 	if children := childProcesses(t); len(children) > 0 {
 		t.Errorf("processes left: %v", children)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/controlplane"
 	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
@@ -270,7 +271,7 @@ report: {lang: en}
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	for _, want := range []string{"About to run plan on-cluster on a Kubernetes cluster", "context     rollout-lab (cluster rollout-lab, server https://127.0.0.1:",
-		"Kubernetes " + lab.KubernetesVersion, "namespace   " + namespace, "200 requests in all, up to 20/s, from " + from + " to http://" + address} {
+		"Kubernetes " + controlplane.KubernetesVersion, "namespace   " + namespace, "200 requests in all, up to 20/s, from " + from + " to http://" + address} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("the description lacks %q:\n%s", want, errOut)
 		}
@@ -281,7 +282,7 @@ report: {lang: en}
 		t.Fatal(err)
 	}
 	if m.Partial || len(m.Runs) != 1 || m.Runs[0].Summary.Completed != 200 || m.Provenance.Target["kind"] != "kubernetes" ||
-		m.Provenance.Target["context"] != "rollout-lab" || m.Provenance.Target["kubernetes"] != lab.KubernetesVersion {
+		m.Provenance.Target["context"] != "rollout-lab" || m.Provenance.Target["kubernetes"] != controlplane.KubernetesVersion {
 		t.Fatalf("run.json: partial %v, runs %+v, target %v", m.Partial, m.Runs, m.Provenance.Target)
 	}
 	t.Logf("outcomes through the node port: %v", m.Runs[0].Summary.ByClass)

@@ -21,6 +21,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
+	"github.com/rollout-lab/rollout-lab/lab/controlplane"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/owner"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
@@ -29,7 +33,7 @@ import (
 type labState struct {
 	PID int `json:"pid"`
 	// Owner tells the lab's process from another that got its PID after a crash or reboot.
-	Owner      lab.Owner         `json:"owner"`
+	Owner      owner.Owner       `json:"owner"`
 	Server     string            `json:"server"`
 	Kubeconfig string            `json:"kubeconfig"`
 	Nodes      int               `json:"nodes"`
@@ -92,16 +96,16 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max ≤ %s", serviceOutMin, serviceOutMax, plan.MaxServiceOut)
 			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Images: imageMap,
-				ServiceOut: &lab.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
+				ServiceOut: &kubeproxy.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
 			if err != nil {
 				return err
 			}
 			defer l.Down()
-			owner, err := lab.SelfOwner()
+			me, err := owner.Self()
 			if err != nil {
 				return err
 			}
-			state := labState{PID: owner.PID, Owner: owner, Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
+			state := labState{PID: me.PID, Owner: me, Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
 			writeState := func() error {
 				state.Services = l.Dataplane.Forwards()
 				data, _ := json.MarshalIndent(state, "", "  ")
@@ -112,7 +116,7 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 			}
 			defer os.Remove(filepath.Join(abs, labStateFile))
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s)\n", lab.KubernetesVersion, l.Server, nodes)
+			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s)\n", controlplane.KubernetesVersion, l.Server, nodes)
 			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nrunner lab status shows the Services' loopback ports; Ctrl-C (or runner lab down) stops the lab.\n", l.Kubeconfig)
 			// Keep the Services' loopback ports in the state file for `runner lab status`.
 			ticker := time.NewTicker(time.Second)
@@ -134,8 +138,8 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 	}
 	up.Flags().IntVar(&nodes, "nodes", 3, "Nodes the node agent runs")
 	up.Flags().StringArrayVar(&images, "image", nil, "IMAGE=COMMAND: run containers of IMAGE (or of that repository) with COMMAND (repeatable)")
-	up.Flags().DurationVar(&serviceOutMin, "service-out-min", lab.DefaultServiceOutModel.Min, "least per-node proxy programming delay")
-	up.Flags().DurationVar(&serviceOutMax, "service-out-max", lab.DefaultServiceOutModel.Max, "greatest per-node proxy programming delay (kube-proxy's default min-sync-period: 1s)")
+	up.Flags().DurationVar(&serviceOutMin, "service-out-min", kubeproxy.DefaultServiceOutModel.Min, "least per-node proxy programming delay")
+	up.Flags().DurationVar(&serviceOutMax, "service-out-max", kubeproxy.DefaultServiceOutModel.Max, "greatest per-node proxy programming delay (kube-proxy's default min-sync-period: 1s)")
 	return up
 }
 
@@ -166,7 +170,7 @@ func newLabDownCommand(dirFlag *string) *cobra.Command {
 			if os.Geteuid() != 0 {
 				return nil
 			}
-			cleaned, err := lab.CleanStaleNetwork()
+			cleaned, err := cni.CleanStale()
 			if !cleaned.Empty() {
 				// Whatever was removed, the user learns it (a crashed run's leftovers go silently otherwise).
 				fmt.Fprintf(cmd.OutOrStdout(), "removed what dead labs left: %d network namespaces %v, %d processes in them, %d bridges %v\n",

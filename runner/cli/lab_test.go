@@ -23,6 +23,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
+	"github.com/rollout-lab/rollout-lab/lab/owner"
 )
 
 // Ctrl-C on `runner lab up` leaves no process, network namespace, bridge or listening port behind.
@@ -91,7 +93,7 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 	}
 	// The lab's processes: those in its Pods' namespaces (other tests may run labs in other processes).
 	var pids []int
-	namespaces, err := lab.Namespaces(os.Getpid())
+	namespaces, err := cni.Namespaces(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,11 +123,11 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 			t.Errorf("process %d left", pid)
 		}
 	}
-	if left, err := lab.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
+	if left, err := cni.Namespaces(os.Getpid()); err != nil || len(left) > 0 {
 		t.Errorf("network namespaces left: %v %v", left, err)
 	}
-	if _, err := net.InterfaceByName(lab.BridgeName(os.Getpid())); err == nil {
-		t.Errorf("bridge %s left", lab.BridgeName(os.Getpid()))
+	if _, err := net.InterfaceByName(cni.BridgeName(os.Getpid())); err == nil {
+		t.Errorf("bridge %s left", cni.BridgeName(os.Getpid()))
 	}
 	if conn, err := net.DialTimeout("tcp", strings.TrimPrefix(state.Server, "https://"), time.Second); err == nil {
 		conn.Close()
@@ -154,7 +156,7 @@ func TestLabDownLeavesAStaleLabsProcessAlone(t *testing.T) {
 		other.Wait()
 		close(exited)
 	}()
-	owner, err := lab.ProcessOwner(other.Process.Pid)
+	owner, err := owner.Of(other.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

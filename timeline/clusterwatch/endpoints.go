@@ -67,10 +67,7 @@ func WatchEndpointSlices(ctx context.Context, client kubernetes.Interface, names
 		AddFunc:    func(obj any) { observe(obj.(*discoveryv1.EndpointSlice), false) },
 		UpdateFunc: func(_, obj any) { observe(obj.(*discoveryv1.EndpointSlice), false) },
 		DeleteFunc: func(obj any) {
-			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = tombstone.Obj
-			}
-			if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
+			if s, ok := Deleted(obj).(*discoveryv1.EndpointSlice); ok {
 				observe(s, true)
 			}
 		},
@@ -85,4 +82,13 @@ func WatchEndpointSlices(ctx context.Context, client kubernetes.Interface, names
 		return fmt.Errorf("watch EndpointSlices in %s: not synced", namespace)
 	}
 	return nil
+}
+
+// Deleted is the object of an informer's delete notification, which is a tombstone when the watch missed the
+// deletion and a relist found the object gone.
+func Deleted(obj any) any {
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return tombstone.Obj
+	}
+	return obj
 }

@@ -1,4 +1,7 @@
-package lab
+// Package cni is the lab's Pod network, what a CNI bridge plugin makes on a node: a Linux bridge on the host and a
+// network namespace per Pod joined to it by a veth pair, each Pod with its own address; plus the addresses the
+// lab's load balancers take for Services of type LoadBalancer.
+package cni
 
 import (
 	"bytes"
@@ -10,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/rollout-lab/rollout-lab/lab/owner"
 )
 
 // The lab's Pod network: a bridge on the host and a network namespace per Pod joined to it by a veth pair.
@@ -18,9 +23,10 @@ import (
 // touched, all named after the owning process id, so a crashed lab's leftovers are recognised and removed at the
 // next start while another process's running lab is left alone.
 const (
-	bridgePrefix    = "rlab"
-	netnsPrefix     = "rlab-"
-	podNetworkCIDR  = "198.18.0.0/15"
+	bridgePrefix = "rlab"
+	netnsPrefix  = "rlab-"
+	// PodNetworkCIDR holds every lab's Pod and ingress addresses.
+	PodNetworkCIDR  = "198.18.0.0/15"
 	blockBits       = 12 // a /20 per lab: 4094 Pod addresses
 	blocks          = 1 << (17 - blockBits)
 	podPrefixLength = 32 - blockBits
@@ -57,7 +63,7 @@ func Namespaces(pid int) ([]string, error) {
 	var names []string
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if owner, ok := ownerOf(name); ok && owner == pid && strings.HasPrefix(name, netnsPrefix) {
+		if maker, ok := ownerOf(name); ok && maker == pid && strings.HasPrefix(name, netnsPrefix) {
 			names = append(names, name)
 		}
 	}
@@ -104,13 +110,6 @@ func ipCommand(args ...string) error {
 
 func ipv4(v uint32) net.IP { return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)) }
 
-// staleOwner says whether the lab of process pid made this network and is gone: only names whose PID carries a
-// marker of this project are ever removed, and only once that very process (PID and start time) has ended.
-func staleOwner(pid int) bool {
-	o, ok := readMarker(pid)
-	return ok && !o.Alive()
-}
-
 // NewNetnsNetwork removes leftovers of dead labs, then creates this process's bridge on a free block.
 func NewNetnsNetwork() (*NetnsNetwork, error) {
 	if os.Geteuid() != 0 {
@@ -129,7 +128,7 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		return nil, err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if _, err := CleanStaleNetwork(); err != nil {
+	if _, err := CleanStale(); err != nil {
 		return nil, err
 	}
 	used := map[string]bool{}
@@ -140,28 +139,28 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 			}
 		}
 	}
-	self, err := SelfOwner()
+	self, err := owner.Self()
 	if err != nil {
 		return nil, err
 	}
-	owner := self.PID
-	if err := writeMarker(self); err != nil {
+	pid := self.PID
+	if err := owner.WriteMarker(self); err != nil {
 		return nil, fmt.Errorf("lab network marker: %w", err)
 	}
 	first := uint32(198)<<24 | uint32(18)<<16
 	for i := 0; i < blocks; i++ {
-		block := uint32((owner + i) % blocks)
+		block := uint32((pid + i) % blocks)
 		base := first + block<<blockBits
 		gateway := ipv4(base + 1)
 		if used[gateway.String()] {
 			continue
 		}
 		// .0 is the block, .1 the gateway, the last the broadcast address.
-		n := &NetnsNetwork{Bridge: BridgeName(owner), Gateway: gateway, base: base, owner: owner,
+		n := &NetnsNetwork{Bridge: BridgeName(pid), Gateway: gateway, base: base, owner: pid,
 			hosts: newAddressPool(2, lastPodHost, addressQuarantine), pods: map[string]podNet{}, external: map[uint32]bool{}}
 		fail := func(err error) (*NetnsNetwork, error) {
 			_ = ipCommand("link", "del", n.Bridge)
-			_ = os.Remove(markerFile(owner))
+			_ = owner.RemoveMarker(pid)
 			return nil, err
 		}
 		if err := ipCommand("link", "add", n.Bridge, "type", "bridge"); err != nil {
@@ -186,8 +185,8 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		}
 		return n, nil
 	}
-	_ = os.Remove(markerFile(owner))
-	return nil, fmt.Errorf("every block of %s is in use by other labs", podNetworkCIDR)
+	_ = owner.RemoveMarker(pid)
+	return nil, fmt.Errorf("every block of %s is in use by other labs", PodNetworkCIDR)
 }
 
 // ownerOf reads the process id from a lab's bridge (rlab<pid>) or namespace (rlab-<pid>-<n>) name.
@@ -214,9 +213,9 @@ type Cleaned struct {
 // Empty says whether nothing was left to remove.
 func (c Cleaned) Empty() bool { return len(c.Namespaces)+len(c.Links)+c.Processes == 0 }
 
-// CleanStaleNetwork removes the namespaces, processes and bridges that labs of dead processes left (after a crash,
+// CleanStale removes the namespaces, processes and bridges that labs of dead processes left (after a crash,
 // say); those of running labs stay, and so does anything named like them that no lab of this project marked.
-func CleanStaleNetwork() (Cleaned, error) {
+func CleanStale() (Cleaned, error) {
 	var cleaned Cleaned
 	stale := map[int]bool{}
 	out, err := exec.Command("ip", "netns", "list").Output()
@@ -226,7 +225,7 @@ func CleanStaleNetwork() (Cleaned, error) {
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
 		pid, ok := ownerOf(name)
-		if !ok || !strings.HasPrefix(name, netnsPrefix) || !staleOwner(pid) {
+		if !ok || !strings.HasPrefix(name, netnsPrefix) || !owner.Stale(pid) {
 			continue
 		}
 		stale[pid] = true
@@ -248,7 +247,7 @@ func CleanStaleNetwork() (Cleaned, error) {
 		return cleaned, err
 	}
 	for _, iface := range interfaces {
-		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && staleOwner(pid) {
+		if pid, ok := ownerOf(iface.Name); ok && strings.HasPrefix(iface.Name, bridgePrefix) && !strings.HasPrefix(iface.Name, netnsPrefix) && owner.Stale(pid) {
 			if err := ipCommand("link", "del", iface.Name); err != nil {
 				return cleaned, err
 			}
@@ -257,15 +256,15 @@ func CleanStaleNetwork() (Cleaned, error) {
 		}
 	}
 	// Markers of dead labs with nothing left (the lab closed its network but died before removing the marker).
-	if entries, err := os.ReadDir(labMarkerDir); err == nil {
+	if entries, err := os.ReadDir(owner.MarkerDir); err == nil {
 		for _, e := range entries {
-			if pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".json")); err == nil && staleOwner(pid) {
+			if pid, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".json")); err == nil && owner.Stale(pid) {
 				stale[pid] = true
 			}
 		}
 	}
 	for pid := range stale {
-		if err := os.Remove(markerFile(pid)); err != nil && !os.IsNotExist(err) {
+		if err := owner.RemoveMarker(pid); err != nil {
 			return cleaned, err
 		}
 	}
@@ -354,7 +353,7 @@ func (n *NetnsNetwork) Close() error {
 	}
 	if err := ipCommand("link", "del", n.Bridge); err != nil {
 		errs = append(errs, err)
-	} else if err := os.Remove(markerFile(n.owner)); err != nil && !os.IsNotExist(err) {
+	} else if err := owner.RemoveMarker(n.owner); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

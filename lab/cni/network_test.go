@@ -1,4 +1,4 @@
-package lab
+package cni
 
 import (
 	"bufio"
@@ -10,11 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 )
 
 // A long sweep creates and deletes far more Pods than a lab's block has addresses: freed ones come back.
 func TestPodAddressesAreFreedOnTeardown(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	n, err := NewNetnsNetwork()
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +56,7 @@ func TestPodAddressesAreFreedOnTeardown(t *testing.T) {
 // the neighbour lock time is ignored) or their entry expires (15–45 s): requests in flight hang, and a Pod's exit
 // reaches nobody — seen as 5 s timeouts in the end-to-end test before the bridge was pinned.
 func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	n, err := NewNetnsNetwork()
 	if err != nil {
 		t.Fatal(err)
@@ -138,3 +140,7 @@ func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
 	}
 	ask("after the other Pod's removal")
 }
+
+var cowwebBinary string
+
+func TestMain(m *testing.M) { os.Exit(testenv.MainWithCowweb(m, &cowwebBinary)) }

@@ -1,15 +1,7 @@
-// Package lab is rollout-lab's embedded Kubernetes, laid out as the components it plays:
-//   - the control plane (controlplane.go, certs.go): etcd, kube-apiserver, kube-controller-manager and
-//     kube-scheduler from k8s.io/kubernetes, in the runner's process, on loopback, with TLS, client certificates
-//     and RBAC;
-//   - the node agent, the lab's kubelet (agent.go; pod.go, container.go, probe.go, termination.go, security.go):
-//     Pods as local processes with probes, hooks and the kubelet's termination, CPU through lab/cgroups;
-//   - the Pod network (network.go, addresses.go): a network namespace and address per Pod on a bridge;
-//   - the proxy and the load balancer (dataplane.go, balancer.go): each node's kube-proxy view with its
-//     programming delay, and a cloud-like balancer for Services of type LoadBalancer.
-//
-// What happens to Pods is recorded into the timeline package.
-package lab
+// Package controlplane runs a Kubernetes control plane in the runner's process: etcd, kube-apiserver,
+// kube-controller-manager and kube-scheduler from k8s.io/kubernetes, on loopback, with TLS, client certificates
+// and RBAC, their state, certificates, logs and kubeconfig under one directory.
+package controlplane
 
 import (
 	"context"
@@ -23,7 +15,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -68,15 +59,6 @@ func kubernetesModuleVersion() string {
 	return "v1.37.2"
 }
 
-// KubernetesMinor is the minor version ("37") of KubernetesVersion.
-func KubernetesMinor() string {
-	parts := strings.SplitN(strings.TrimPrefix(KubernetesVersion, "v"), ".", 3)
-	if len(parts) < 2 {
-		return ""
-	}
-	return parts[1]
-}
-
 // Controllers the lab's controller-manager runs: what Deployments, Services, namespaces and Jobs (in-cluster load) need.
 var Controllers = []string{"deployment-controller", "replicaset-controller", "endpointslice-controller", "garbage-collector-controller",
 	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "root-ca-certificate-publisher-controller",
@@ -88,7 +70,7 @@ const ServiceClusterIPRange = "10.96.0.0/16"
 // running makes the lab one per process: client-go keeps process-wide informer names, so two would collide.
 var running sync.Mutex
 
-// ErrAlreadyRunning is returned by StartControlPlane while another lab runs in this process.
+// ErrAlreadyRunning is returned by Start while another lab runs in this process.
 var ErrAlreadyRunning = errors.New("a lab is already running in this process; stop it first (run labs in separate processes)")
 
 // ControlPlane is a running etcd, apiserver, controller-manager and scheduler.
@@ -112,8 +94,8 @@ type ControlPlane struct {
 	stopErr       error
 }
 
-// StartControlPlane starts the components with their state, certificates, logs and kubeconfig under dir.
-func StartControlPlane(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlane, err error) {
+// Start starts the components with their state, certificates, logs and kubeconfig under dir.
+func Start(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlane, err error) {
 	if !running.TryLock() {
 		return nil, ErrAlreadyRunning
 	}

@@ -1,9 +1,13 @@
-package lab
+// Package owner tells which lab process made a lab's leftovers (network namespaces, bridges, cgroups) and whether
+// that very process is gone, across PID reuse: only what a dead lab of this project made is ever cleaned up.
+package owner
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,11 +22,11 @@ type Owner struct {
 	BootID string `json:"bootID"`
 }
 
-// SelfOwner is this process.
-func SelfOwner() (Owner, error) { return ProcessOwner(os.Getpid()) }
+// Self is this process.
+func Self() (Owner, error) { return Of(os.Getpid()) }
 
-// ProcessOwner reads the identity of a running process.
-func ProcessOwner(pid int) (Owner, error) {
+// Of reads the identity of a running process.
+func Of(pid int) (Owner, error) {
 	boot, err := bootID()
 	if err != nil {
 		return Owner{}, err
@@ -39,7 +43,7 @@ func (o Owner) Alive() bool {
 	if o.PID <= 0 {
 		return false
 	}
-	now, err := ProcessOwner(o.PID)
+	now, err := Of(o.PID)
 	return err == nil && now == o
 }
 
@@ -69,15 +73,16 @@ func processStart(pid int) (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-// labMarkerDir holds one file per running lab network, named by its PID, with the Owner that made it: only
+// MarkerDir holds one file per running lab network, named by its PID, with the Owner that made it: only
 // bridges and namespaces whose PID has a marker were made by a lab of this project, and only those whose owner is
 // gone are removed. It is on /run, which a reboot empties together with the network namespaces.
-const labMarkerDir = "/run/rollout-lab/labs"
+const MarkerDir = "/run/rollout-lab/labs"
 
-func markerFile(pid int) string { return filepath.Join(labMarkerDir, strconv.Itoa(pid)+".json") }
+func markerFile(pid int) string { return filepath.Join(MarkerDir, strconv.Itoa(pid)+".json") }
 
-func writeMarker(o Owner) error {
-	if err := os.MkdirAll(labMarkerDir, 0o700); err != nil {
+// WriteMarker records o as the maker of the lab objects named by its PID.
+func WriteMarker(o Owner) error {
+	if err := os.MkdirAll(MarkerDir, 0o700); err != nil {
 		return err
 	}
 	data, err := json.Marshal(o)
@@ -87,8 +92,16 @@ func writeMarker(o Owner) error {
 	return os.WriteFile(markerFile(o.PID), data, 0o600)
 }
 
-// readMarker returns the owner recorded for pid, and false when no lab of this project recorded one.
-func readMarker(pid int) (Owner, bool) {
+// RemoveMarker removes pid's marker, if any.
+func RemoveMarker(pid int) error {
+	if err := os.Remove(markerFile(pid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ReadMarker returns the owner recorded for pid, and false when no lab of this project recorded one.
+func ReadMarker(pid int) (Owner, bool) {
 	data, err := os.ReadFile(markerFile(pid))
 	if err != nil {
 		return Owner{}, false
@@ -98,4 +111,22 @@ func readMarker(pid int) (Owner, bool) {
 		return Owner{}, false
 	}
 	return o, true
+}
+
+// Stale says whether the lab of process pid made these objects and is gone: only names whose PID carries a marker
+// of this project are ever removed, and only once that very process (PID and start time) has ended.
+func Stale(pid int) bool {
+	o, ok := ReadMarker(pid)
+	return ok && !o.Alive()
+}
+
+// Gone says whether the lab of process pid is gone: its marker says it ended, or with no marker no process has its
+// PID any more (a live lab always has a marker; a reused PID keeps its leftovers, harmlessly).
+func Gone(pid int) bool {
+	if Stale(pid) {
+		return true
+	}
+	_, marked := ReadMarker(pid)
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return !marked && errors.Is(err, fs.ErrNotExist)
 }

@@ -1,4 +1,7 @@
-package lab
+// Package kubeproxy is the lab's kube-proxy: each node's own view of the EndpointSlices, programmed after a
+// modelled delay (kube-proxy's min-sync-period), and the connections that view routes: a connection picks its node,
+// then a ready endpoint from that node's view when it opens, as iptables/nftables DNAT does, and stays on it.
+package kubeproxy
 
 import (
 	"context"
@@ -78,8 +81,8 @@ type sliceChange struct {
 // proxyQueueSize is how many EndpointSlice changes a node's proxy holds before the watch waits for it.
 const proxyQueueSize = 4096
 
-// StartDataplane watches Services and EndpointSlices and keeps each node's view.
-func StartDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger) (*Dataplane, error) {
+// Start watches Services and EndpointSlices and keeps each node's view.
+func Start(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger) (*Dataplane, error) {
 	return startDataplane(client, nodes, nodeIP, model, recorder, logger, proxyQueueSize)
 }
 
@@ -115,15 +118,8 @@ func startDataplane(client kubernetes.Interface, nodes []string, nodeIP string, 
 	return d, nil
 }
 
-func unwrap(obj any) any {
-	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		return tomb.Obj
-	}
-	return obj
-}
-
 func (d *Dataplane) setService(obj any, deleted bool) {
-	svc, ok := unwrap(obj).(*corev1.Service)
+	svc, ok := clusterwatch.Deleted(obj).(*corev1.Service)
 	if !ok {
 		return
 	}
@@ -185,7 +181,7 @@ func (d *Dataplane) Forwards() map[string]string {
 // sliceChanged queues the change on every node after its own delay. A node never programs a change before an
 // earlier one, as one kube-proxy syncs the whole state in order.
 func (d *Dataplane) sliceChanged(obj any, deleted bool) {
-	slice, ok := unwrap(obj).(*discoveryv1.EndpointSlice)
+	slice, ok := clusterwatch.Deleted(obj).(*discoveryv1.EndpointSlice)
 	if !ok {
 		return
 	}

@@ -1,4 +1,4 @@
-package lab
+package kubelet
 
 import "k8s.io/apimachinery/pkg/api/resource"
 

@@ -1,4 +1,8 @@
-package lab
+// Package kubelet is the lab's node agent: it registers the lab's Nodes and runs the Pods bound to them as local
+// processes, each in its Pod network namespace, as its securityContext's user, in the cgroups the kubelet would
+// make, with the kubelet's probes, lifecycle hooks and termination (preStop, SIGTERM, grace period, SIGKILL). What
+// happens to each Pod is recorded in the timeline.
+package kubelet
 
 import (
 	"context"
@@ -23,31 +27,34 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
-// AgentOptions configure the lab's node agent.
-type AgentOptions struct {
+// Options configure the lab's node agent.
+type Options struct {
+	// Version is the Kubernetes release the Nodes report and the probes' User-Agent carries.
+	Version string
 	// Nodes is how many Nodes the agent registers and runs Pods for.
 	Nodes int
 	// Images maps an image (repository without tag, or the full reference) to the argv that replaces the
 	// container's command[0] (or that is its entrypoint when it has no command).
 	Images  map[string][]string
-	Network Network
+	Network cni.Network
 	// StateDir holds container logs and events.jsonl.
 	StateDir string
 	// Metrics, when set, receive every recorded event.
-	Metrics *Metrics
+	Metrics *timeline.Metrics
 	Logger  *slog.Logger
 	// NodeCPU is each Node's CPU capacity (and allocatable) in milli-CPU; 0: unaccounted (64 CPUs reported).
 	NodeCPU int64
-	// Cgroups, when set, holds each node's, Pod's and container's cgroup (see cgroups.go).
+	// Cgroups, when set, holds each node's, Pod's and container's cgroup (see lab/cgroups).
 	Cgroups *cgroups.Cgroups
 }
 
 // Agent is the lab's kubelet: it registers Nodes and runs the Pods bound to them as local processes.
 type Agent struct {
-	opts     AgentOptions
+	opts     Options
 	client   kubernetes.Interface
 	Nodes    []string
 	Events   *timeline.Recorder
@@ -66,8 +73,8 @@ type Agent struct {
 // NodeName is the name of the lab's i-th Node (from 1).
 func NodeName(i int) string { return fmt.Sprintf("lab-node-%d", i) }
 
-// StartAgent registers the Nodes and starts running their Pods.
-func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOptions) (*Agent, error) {
+// Start registers the Nodes and starts running their Pods.
+func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Agent, error) {
 	if opts.Nodes < 1 {
 		opts.Nodes = 1
 	}
@@ -85,7 +92,7 @@ func StartAgent(ctx context.Context, client kubernetes.Interface, opts AgentOpti
 	if err != nil {
 		return nil, err
 	}
-	events, err := timeline.NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics.timeline())
+	events, err := timeline.NewRecorder(filepath.Join(opts.StateDir, "events.jsonl"), opts.Metrics)
 	if err != nil {
 		files.Close()
 		return nil, err
@@ -183,7 +190,7 @@ func (a *Agent) setNodeStatus(n *corev1.Node) {
 	n.Status.Capacity, n.Status.Allocatable = resources, resources
 	// No Hostname address: the apiserver would look the name up in DNS.
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: a.opts.Network.HostIP().String()}}
-	n.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: KubernetesVersion, OperatingSystem: "linux", Architecture: "amd64",
+	n.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: a.opts.Version, OperatingSystem: "linux", Architecture: "amd64",
 		ContainerRuntimeVersion: "rollout-lab://processes"}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "LabAgentReady",
 		Message: "the rollout-lab node agent runs Pods as local processes", LastHeartbeatTime: now, LastTransitionTime: now}}
@@ -309,3 +316,25 @@ func podIPString(ip net.IP) string {
 }
 
 func ptrTime(t time.Time) *metav1.Time { return ptr.To(metav1.NewTime(t)) }
+
+// ContainerPID is the process id of a running container of a Pod this agent runs, as crictl inspect would tell.
+func (a *Agent) ContainerPID(uid types.UID, container string) (int, bool) {
+	a.mu.Lock()
+	w := a.pods[uid]
+	a.mu.Unlock()
+	if w == nil {
+		return 0, false
+	}
+	for _, c := range w.ctrs {
+		if c.spec.Name != container || !c.running() {
+			continue
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.cmd == nil || c.cmd.Process == nil {
+			return 0, false
+		}
+		return c.cmd.Process.Pid, true
+	}
+	return 0, false
+}

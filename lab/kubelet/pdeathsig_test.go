@@ -1,4 +1,4 @@
-package lab
+package kubelet
 
 import (
 	"bufio"
@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
+	"github.com/rollout-lab/rollout-lab/lab/cni"
 )
 
 const podParentHelperEnv = "ROLLOUT_LAB_POD_PARENT_HELPER"
@@ -17,7 +20,7 @@ const podParentHelperEnv = "ROLLOUT_LAB_POD_PARENT_HELPER"
 // runPodParentHelper plays a runner that starts a Pod process the way the node agent does (Pod network, setpriv
 // as uid 65532, the Pod's process attributes), prints its PID and waits to be killed.
 func runPodParentHelper() int {
-	n, err := NewNetnsNetwork()
+	n, err := cni.NewNetnsNetwork()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -49,7 +52,7 @@ func runPodParentHelper() int {
 // A runner that dies hard (SIGKILL, a crash) leaves no Pod process behind: each has a parent-death signal, kept
 // across setpriv's change of user.
 func TestPodProcessesDieWithTheRunner(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	helper := exec.Command(os.Args[0], "-test.run=^$")
 	helper.Env = append(os.Environ(), podParentHelperEnv+"=1")
 	helper.Stderr = os.Stderr
@@ -81,7 +84,7 @@ func TestPodProcessesDieWithTheRunner(t *testing.T) {
 	}
 	helper.Process.Kill()
 	helper.Wait()
-	defer func() { _, _ = CleanStaleNetwork() }() // the helper's namespace, now of a dead lab
+	defer func() { _, _ = cni.CleanStale() }() // the helper's namespace, now of a dead lab
 	deadline := time.Now().Add(5 * time.Second)
 	for syscall.Kill(pod, 0) == nil {
 		if state, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pod)); strings.Contains(string(state), ") Z ") {
@@ -93,4 +96,11 @@ func TestPodProcessesDieWithTheRunner(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(podParentHelperEnv) != "" {
+		os.Exit(runPodParentHelper())
+	}
+	os.Exit(m.Run())
 }

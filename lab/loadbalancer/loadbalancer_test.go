@@ -1,4 +1,4 @@
-package lab
+package loadbalancer
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -80,7 +81,7 @@ func startBalancer(t *testing.T, mode, backend string) balancerFixture {
 			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
 				TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "web-1", UID: types.UID("pod-1")}}}})
 	logger := slog.New(slog.DiscardHandler)
-	d, err := StartDataplane(client, []string{"n1", "n2"}, "", ServiceOutModel{}, nil, logger)
+	d, err := kubeproxy.Start(client, []string{"n1", "n2"}, "", kubeproxy.ServiceOutModel{}, nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func startBalancer(t *testing.T, mode, backend string) balancerFixture {
 	}
 	metrics := NewMetrics(prometheus.NewRegistry())
 	addresses := &loopbackAddresses{}
-	b, err := StartBalancers(client, d, addresses, LoadBalancerOptions{Mode: mode, IdleTimeout: time.Minute}, metrics, logger)
+	b, err := Start(client, d, addresses, Options{Mode: mode, IdleTimeout: time.Minute}, metrics, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestTCPBalancerResetsTheClientWhenTheBackendRefuses(t *testing.T) {
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	backend := closed.Addr().String()
 	closed.Close()
-	f := startBalancer(t, LoadBalancerTCP, backend)
+	f := startBalancer(t, TCP, backend)
 	routed := 0
 	for range 5 {
 		// On loopback the reset may even beat the end of the client's connect; either way it is a reset.
@@ -150,7 +151,7 @@ func TestTCPBalancerResetsTheClientWhenTheBackendRefuses(t *testing.T) {
 	if routed == 0 {
 		t.Error("no connect completed in 5 tries")
 	}
-	if got := testutil.ToFloat64(f.metrics.BalancerBackendFailures.WithLabelValues("tcp", "refused")); got != 5 {
+	if got := testutil.ToFloat64(f.metrics.BackendFailures.WithLabelValues("tcp", "refused")); got != 5 {
 		t.Errorf("backend failures refused = %v", got)
 	}
 }
@@ -164,7 +165,7 @@ func TestTCPBalancerPassesResetsAndClosesOn(t *testing.T) {
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	})
-	f := startBalancer(t, LoadBalancerTCP, resetting)
+	f := startBalancer(t, TCP, resetting)
 	conn, err := net.Dial("tcp", f.address)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +182,7 @@ func TestTCPBalancerPassesResetsAndClosesOn(t *testing.T) {
 		c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nmoo"))
 		c.Close()
 	})
-	g := startBalancer(t, LoadBalancerTCP, answering)
+	g := startBalancer(t, TCP, answering)
 	resp, err := http.Get("http://" + g.address + "/say")
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +202,7 @@ func TestTCPBalancerClosesTheBackendWhenTheClientGoes(t *testing.T) {
 		_, err := io.ReadAll(c)
 		closedByBalancer <- err
 	})
-	f := startBalancer(t, LoadBalancerTCP, backend)
+	f := startBalancer(t, TCP, backend)
 	conn, err := net.Dial("tcp", f.address)
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +225,7 @@ func TestHTTPBalancerAnswers502WithoutRetrying(t *testing.T) {
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	refusing := closed.Addr().String()
 	closed.Close()
-	f := startBalancer(t, LoadBalancerHTTP, refusing)
+	f := startBalancer(t, HTTP, refusing)
 	resp, err := http.Get("http://" + f.address + "/say")
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +245,7 @@ func TestHTTPBalancerAnswers502WithoutRetrying(t *testing.T) {
 		http.ReadRequest(r)
 		c.Close()
 	})
-	g := startBalancer(t, LoadBalancerHTTP, racing)
+	g := startBalancer(t, HTTP, racing)
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	var codes []int
 	for range 2 {
@@ -259,10 +260,10 @@ func TestHTTPBalancerAnswers502WithoutRetrying(t *testing.T) {
 	if codes[0] != 200 || codes[1] != http.StatusBadGateway {
 		t.Errorf("statuses %v, want 200 then 502", codes)
 	}
-	if got := testutil.ToFloat64(g.metrics.BalancerBackendConnections.WithLabelValues("http")); got != 1 {
+	if got := testutil.ToFloat64(g.metrics.BackendConnections.WithLabelValues("http")); got != 1 {
 		t.Errorf("%v backend connections: the balancer retried on a new one", got)
 	}
-	if got := testutil.ToFloat64(g.metrics.Balancer502s.WithLabelValues("http")); got != 1 {
+	if got := testutil.ToFloat64(g.metrics.Responses502.WithLabelValues("http")); got != 1 {
 		t.Errorf("502s counted %v", got)
 	}
 }

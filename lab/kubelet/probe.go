@@ -1,4 +1,4 @@
-package lab
+package kubelet
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +36,7 @@ func (w *podWorker) probe(ctx context.Context, p *corev1.Probe, c *containerRunn
 		if err != nil {
 			return false
 		}
-		req.Header.Set("User-Agent", "kube-probe/1."+KubernetesMinor())
+		req.Header.Set("User-Agent", probeUserAgent(w.agent.opts.Version))
 		resp, err := probeClient.Do(req)
 		if err != nil {
 			return false
@@ -195,4 +196,13 @@ func (w *podWorker) readinessChanged() {
 		w.record(timeline.EventPodNotReady, "", nil)
 	}
 	w.updateStatus()
+}
+
+// probeUserAgent is the kubelet's probe User-Agent for a release: kube-probe/MAJOR.MINOR.
+func probeUserAgent(version string) string {
+	parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3)
+	if len(parts) < 2 {
+		return "kube-probe"
+	}
+	return "kube-probe/" + parts[0] + "." + parts[1]
 }

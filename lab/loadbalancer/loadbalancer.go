@@ -1,4 +1,7 @@
-package lab
+// Package loadbalancer is the lab's cloud load balancer controller (the part of a cloud-controller-manager that
+// serves Services of type LoadBalancer): an ingress address per Service and a balancer there that spreads
+// connections over the nodes, whose kube-proxy view picks the Pod.
+package loadbalancer
 
 import (
 	"context"
@@ -17,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -27,27 +32,27 @@ import (
 
 // Load balancer modes: what a cloud's load balancer does for a Service of type LoadBalancer.
 const (
-	// LoadBalancerTCP proxies each client connection to one backend connection, opened when the client connects
+	// TCP proxies each client connection to one backend connection, opened when the client connects
 	// and routed through a node's proxy view; a backend that refuses or resets resets the client's connection,
 	// one that closes closes it. The default backend protocol of the reference experiment's cloud for a Service
 	// without annotations (oracle/oci-cloud-controller-manager: protocol TCP).
-	LoadBalancerTCP = "tcp"
-	// LoadBalancerHTTP is an HTTP reverse proxy with pooled keep-alive backend connections and no retries: a
+	TCP = "tcp"
+	// HTTP is an HTTP reverse proxy with pooled keep-alive backend connections and no retries: a
 	// backend that refuses, resets or closes before answering gets the client a 502, as cloud HTTP listeners and
 	// common ingress controllers do by default.
-	LoadBalancerHTTP = "http"
+	HTTP = "http"
 )
 
-// LoadBalancerOptions configure the lab's load balancers.
-type LoadBalancerOptions struct {
+// Options configure the lab's load balancers.
+type Options struct {
 	Mode string
 	// IdleTimeout closes pooled backend connections idle this long (http mode).
 	IdleTimeout time.Duration
 }
 
-// DefaultLoadBalancer is the reference experiment's: TCP, with a backend idle timeout of 60 s (a common default
+// Default is the reference experiment's: TCP, with a backend idle timeout of 60 s (a common default
 // of cloud HTTP listeners, unused in tcp mode).
-var DefaultLoadBalancer = LoadBalancerOptions{Mode: LoadBalancerTCP, IdleTimeout: 60 * time.Second}
+var Default = Options{Mode: TCP, IdleTimeout: 60 * time.Second}
 
 // discardLog keeps the proxy's per-request complaints out of the runner's output: the metrics count them.
 var discardLog = log.New(io.Discard, "", 0)
@@ -69,9 +74,9 @@ type externalAddresses interface {
 // the nodes (round robin) and lets each node's proxy view pick the Pod, as a cloud balancer in front of NodePorts
 // does.
 type Balancers struct {
-	opts      LoadBalancerOptions
+	opts      Options
 	client    kubernetes.Interface
-	dataplane *Dataplane
+	dataplane *kubeproxy.Dataplane
 	addresses externalAddresses
 	metrics   *Metrics
 	logger    *slog.Logger
@@ -85,7 +90,7 @@ type Balancers struct {
 }
 
 type journalEntry struct {
-	route Routed
+	route kubeproxy.Routed
 	at    time.Time
 }
 
@@ -97,16 +102,16 @@ type balancer struct {
 	transport *http.Transport
 }
 
-// StartBalancers watches Services and runs a balancer for each of type LoadBalancer.
-func StartBalancers(client kubernetes.Interface, d *Dataplane, addresses externalAddresses, opts LoadBalancerOptions, metrics *Metrics, logger *slog.Logger) (*Balancers, error) {
+// Start watches Services and runs a balancer for each of type LoadBalancer.
+func Start(client kubernetes.Interface, d *kubeproxy.Dataplane, addresses externalAddresses, opts Options, metrics *Metrics, logger *slog.Logger) (*Balancers, error) {
 	if opts.Mode == "" {
-		opts.Mode = DefaultLoadBalancer.Mode
+		opts.Mode = Default.Mode
 	}
 	if opts.IdleTimeout == 0 {
-		opts.IdleTimeout = DefaultLoadBalancer.IdleTimeout
+		opts.IdleTimeout = Default.IdleTimeout
 	}
-	if opts.Mode != LoadBalancerTCP && opts.Mode != LoadBalancerHTTP {
-		return nil, fmt.Errorf("load balancer mode %q: want %s or %s", opts.Mode, LoadBalancerTCP, LoadBalancerHTTP)
+	if opts.Mode != TCP && opts.Mode != HTTP {
+		return nil, fmt.Errorf("load balancer mode %q: want %s or %s", opts.Mode, TCP, HTTP)
 	}
 	b := &Balancers{opts: opts, client: client, dataplane: d, addresses: addresses, metrics: metrics, logger: logger,
 		stop: make(chan struct{}), services: map[string]*balancer{}, journal: map[string]journalEntry{}}
@@ -128,7 +133,7 @@ func StartBalancers(client kubernetes.Interface, d *Dataplane, addresses externa
 func (b *Balancers) Mode() string { return b.opts.Mode }
 
 func (b *Balancers) sync(obj any, deleted bool) {
-	svc, ok := unwrap(obj).(*corev1.Service)
+	svc, ok := clusterwatch.Deleted(obj).(*corev1.Service)
 	if !ok {
 		return
 	}
@@ -187,7 +192,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 		return nil, err
 	}
 	lb := &balancer{ip: ip}
-	if b.opts.Mode == LoadBalancerHTTP {
+	if b.opts.Mode == HTTP {
 		lb.transport = b.backendTransport()
 	}
 	for _, p := range svc.Spec.Ports {
@@ -198,7 +203,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 		}
 		lb.listeners = append(lb.listeners, ln)
 		target := fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port)
-		if b.opts.Mode == LoadBalancerTCP {
+		if b.opts.Mode == TCP {
 			go b.serveTCP(ln, target)
 		} else {
 			server := &http.Server{Handler: b.httpProxy(lb.transport, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
@@ -263,14 +268,14 @@ func (b *Balancers) Ingress(namespace, name string) (net.IP, bool) {
 
 // RouteOf tells which backend (node, Pod address, Pod UID) the balancer used for the client connection from
 // clientAddr (the client's local address), as long as it remembers.
-func (b *Balancers) RouteOf(clientAddr string) (Routed, bool) {
+func (b *Balancers) RouteOf(clientAddr string) (kubeproxy.Routed, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e, ok := b.journal[clientAddr]
 	return e.route, ok
 }
 
-func (b *Balancers) remember(clientAddr string, r Routed) {
+func (b *Balancers) remember(clientAddr string, r kubeproxy.Routed) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
@@ -303,13 +308,13 @@ func backendErrorClass(err error) string {
 
 func (b *Balancers) countConnection() {
 	if b.metrics != nil {
-		b.metrics.BalancerBackendConnections.WithLabelValues(b.opts.Mode).Inc()
+		b.metrics.BackendConnections.WithLabelValues(b.opts.Mode).Inc()
 	}
 }
 
 // dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does; routed
 // learns the decision before the connect, which to a Pod already gone lasts until it fails.
-func (b *Balancers) dialBackend(ctx context.Context, target string, routed func(Routed)) (net.Conn, Routed, error) {
+func (b *Balancers) dialBackend(ctx context.Context, target string, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
 	b.countConnection()
 	r, err := b.dataplane.RouteTo(target)
 	routed(r)
@@ -342,7 +347,7 @@ func (b *Balancers) serveTCP(ln net.Listener, target string) {
 
 func (b *Balancers) proxyTCP(client net.Conn, target string) {
 	clientAddr := client.RemoteAddr().String()
-	backend, _, err := b.dialBackend(context.Background(), target, func(r Routed) { b.remember(clientAddr, r) })
+	backend, _, err := b.dialBackend(context.Background(), target, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
 	if err != nil {
 		b.countFailure(err)
 		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
@@ -383,21 +388,21 @@ func (b *Balancers) proxyTCP(client net.Conn, target string) {
 
 func (b *Balancers) countFailure(err error) {
 	if b.metrics != nil {
-		b.metrics.BalancerBackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(err)).Inc()
+		b.metrics.BackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(err)).Inc()
 	}
 }
 
 // routedBackendConn remembers the route of a pooled backend connection.
 type routedBackendConn struct {
 	net.Conn
-	route Routed
+	route kubeproxy.Routed
 }
 
 func (b *Balancers) backendTransport() *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
-			conn, r, err := b.dialBackend(ctx, addr, func(r Routed) {
+			conn, r, err := b.dialBackend(ctx, addr, func(r kubeproxy.Routed) {
 				// The client whose request asked for this connection (another may end up using it).
 				if client, ok := ctx.Value(clientAddrKey{}).(string); ok {
 					b.remember(client, r)
@@ -450,7 +455,7 @@ func (b *Balancers) httpProxy(transport *http.Transport, target string) http.Han
 			// pooled one.
 			b.countFailure(err)
 			if b.metrics != nil {
-				b.metrics.Balancer502s.WithLabelValues(b.opts.Mode).Inc()
+				b.metrics.Responses502.WithLabelValues(b.opts.Mode).Inc()
 			}
 			w.WriteHeader(http.StatusBadGateway)
 		},

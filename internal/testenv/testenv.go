@@ -1,0 +1,54 @@
+// Package testenv holds what tests of several packages need from the machine they run on.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// RequireRoot skips the test unless it runs as root: the lab's Pod network needs network namespaces and a bridge.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the lab's Pod network needs root")
+	}
+}
+
+// BuildCowweb builds the project's cowweb into dir and returns its path: tests run it as a Pod's app.
+func BuildCowweb(dir string) (string, error) {
+	path := filepath.Join(dir, "cowweb")
+	if out, err := exec.Command("go", "build", "-o", path, "github.com/rollout-lab/rollout-lab/cowweb").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build cowweb: %v\n%s", err, out)
+	}
+	return path, nil
+}
+
+// MainWithCowweb runs a package's tests with cowweb built into a temporary directory, its path in *binary.
+func MainWithCowweb(m *testing.M, binary *string) int {
+	dir, err := os.MkdirTemp("", "cowweb-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *binary, err = BuildCowweb(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// Eventually polls cond until it holds, failing the test with what after timeout.
+func Eventually(t testing.TB, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
