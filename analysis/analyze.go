@@ -183,6 +183,8 @@ type CaseRun struct {
 	Expectations []Expectation `json:"expectations,omitempty"`
 	During       *Outcome      `json:"duringRollout,omitempty"`
 	Series       Series        `json:"series"`
+	// Timeline is the run's Pod lifecycle and kept failures, from its results directory; nil when it kept none.
+	Timeline *RunTimeline `json:"-"`
 }
 
 // Lateness is the attacker's lateness against its schedule.

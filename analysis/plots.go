@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // Chart sizes: wide enough for a 3-minute run at one point per second.
@@ -118,7 +120,8 @@ func RequestsPlot(r CaseRun) (*plot.Plot, error) {
 		}
 		p.Legend.Add(name, line)
 	}
-	p.Legend.Top = true
+	addLifecycleMarks(p, r)
+	p.X.Tick.Marker = secondsTicker{}
 	p.Y.Min = 0
 	p.Add(plotter.NewGrid())
 	return p, nil
@@ -152,20 +155,161 @@ func LatencyPlot(r CaseRun) (*plot.Plot, error) {
 		p.Add(line)
 		p.Legend.Add(q.name, line)
 	}
-	p.Legend.Top = true
+	p.X.Tick.Marker = secondsTicker{}
 	p.Y.Min = 0
 	p.Add(plotter.NewGrid())
 	return p, nil
 }
 
-// WritePlot renders a plot in a format (png or svg).
+// WritePlot renders a plot in a format (png or svg) at the charts' size.
 func WritePlot(w io.Writer, p *plot.Plot, format string) error {
-	wt, err := p.WriterTo(chartWidth, chartHeight, format)
+	return writeFigure(w, p, chartWidth, chartHeight, format)
+}
+
+func writeFigure(w io.Writer, p *plot.Plot, width, height vg.Length, format string) error {
+	c, err := draw.NewFormattedCanvas(width, height, format)
 	if err != nil {
 		return err
 	}
-	_, err = wt.WriteTo(w)
+	drawFigure(draw.New(c), p)
+	_, err = c.WriteTo(w)
 	return err
+}
+
+// legendGap separates the data from the legend on its right.
+const legendGap = 6 * vg.Millimeter
+
+// drawFigure draws p with its legend to the right of the data, never over it, and its title made small enough to
+// fit; it returns the canvas the data was drawn in.
+func drawFigure(c draw.Canvas, p *plot.Plot) draw.Canvas {
+	legend := p.Legend
+	p.Legend = plot.NewLegend()
+	defer func() { p.Legend = legend }()
+	legendWidth := vg.Length(0)
+	if entries := legend.Rectangle(c).Size().X; entries > 0 {
+		legendWidth = entries + legendGap
+	}
+	area := draw.Crop(c, 0, -legendWidth, 0, -vg.Points(4))
+	for p.Title.TextStyle.Font.Size > vg.Points(7) && p.Title.TextStyle.Rectangle(p.Title.Text).Size().X > area.Size().X {
+		p.Title.TextStyle.Font.Size -= vg.Points(0.5)
+	}
+	p.Draw(area)
+	data := p.DataCanvas(area)
+	if legendWidth > 0 {
+		legend.Top, legend.Left = true, true
+		legend.Draw(draw.Canvas{Canvas: c.Canvas, Rectangle: vg.Rectangle{
+			Min: vg.Point{X: area.Max.X + legendGap, Y: data.Min.Y}, Max: vg.Point{X: c.Max.X, Y: data.Max.Y}}})
+	}
+	return data
+}
+
+// secondsTicker labels the time axis every few seconds (1, 2, 5, 10, 15, 30 or 60, whichever gives ten to twenty
+// labels) with an unlabelled tick every second in between when the run is short enough to show them.
+type secondsTicker struct{}
+
+func (secondsTicker) Ticks(lo, hi float64) []plot.Tick {
+	span := hi - lo
+	step := 60.0
+	for _, s := range []float64{1, 2, 5, 10, 15, 30, 60} {
+		if span/s <= 20 {
+			step = s
+			break
+		}
+	}
+	minor := 1.0
+	if span > 300 {
+		minor = step
+	}
+	var ticks []plot.Tick
+	for t := math.Ceil(lo/minor) * minor; t <= hi+1e-9; t += minor {
+		tick := plot.Tick{Value: t}
+		if math.Abs(math.Remainder(t, step)) < 1e-9 {
+			tick.Label = strconv.FormatFloat(t, 'f', -1, 64)
+		}
+		ticks = append(ticks, tick)
+	}
+	return ticks
+}
+
+// addVerticalLine marks a moment across the whole height of a plot.
+func addVerticalLine(p *plot.Plot, x float64, name string) {
+	line := &verticalLine{x: x, style: draw.LineStyle{Color: color.RGBA{R: 0x44, G: 0x44, B: 0x99, A: 0xff}, Width: vg.Points(1), Dashes: []vg.Length{vg.Points(5), vg.Points(3)}}}
+	p.Add(line)
+	p.Legend.Add(name, line)
+}
+
+type verticalLine struct {
+	x     float64
+	style draw.LineStyle
+}
+
+func (l *verticalLine) Plot(c draw.Canvas, p *plot.Plot) {
+	if l.x < p.X.Min || l.x > p.X.Max {
+		return
+	}
+	xf, _ := p.Transforms(&c)
+	c.StrokeLines(l.style, []vg.Point{{X: xf(l.x), Y: c.Min.Y}, {X: xf(l.x), Y: c.Max.Y}})
+}
+
+func (l *verticalLine) Thumbnail(c *draw.Canvas) {
+	x := (c.Min.X + c.Max.X) / 2
+	c.StrokeLines(l.style, []vg.Point{{X: x, Y: c.Min.Y}, {X: x, Y: c.Max.Y}})
+}
+
+// edgeMarks puts a glyph at the top or bottom edge of the data at each of its moments: lifecycle events over a
+// chart of the load.
+type edgeMarks struct {
+	xs    []float64
+	style draw.GlyphStyle
+	top   bool
+}
+
+func (m edgeMarks) Plot(c draw.Canvas, p *plot.Plot) {
+	xf, _ := p.Transforms(&c)
+	y := c.Min.Y + m.style.Radius*1.6
+	if m.top {
+		y = c.Max.Y - m.style.Radius*1.6
+	}
+	for _, x := range m.xs {
+		if x >= p.X.Min && x <= p.X.Max {
+			c.DrawGlyph(m.style, vg.Point{X: xf(x), Y: y})
+		}
+	}
+}
+
+func (m edgeMarks) Thumbnail(c *draw.Canvas) { c.DrawGlyph(m.style, c.Center()) }
+
+// addLifecycleMarks marks every SIGTERM (top edge) and every node's service-out (bottom edge) of a run's Pods on a
+// chart of its load.
+func addLifecycleMarks(p *plot.Plot, r CaseRun) {
+	start, ok := r.Phases[load.PhaseLoadStart]
+	if r.Timeline == nil || !ok {
+		return
+	}
+	var sigterms, serviceOuts []float64
+	for _, e := range r.Timeline.Events {
+		switch e.Type {
+		case timeline.EventSIGTERM:
+			sigterms = append(sigterms, e.Time.Sub(start).Seconds())
+		case timeline.EventServiceOut:
+			serviceOuts = append(serviceOuts, e.Time.Sub(start).Seconds())
+		}
+	}
+	for _, m := range []struct {
+		name  string
+		xs    []float64
+		event string
+		top   bool
+	}{{"SIGTERM", sigterms, timeline.EventSIGTERM, true}, {"service-out (per node)", serviceOuts, timeline.EventServiceOut, false}} {
+		if len(m.xs) == 0 {
+			continue
+		}
+		style := markStyles[m.event]
+		style.Radius = vg.Points(3)
+		marks := edgeMarks{xs: m.xs, style: style, top: m.top}
+		p.Add(marks)
+		p.Legend.Add(m.name, marks)
+	}
 }
 
 // chartFileName makes a file name of a run's labels, which come from a results directory that may be anyone's:
@@ -192,39 +336,75 @@ func safeFileName(s string) string {
 	return out
 }
 
-// WritePlots writes the requests and latency charts of every run into dir, in every format, and returns the files.
+// WritePlots writes the requests and latency charts of every run, and its timeline when it kept one, into dir, in
+// every format, and returns the files.
 func WritePlots(dir string, rep Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	var files []string
+	write := func(r CaseRun, kind string, p *plot.Plot, height vg.Length) error {
+		for _, format := range ChartFormats {
+			path := filepath.Join(dir, chartFileName(r, kind, format))
+			if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return writeFigure(w, p, chartWidth, height, format) }); err != nil {
+				return err
+			}
+			files = append(files, path)
+		}
+		return nil
+	}
 	for _, r := range rep.Runs {
-		for kind, build := range map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot} {
+		for _, kind := range []string{"requests", "latency"} {
+			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]
 			p, err := build(r)
 			if err != nil {
 				return files, fmt.Errorf("%s chart of %s: %w", kind, r.column(), err)
 			}
-			for _, format := range ChartFormats {
-				path := filepath.Join(dir, chartFileName(r, kind, format))
-				if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return WritePlot(w, p, format) }); err != nil {
-					return files, err
-				}
-				files = append(files, path)
+			if err := write(r, kind, p, chartHeight); err != nil {
+				return files, err
+			}
+		}
+		if r.Timeline != nil {
+			chart, err := TimelinePlot(r)
+			if err != nil {
+				return files, err
+			}
+			if err := write(r, "timeline", chart.plot, chart.height); err != nil {
+				return files, err
 			}
 		}
 	}
 	return files, nil
 }
 
-// WriteAll writes report.md (article layout, the plan's language, then the long layout), the other language's
-// tables, report.json, report.csv and charts/ into dir.
-func WriteAll(dir string, rep Report, lang string) error {
+// writeChartLinks lists every run's charts (PNG) in report.md, the timeline first.
+func writeChartLinks(w io.Writer, rep Report) error {
+	var b strings.Builder
+	b.WriteString("\n## Charts\n")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(&b, "\n### %s\n\n", r.column())
+		kinds := []string{"requests", "latency"}
+		if r.Timeline != nil {
+			kinds = append([]string{"timeline"}, kinds...)
+		}
+		for _, kind := range kinds {
+			fmt.Fprintf(&b, "![%s %s](charts/%s)\n", r.column(), kind, chartFileName(r, kind, "png"))
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteAll writes report.md (article layout, the plan's language, then the long layout and the charts), the other
+// language's tables, report.json, report.csv, report.html and charts/ into dir.
+func WriteAll(dir string, rep Report, lang string, doc HTMLDocument) error {
 	if _, err := labelsFor(lang); err != nil {
 		return err
 	}
 	files := map[string]func(io.Writer) error{
 		"report.json": func(w io.Writer) error { return WriteJSON(w, rep) },
 		"report.csv":  func(w io.Writer) error { return WriteCSV(w, rep) },
+		"report.html": func(w io.Writer) error { return WriteHTML(w, rep, lang, doc) },
 	}
 	for _, l := range Languages {
 		name := "report." + l + ".md"
@@ -238,7 +418,10 @@ func WriteAll(dir string, rep Report, lang string) error {
 			if _, err := io.WriteString(w, "\n"); err != nil {
 				return err
 			}
-			return WriteMarkdownLong(w, rep, l)
+			if err := WriteMarkdownLong(w, rep, l); err != nil {
+				return err
+			}
+			return writeChartLinks(w, rep)
 		}
 	}
 	for name, write := range files {

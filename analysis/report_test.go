@@ -159,10 +159,10 @@ func TestChartsGolden(t *testing.T) {
 
 func TestWriteAllWritesEveryReport(t *testing.T) {
 	dir := t.TempDir()
-	if err := WriteAll(dir, fixtureReport(), "ja"); err != nil {
+	if err := WriteAll(dir, fixtureReport(), "ja", HTMLDocument{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"report.md", "report.en.md", "report.json", "report.csv", "charts/cowweb-ru-slp8-latency.svg"} {
+	for _, name := range []string{"report.md", "report.en.md", "report.json", "report.csv", "report.html", "charts/cowweb-ru-slp8-latency.svg"} {
 		if info, err := os.Stat(filepath.Join(dir, name)); err != nil || info.Size() == 0 {
 			t.Errorf("%s: %v", name, err)
 		}

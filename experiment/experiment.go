@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -365,6 +367,9 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 				MaxMs: float64(r.Summary.LatenessMax) / float64(time.Millisecond)}
 		}
 		caseRun.Interrupted = r.Summary.Stopped
+		if caseRun.Timeline, err = analysis.LoadRunTimeline(analysis.RunDir(dir, r.Labels.Case, r.Labels.Run)); err != nil {
+			return rep, err
+		}
 		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)
 		if caseRun.Whole.Total != r.Summary.Completed {
 			return rep, fmt.Errorf("case %s run %s: Prometheus counted %d requests, the attacker %d: metrics are incomplete",
@@ -387,7 +392,24 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 	}
-	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang)
+	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang, htmlDocument(dir, m))
+}
+
+// htmlDocument is what report.html shows of a run's provenance and plan.
+func htmlDocument(dir string, m *rundir.Manifest) analysis.HTMLDocument {
+	p := m.Provenance
+	doc := analysis.HTMLDocument{Provenance: [][2]string{{"tool", p.Tool + " " + p.Version}, {"Go", p.GoVersion}, {"platform", p.Platform},
+		{"started", m.Started.Format(time.RFC3339)}, {"finished", m.Finished.Format(time.RFC3339)}}}
+	if p.PlanHash != "" {
+		doc.Provenance = append(doc.Provenance, [2]string{"plan SHA-256", p.PlanHash})
+	}
+	for _, k := range slices.Sorted(maps.Keys(p.Target)) {
+		doc.Provenance = append(doc.Provenance, [2]string{"target " + k, p.Target[k]})
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, rundir.PlanFile)); err == nil {
+		doc.PlanYAML = string(data)
+	}
+	return doc
 }
 
 // Regenerate rewrites every report of a results directory from its stored TSDB (or the external Prometheus it used).

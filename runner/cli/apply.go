@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,7 +27,7 @@ func newApplyCommand() *cobra.Command {
 		Long: `Run every case of a plan on the embedded lab (or, with target kind kubernetes, on a cluster): install the chart with the case's values (Helm SDK), wait for
 every Pod Ready, send the plan's open-model load through the lab's Service dataplane, do what
 ` + "`kubectl rollout restart`" + ` does at rollout.at and wait as ` + "`kubectl rollout status`" + ` does, record every Pod's lifecycle,
-and write results/<plan>/<UTC time>/ (report.md, report.json, report.csv, charts/, events per case, the TSDB).
+and write results/<plan>/<UTC time>/ (report.md, report.html, report.json, report.csv, charts/, events per case, the TSDB).
 Ctrl-C (or SIGTERM) stops the load, removes what was installed, stops the lab and writes what finished, marked
 partial; a second one exits at once. --resume RESULTS_DIR then runs what did not finish, with the same plan file.
 
@@ -84,8 +85,8 @@ the runner shows the cluster, context, namespace, server version and the planned
 			})
 			progress.done()
 			if result.Dir != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "plan %s: %d case(s) in %s; report: %s/report.md\n", p.Name, len(p.Cases),
-					time.Since(start).Round(time.Second), result.Dir)
+				fmt.Fprintf(cmd.OutOrStdout(), "plan %s: %d case(s) in %s; report: %s, %s\n", p.Name, len(p.Cases),
+					time.Since(start).Round(time.Second), filepath.Join(result.Dir, "report.md"), filepath.Join(result.Dir, "report.html"))
 			}
 			if err != nil && result.Partial && result.Dir != "" {
 				return errors.Join(err, fmt.Errorf("the results in %s are partial", result.Dir))

@@ -149,6 +149,10 @@ func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
 		t.Errorf("report.md: %v\n%s", err, md)
 	}
 	t.Logf("\n%s", md)
+	if !strings.Contains(out, filepath.Join(resultsDir, "report.html")) {
+		t.Errorf("apply does not say where report.html is:\n%s", out)
+	}
+	reportRendersInABrowser(t, resultsDir)
 	dashboardQueriesAnswer(t, resultsDir, m)
 }
 

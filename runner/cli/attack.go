@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -59,7 +60,7 @@ func newAttackCommand() *cobra.Command {
 		Short: "Send open-model load to a URL, metrics into Prometheus, and write the results directory",
 		Long: `Send open-model HTTP load (arrivals do not wait for responses) to --url and record every outcome as
 Prometheus metrics. The embedded Prometheus scrapes them every scrape interval into results/<name>/<time>/tsdb;
-after the load one more scrape, then the reports: report.md (and report.en.md), report.json, report.csv and charts/.
+after the load one more scrape, then the reports: report.md (and report.en.md), report.html, report.json, report.csv and charts/.
 
 The schedule comes from flags (--rate with --duration, or --stages with --start-rate) or from a plan's case
 (--plan with --case): the load section of that case.`,
@@ -188,7 +189,7 @@ func runAttack(ctx context.Context, out, errOut io.Writer, cfg experiment.Config
 		w := rep.Runs[0].Whole
 		fmt.Fprintf(out, "Prometheus: %d requests, %d 2xx, error rate %.2f%%, p99 %.1f ms\n", w.Total, w.OK, w.ErrorRate*100, w.P99Ms)
 	}
-	fmt.Fprintf(out, "report: %s\n", session.Dir+"/report.md")
+	fmt.Fprintf(out, "report: %s, %s\n", filepath.Join(session.Dir, "report.md"), filepath.Join(session.Dir, "report.html"))
 	if interrupted {
 		return errors.Join(attackErr, errors.New("interrupted: the results directory is marked partial"))
 	}
@@ -278,7 +279,7 @@ func newReportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d run(s) of plan %s: %s/report.md, report.json, report.csv, charts/\n", len(rep.Runs), rep.Plan, args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "%d run(s) of plan %s: %s/report.md, report.html, report.json, report.csv, charts/\n", len(rep.Runs), rep.Plan, args[0])
 			return nil
 		},
 	}

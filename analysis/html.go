@@ -1,0 +1,141 @@
+package analysis
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/yuin/goldmark"
+	"github.com/yuin/goldmark/extension"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+// HTMLDocument is what report.html shows besides the report itself: where it came from.
+type HTMLDocument struct {
+	// Provenance are key/value facts of the run (tool version, target, Kubernetes, CPU model…), in display order.
+	Provenance [][2]string
+	// PlanYAML is the plan file as it was run.
+	PlanYAML string
+}
+
+//go:embed report.html.tmpl
+var htmlTemplateText string
+
+var htmlTemplate = template.Must(template.New("report.html").Parse(htmlTemplateText))
+
+// htmlFigure is one chart in report.html: an inline SVG (drawn by the same code as the chart files) and, for a
+// timeline, the points that say more on hover.
+type htmlFigure struct {
+	ID, Caption string
+	SVG         template.HTML
+	Kind        string // requests, latency, timeline
+	Run         string // the run's column name
+	Failures    int    // failure dots drawn (timeline)
+}
+
+// WriteHTML writes report.html: one self-contained file (no script, style sheet, font or image from anywhere else)
+// with the Markdown report's tables and sentences, the plan and its provenance, and every chart as inline SVG; the
+// timeline's failure dots and lifecycle marks carry their details as SVG titles, which browsers show on hover
+// without any JavaScript.
+func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, rep, lang); err != nil {
+		return err
+	}
+	md.WriteString("\n")
+	if err := WriteMarkdownLong(&md, rep, lang); err != nil {
+		return err
+	}
+	var body bytes.Buffer
+	if err := goldmark.New(goldmark.WithExtensions(extension.Table)).Convert(md.Bytes(), &body); err != nil {
+		return fmt.Errorf("report.html: %w", err)
+	}
+	var figures []htmlFigure
+	for i, r := range rep.Runs {
+		for _, kind := range []string{"requests", "latency"} {
+			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]
+			p, err := build(r)
+			if err != nil {
+				return fmt.Errorf("%s chart of %s: %w", kind, r.column(), err)
+			}
+			svg, err := inlineSVG(p, chartWidth, chartHeight, nil)
+			if err != nil {
+				return err
+			}
+			figures = append(figures, htmlFigure{ID: fmt.Sprintf("%s-%d", kind, i), Caption: p.Title.Text, SVG: svg, Kind: kind, Run: r.column()})
+		}
+		if r.Timeline == nil {
+			continue
+		}
+		chart, err := TimelinePlot(r)
+		if err != nil {
+			return err
+		}
+		svg, err := inlineSVG(chart.plot, chartWidth, chart.height, chart.plotter)
+		if err != nil {
+			return err
+		}
+		drawn := 0
+		for _, h := range chart.plotter.hotspots {
+			if h.Kind == "failure" {
+				drawn++
+			}
+		}
+		figures = append(figures, htmlFigure{ID: fmt.Sprintf("timeline-%d", i), Caption: chart.plot.Title.Text, SVG: svg, Kind: "timeline",
+			Run: r.column(), Failures: drawn})
+	}
+	title := rep.Plan
+	if rep.Description != "" {
+		title += ": " + rep.Description
+	}
+	return htmlTemplate.Execute(w, map[string]any{
+		"Lang":       lang,
+		"Title":      title,
+		"Report":     template.HTML(body.String()), // rendered from our own Markdown, whose cells are our figures
+		"Figures":    figures,
+		"Timelines":  slices.ContainsFunc(figures, func(f htmlFigure) bool { return f.Kind == "timeline" }),
+		"Provenance": doc.Provenance,
+		"PlanYAML":   doc.PlanYAML,
+	})
+}
+
+// inlineSVG draws a chart as SVG for inclusion in HTML: without the XML prolog, scaled to its container, and with
+// the timeline's hotspots (when tp is set) as transparent circles with titles over what was drawn.
+func inlineSVG(p *plot.Plot, width, height vg.Length, tp *timelinePlotter) (template.HTML, error) {
+	if tp != nil {
+		tp.hotspots = nil
+	}
+	c, err := draw.NewFormattedCanvas(width, height, "svg")
+	if err != nil {
+		return "", err
+	}
+	data := drawFigure(draw.New(c), p)
+	var out bytes.Buffer
+	if _, err := c.WriteTo(&out); err != nil {
+		return "", err
+	}
+	svg := out.String()
+	if i := strings.Index(svg, "<svg"); i >= 0 {
+		svg = svg[i:]
+	}
+	svg = strings.Replace(svg, "<svg ", `<svg preserveAspectRatio="xMinYMin meet" style="max-width:100%;height:auto" `, 1)
+	if tp != nil && len(tp.hotspots) > 0 {
+		xf, yf := p.Transforms(&data)
+		var g strings.Builder
+		g.WriteString(`<g class="hotspots">`)
+		for _, h := range tp.hotspots {
+			fmt.Fprintf(&g, `<circle class="%s" cx="%.2f" cy="%.2f" r="%.2f"><title>%s</title></circle>`,
+				h.Kind, xf(h.X).Points(), (height - yf(h.Y)).Points(), max(h.Radius.Points(), 3)+1, template.HTMLEscapeString(h.Text))
+		}
+		g.WriteString("</g>\n")
+		end := strings.LastIndex(svg, "</svg>")
+		svg = svg[:end] + g.String() + svg[end:]
+	}
+	return template.HTML(svg), nil // gonum's SVG of our own data; every text in it escaped by vgsvg
+}

@@ -1,0 +1,450 @@
+package analysis
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image/color"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/timeline"
+)
+
+// RunTimeline is what a case run's results directory keeps of it one by one: the Pods' lifecycle (events.json)
+// and the failed requests (failures.json, bounded by FailureSampleLimit).
+type RunTimeline struct {
+	Events   []timeline.Event
+	Failures Failures
+}
+
+// RunDir is where a case run's own files live in a results directory.
+func RunDir(resultsDir, caseName, run string) string {
+	return filepath.Join(resultsDir, "cases", caseName, "run-"+run)
+}
+
+// LoadRunTimeline reads a case run's events.json and failures.json; nil when the run kept neither (a bare attack).
+func LoadRunTimeline(dir string) (*RunTimeline, error) {
+	var tl RunTimeline
+	found := false
+	for name, into := range map[string]any{"events.json": &tl.Events, "failures.json": &tl.Failures} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(data, into); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
+		}
+		found = true
+	}
+	if !found {
+		return nil, nil
+	}
+	return &tl, nil
+}
+
+// podRow is one Pod's line on the timeline chart.
+type podRow struct {
+	uid, name, node, ip string
+	old                 bool // serving before the rollout began (its creation is not in the run's timeline)
+	first               time.Time
+	created, ready      time.Time
+	deletion            time.Time
+	preStop, sigterm    time.Time
+	exited              time.Time
+	exitCode            *int
+	marks               []timelineMark
+}
+
+type timelineMark struct {
+	event  string
+	at     time.Time
+	detail string
+}
+
+// noEndpointRow is the row of failed requests that reached no Pod (refused by the balancer, a timeout before any
+// connection).
+const noEndpointRow = "no endpoint"
+
+// markedEvents are drawn as marks on their Pod's row, in this order in the legend.
+var markedEvents = []string{timeline.EventEndpointNotReady, timeline.EventServiceOut, timeline.EventSIGTERM,
+	timeline.EventListenerClosed, timeline.EventSIGKILL, timeline.EventContainerExited}
+
+// podRows builds the rows from a run's events: the Pods serving before the rollout first, then the new ones, each
+// group in the order its Pods appeared.
+func podRows(events []timeline.Event, rolloutStart time.Time) []*podRow {
+	byUID := map[string]*podRow{}
+	var rows []*podRow
+	for _, e := range events {
+		if e.UID == "" {
+			continue
+		}
+		r := byUID[e.UID]
+		if r == nil {
+			r = &podRow{uid: e.UID, name: e.Pod, node: e.Node, first: e.Time}
+			byUID[e.UID] = r
+			rows = append(rows, r)
+		}
+		if e.PodIP != "" {
+			r.ip = e.PodIP
+		}
+		setOnce := func(t *time.Time) {
+			if t.IsZero() {
+				*t = e.Time
+			}
+		}
+		switch e.Type {
+		case timeline.EventPodCreated:
+			setOnce(&r.created)
+		case timeline.EventPodReady:
+			setOnce(&r.ready)
+		case timeline.EventDeletionSeen, timeline.EventKilling:
+			setOnce(&r.deletion)
+		case timeline.EventPreStopStart:
+			setOnce(&r.preStop)
+		case timeline.EventSIGTERM:
+			setOnce(&r.sigterm)
+		case timeline.EventContainerExited:
+			if r.exited.IsZero() {
+				r.exited, r.exitCode = e.Time, e.ExitCode
+			}
+		}
+		if slices.Contains(markedEvents, e.Type) {
+			detail := e.Node
+			if e.Type == timeline.EventContainerExited && e.ExitCode != nil {
+				detail = fmt.Sprintf("code %d", *e.ExitCode)
+			}
+			r.marks = append(r.marks, timelineMark{event: e.Type, at: e.Time, detail: detail})
+		}
+	}
+	for _, r := range rows {
+		r.old = r.created.IsZero() || (!rolloutStart.IsZero() && r.created.Before(rolloutStart))
+	}
+	slices.SortStableFunc(rows, func(a, b *podRow) int {
+		if a.old != b.old {
+			if a.old {
+				return -1
+			}
+			return 1
+		}
+		return a.first.Compare(b.first)
+	})
+	return rows
+}
+
+// shortPodName keeps what tells a Deployment's Pods apart: the ReplicaSet hash and the Pod's suffix.
+func shortPodName(name string) string {
+	parts := strings.Split(name, "-")
+	if len(parts) >= 3 {
+		return strings.Join(parts[len(parts)-2:], "-")
+	}
+	return name
+}
+
+// Timeline chart colours: phases as bars, lifecycle marks, failures by class (classColors).
+var (
+	phaseColors = map[string]color.RGBA{
+		"starting":      {R: 0xc6, G: 0xdb, B: 0xef, A: 0xff},
+		"serving":       {R: 0x9e, G: 0xd8, B: 0x9e, A: 0xff},
+		"preStop":       {R: 0xfd, G: 0xd0, B: 0xa2, A: 0xff},
+		"after SIGTERM": {R: 0xfc, G: 0x9a, B: 0x9a, A: 0xff},
+	}
+	phaseOrder = []string{"starting", "serving", "preStop", "after SIGTERM"}
+	markStyles = map[string]draw.GlyphStyle{
+		timeline.EventEndpointNotReady: {Shape: draw.RingGlyph{}, Color: color.RGBA{R: 0x31, G: 0x82, B: 0xbd, A: 0xff}},
+		timeline.EventServiceOut:       {Shape: tickGlyph{}, Color: color.RGBA{R: 0x08, G: 0x30, B: 0x6b, A: 0xff}},
+		timeline.EventSIGTERM:          {Shape: draw.TriangleGlyph{}, Color: color.RGBA{R: 0xa5, G: 0x0f, B: 0x15, A: 0xff}},
+		timeline.EventListenerClosed:   {Shape: draw.CrossGlyph{}, Color: color.RGBA{R: 0x54, G: 0x27, B: 0x88, A: 0xff}},
+		timeline.EventSIGKILL:          {Shape: draw.PyramidGlyph{}, Color: color.RGBA{A: 0xff}},
+		timeline.EventContainerExited:  {Shape: draw.SquareGlyph{}, Color: color.RGBA{R: 0x25, G: 0x25, B: 0x25, A: 0xff}},
+	}
+)
+
+// tickGlyph is a short vertical line: one node's proxy letting go of the Pod.
+type tickGlyph struct{}
+
+func (tickGlyph) DrawGlyph(c *draw.Canvas, sty draw.GlyphStyle, pt vg.Point) {
+	c.StrokeLines(draw.LineStyle{Color: sty.Color, Width: vg.Points(1.2)},
+		[]vg.Point{{X: pt.X, Y: pt.Y - sty.Radius*1.6}, {X: pt.X, Y: pt.Y + sty.Radius*1.6}})
+}
+
+// Hotspot is a point of a chart that says more on hover in report.html: a failed request or a lifecycle mark.
+type Hotspot struct {
+	X, Y   float64 // data coordinates
+	Kind   string  // "failure" or "mark"
+	Radius vg.Length
+	Text   string
+}
+
+// timelinePlotter draws a run's rows (phase bars, marks, failure dots) and collects the hotspots it drew.
+type timelinePlotter struct {
+	rows     []*podRow
+	failures []Failure
+	start    time.Time // load start: x = 0
+	end      float64   // the chart's right edge, in seconds
+	overview bool
+	hotspots []Hotspot
+	// failureRow maps a failure to its row: the Pod it reached, by UID or address, else the no-endpoint row.
+	failureRow func(Failure) int
+	noEndpoint int // the no-endpoint row's index, or -1
+}
+
+func (tp *timelinePlotter) x(t time.Time) float64 { return t.Sub(tp.start).Seconds() }
+
+// y is a row's centre: the first row on top.
+func (tp *timelinePlotter) y(row int) float64 { return -float64(row) }
+
+func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
+	xf, yf := p.Transforms(&c)
+	half := 0.32
+	if tp.overview {
+		half = 0.42
+	}
+	bar := func(row int, from, to float64, phase string) {
+		from, to = max(from, p.X.Min), min(to, p.X.Max)
+		if to <= from {
+			return
+		}
+		y := tp.y(row)
+		rect := vg.Rectangle{Min: vg.Point{X: xf(from), Y: yf(y - half)}, Max: vg.Point{X: xf(to), Y: yf(y + half)}}
+		c.SetColor(phaseColors[phase])
+		c.Fill(rect.Path())
+	}
+	left := p.X.Min
+	for i, r := range tp.rows {
+		serveFrom, serveTo := left, tp.end
+		if !r.created.IsZero() {
+			readyAt := tp.end
+			if !r.ready.IsZero() {
+				readyAt = tp.x(r.ready)
+			}
+			bar(i, tp.x(r.created), readyAt, "starting")
+			serveFrom = readyAt
+		}
+		for _, t := range []time.Time{r.exited, r.sigterm, r.preStop, r.deletion} {
+			if !t.IsZero() {
+				serveTo = min(serveTo, tp.x(t))
+			}
+		}
+		bar(i, serveFrom, serveTo, "serving")
+		exit := tp.end
+		if !r.exited.IsZero() {
+			exit = tp.x(r.exited)
+		}
+		if !r.preStop.IsZero() {
+			to := exit
+			if !r.sigterm.IsZero() {
+				to = tp.x(r.sigterm)
+			}
+			bar(i, tp.x(r.preStop), to, "preStop")
+		}
+		if !r.sigterm.IsZero() {
+			bar(i, tp.x(r.sigterm), exit, "after SIGTERM")
+		}
+	}
+	radius := vg.Points(3.5)
+	if tp.overview {
+		radius = vg.Points(2.2)
+	}
+	for i, r := range tp.rows {
+		for _, m := range r.marks {
+			x := tp.x(m.at)
+			if x < p.X.Min || x > p.X.Max {
+				continue
+			}
+			sty := markStyles[m.event]
+			sty.Radius = radius
+			at := vg.Point{X: xf(x), Y: yf(tp.y(i))}
+			c.DrawGlyph(sty, at)
+			if m.event == timeline.EventContainerExited && r.exitCode != nil && *r.exitCode != 0 {
+				label := p.Y.Tick.Label
+				label.Font.Size = vg.Points(7)
+				label.XAlign, label.YAlign = draw.XLeft, draw.YCenter
+				c.FillText(label, vg.Point{X: at.X + radius*1.5, Y: at.Y}, strconv.Itoa(*r.exitCode))
+			}
+			text := fmt.Sprintf("%s %s at %.3f s", shortPodName(r.name), m.event, x)
+			if m.detail != "" {
+				text += " (" + m.detail + ")"
+			}
+			tp.hotspots = append(tp.hotspots, Hotspot{X: x, Y: tp.y(i), Kind: "mark", Radius: radius, Text: text})
+		}
+	}
+	dot := radius * 0.7
+	for k, f := range tp.failures {
+		row := tp.failureRow(f)
+		failedAt := tp.x(f.Sent) + f.LatencyMs/1000
+		if row < 0 || failedAt < p.X.Min || failedAt > p.X.Max {
+			continue
+		}
+		// Spread a row's dots a little in height, always the same way, so that many at one moment show as many.
+		y := tp.y(row) + (float64(k%7)-3)/7*half*0.8
+		c.DrawGlyph(draw.GlyphStyle{Shape: draw.CircleGlyph{}, Radius: dot, Color: classColors[f.Class]}, vg.Point{X: xf(failedAt), Y: yf(y)})
+		pod := noEndpointRow
+		if row != tp.noEndpoint {
+			pod = tp.rows[row].name
+		}
+		text := fmt.Sprintf("failed at %.3f s (sent %.3f s, %.1f ms): %s, cause %s, Pod %s", failedAt, tp.x(f.Sent), f.LatencyMs, f.Class, f.Cause, pod)
+		if f.Node != "" {
+			text += ", via " + f.Node
+		}
+		tp.hotspots = append(tp.hotspots, Hotspot{X: failedAt, Y: y, Kind: "failure", Radius: dot, Text: text})
+	}
+}
+
+// TimelineOverviewRows is the number of rows above which the timeline chart turns into its overview: thinner
+// rows, every Pod still drawn, but only every few Pods named on the axis.
+const TimelineOverviewRows = 40
+
+// timelineChart is a run's timeline chart: the plot, its size and what it will have drawn.
+type timelineChart struct {
+	plot    *plot.Plot
+	plotter *timelinePlotter
+	height  vg.Length
+}
+
+// TimelinePlot draws one row per Pod of a run (phases as bars; endpoint removal, each node's service-out, SIGTERM,
+// listener closed, SIGKILL and exit as marks) and every kept failed request as a dot on the row of the Pod it
+// reached, coloured by class; time in seconds since the load started, the rollout start marked.
+func TimelinePlot(r CaseRun) (*timelineChart, error) {
+	tl := r.Timeline
+	if tl == nil {
+		return nil, fmt.Errorf("%s: no timeline kept", r.column())
+	}
+	start, ok := r.Phases[load.PhaseLoadStart]
+	if !ok {
+		return nil, fmt.Errorf("%s: no load start", r.column())
+	}
+	var rolloutStart time.Time
+	if r.Rollout != nil {
+		rolloutStart = r.Rollout.Start
+	}
+	rows := podRows(tl.Events, rolloutStart)
+	tp := &timelinePlotter{rows: rows, failures: tl.Failures.Kept, start: start, noEndpoint: -1}
+	byUID, byIP := map[string]int{}, map[string]int{}
+	for i, row := range rows {
+		byUID[row.uid] = i
+		if row.ip != "" {
+			byIP[row.ip] = i
+		}
+	}
+	tp.failureRow = func(f Failure) int {
+		if i, ok := byUID[f.Pod]; ok && f.Pod != "" {
+			return i
+		}
+		if host, _, found := strings.Cut(f.Endpoint, ":"); found {
+			if i, ok := byIP[host]; ok {
+				return i
+			}
+		}
+		return tp.noEndpoint
+	}
+	for _, f := range tl.Failures.Kept {
+		if tp.failureRow(f) < 0 {
+			tp.noEndpoint = len(rows)
+			break
+		}
+	}
+	nRows := len(rows)
+	if tp.noEndpoint >= 0 {
+		nRows++
+	}
+	tp.overview = nRows > TimelineOverviewRows
+	end, ok := r.Phases[load.PhaseLoadEnd]
+	if !ok {
+		end = r.Load.End
+	}
+	tp.end = max(end.Sub(start).Seconds(), 1)
+	for _, row := range rows {
+		if !row.exited.IsZero() {
+			tp.end = max(tp.end, tp.x(row.exited))
+		}
+	}
+	for _, f := range tl.Failures.Kept {
+		tp.end = max(tp.end, tp.x(f.Sent)+f.LatencyMs/1000)
+	}
+
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", r.column())
+	p.X.Label.Text = "seconds since load start"
+	p.X.Min, p.X.Max = 0, tp.end
+	p.X.Tick.Marker = secondsTicker{}
+	p.Y.Min, p.Y.Max = -float64(nRows)+0.5, 0.5
+	names := make([]string, 0, nRows)
+	for _, row := range rows {
+		label := shortPodName(row.name)
+		if row.old {
+			label = "old " + label
+		} else {
+			label = "new " + label
+		}
+		names = append(names, label)
+	}
+	if tp.noEndpoint >= 0 {
+		names = append(names, noEndpointRow)
+	}
+	every := 1
+	if tp.overview {
+		every = int(math.Ceil(float64(nRows) / TimelineOverviewRows * 2))
+	}
+	var ticks []plot.Tick
+	for i, name := range names {
+		tick := plot.Tick{Value: tp.y(i)}
+		if i%every == 0 || i == tp.noEndpoint {
+			tick.Label = name
+		}
+		ticks = append(ticks, tick)
+	}
+	p.Y.Tick.Marker = plot.ConstantTicks(ticks)
+	if !rolloutStart.IsZero() {
+		addVerticalLine(p, rolloutStart.Sub(start).Seconds(), "rollout start")
+	}
+	p.Add(tp)
+	for _, phase := range phaseOrder {
+		p.Legend.Add(phase, boxThumb{phaseColors[phase]})
+	}
+	for _, event := range markedEvents {
+		p.Legend.Add(event, glyphThumb{markStyles[event]})
+	}
+	for _, class := range load.ErrorClasses {
+		if slices.ContainsFunc(tl.Failures.Kept, func(f Failure) bool { return f.Class == class }) {
+			p.Legend.Add("failed: "+class, glyphThumb{draw.GlyphStyle{Shape: draw.CircleGlyph{}, Color: classColors[class]}})
+		}
+	}
+	rowHeight := 0.55 * vg.Centimeter
+	if tp.overview {
+		rowHeight = 0.22 * vg.Centimeter
+	}
+	height := max(chartHeight, vg.Length(nRows)*rowHeight+4*vg.Centimeter)
+	return &timelineChart{plot: p, plotter: tp, height: height}, nil
+}
+
+// boxThumb is a legend entry's filled box.
+type boxThumb struct{ color color.Color }
+
+func (b boxThumb) Thumbnail(c *draw.Canvas) {
+	c.SetColor(b.color)
+	c.Fill(c.Rectangle.Path())
+}
+
+// glyphThumb is a legend entry's glyph.
+type glyphThumb struct{ style draw.GlyphStyle }
+
+func (g glyphThumb) Thumbnail(c *draw.Canvas) {
+	sty := g.style
+	sty.Radius = vg.Points(3.5)
+	c.DrawGlyph(sty, c.Center())
+}
