@@ -182,6 +182,10 @@ const legendGap = 6 * vg.Millimeter
 // drawFigure draws p with its legend to the right of the data, never over it, and its title made small enough to
 // fit; it returns the canvas the data was drawn in.
 func drawFigure(c draw.Canvas, p *plot.Plot) draw.Canvas {
+	if p.BackgroundColor != nil {
+		c.SetColor(p.BackgroundColor)
+		c.Fill(c.Rectangle.Path())
+	}
 	legend := p.Legend
 	p.Legend = plot.NewLegend()
 	defer func() { p.Legend = legend }()
