@@ -211,6 +211,28 @@ func (s *Server) closeStorage() error {
 	return nil
 }
 
+// LastSample is the time of the newest sample stored (zero when none).
+func (s *Server) LastSample() time.Time {
+	db := s.db
+	if db == nil {
+		db = s.readOnly
+	}
+	if db == nil {
+		return time.Time{}
+	}
+	maxT := int64(math.MinInt64)
+	if h := db.Head(); h.NumSeries() > 0 {
+		maxT = h.MaxTime()
+	}
+	for _, b := range db.Blocks() {
+		maxT = max(maxT, b.Meta().MaxTime)
+	}
+	if maxT == math.MinInt64 {
+		return time.Time{}
+	}
+	return time.UnixMilli(maxT).UTC()
+}
+
 // SandboxDir is the scratch directory of a read-only TSDB (empty otherwise).
 func (s *Server) SandboxDir() string { return s.sandbox }
 

@@ -245,6 +245,9 @@ func (r *caseRunner) inCluster(ctx context.Context, c plan.Case, run int, url st
 		}
 		return out, nil
 	}
+	if err := r.session.BeginRun(labels, c.App.TerminationGracePeriod.D()); err != nil {
+		return err
+	}
 	summary, err := inClusterLoad(ctx, r.target.Client(), r.cfg.Plan.Namespace(), job, r.session.Prometheus(), query, labels, started)
 	if err != nil {
 		return err

@@ -253,6 +253,9 @@ func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, 
 		return rundir.RunRecord{}, err
 	}
 	opts.Dial, opts.Progress, opts.Observe = dial, progress, observe
+	if err := s.BeginRun(labels, c.App.TerminationGracePeriod.D()); err != nil {
+		return rundir.RunRecord{}, err
+	}
 	summary, err := load.Attack(ctx, opts, s.Metrics)
 	record := rundir.RunRecord{Labels: labels, Summary: summary, Drain: c.App.TerminationGracePeriod.D()}
 	if err != nil {
@@ -261,9 +264,20 @@ func (s *Session) Attack(ctx context.Context, c plan.Case, run int, url string, 
 	return record, s.RecordRun(record)
 }
 
-// RecordRun adds a finished (or stopped) run to the manifest.
+// BeginRun records a run as in progress before its load starts, so that a runner killed during it leaves a results
+// directory whose report still shows the run (interrupted) from the samples stored so far.
+func (s *Session) BeginRun(labels load.Labels, drain time.Duration) error {
+	s.Manifest.Runs = append(s.Manifest.Runs, rundir.RunRecord{Labels: labels, Summary: load.Summary{Stopped: true}, Drain: drain, InProgress: true})
+	return s.Manifest.Save(s.Dir)
+}
+
+// RecordRun records a finished (or stopped) run in the manifest, in place of its in-progress record.
 func (s *Session) RecordRun(record rundir.RunRecord) error {
-	s.Manifest.Runs = append(s.Manifest.Runs, record)
+	if n := len(s.Manifest.Runs); n > 0 && s.Manifest.Runs[n-1].InProgress && s.Manifest.Runs[n-1].Labels == record.Labels {
+		s.Manifest.Runs[n-1] = record
+	} else {
+		s.Manifest.Runs = append(s.Manifest.Runs, record)
+	}
 	return s.Manifest.Save(s.Dir)
 }
 
@@ -367,6 +381,10 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 				MaxMs: float64(r.Summary.LatenessMax) / float64(time.Millisecond)}
 		}
 		caseRun.Interrupted = r.Summary.Stopped
+		if r.InProgress {
+			// Killed during the load: Prometheus' count is all there is, and the timeline was never written.
+			r.Summary.Completed = caseRun.Whole.Total
+		}
 		if caseRun.Timeline, err = analysis.LoadRunTimeline(analysis.RunDir(dir, r.Labels.Case, r.Labels.Run)); err != nil {
 			return rep, err
 		}
@@ -419,6 +437,7 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 		return analysis.Report{}, err
 	}
 	var api promv1.API
+	var lastSample time.Time
 	switch {
 	case prometheusURL != "":
 		api, err = embedprom.NewClient(prometheusURL, token)
@@ -428,6 +447,7 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 		if err == nil {
 			defer prom.Close()
 			api, err = prom.Client()
+			lastSample = prom.LastSample()
 		}
 	default:
 		api, err = embedprom.NewClient(m.Prometheus.URL, token)
@@ -437,7 +457,11 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 	}
 	now := m.Finished
 	if now.IsZero() {
+		// Never finished (killed): the data ends with the last sample stored, not now.
 		now = time.Now()
+		if last := lastSample; !last.IsZero() {
+			now = last
+		}
 	}
 	return WriteReports(ctx, dir, m, api, now)
 }

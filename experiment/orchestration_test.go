@@ -302,6 +302,37 @@ func TestApplyOrchestration(t *testing.T) {
 		}
 		assertCleanedUp(t, target)
 	})
+
+	// A runner killed during a case's load leaves that run recorded as in progress: the report shows it from the
+	// stored samples, interrupted, and a resume runs it again in its place.
+	t.Run("resume after a kill", func(t *testing.T) {
+		root := t.TempDir()
+		first := applyFake(t, newFakeTarget(t, "fake", true, nil), root, "", "second/rollout")
+		m, err := rundir.Load(first.result.Dir)
+		if err != nil || len(m.Runs) != 2 {
+			t.Fatalf("first apply: %v %+v", err, m)
+		}
+		// What SIGKILL leaves: the run as BeginRun recorded it, no end.
+		m.Runs[1] = rundir.RunRecord{Labels: m.Runs[1].Labels, Summary: load.Summary{Stopped: true}, Drain: m.Runs[1].Drain, InProgress: true}
+		m.Finished = time.Time{}
+		if err := m.Save(first.result.Dir); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := Regenerate(context.Background(), first.result.Dir, "", "")
+		if err != nil || len(rep.Runs) != 2 || !rep.Runs[1].Interrupted || rep.Runs[1].Whole.Total == 0 {
+			t.Fatalf("report of the killed apply: %v %+v", err, rep.Runs)
+		}
+		target := newFakeTarget(t, "fake", true, nil)
+		resumed := applyFake(t, target, root, first.result.Dir, "")
+		if resumed.err != nil || resumed.result.Partial || !slices.Contains(resumed.phases, "second/install") {
+			t.Fatalf("resume: %v %+v %v", resumed.err, resumed.result, resumed.phases)
+		}
+		m, err = rundir.Load(resumed.result.Dir)
+		if err != nil || m.Partial || len(m.Runs) != 2 || m.Runs[1].InProgress || m.Runs[1].Summary.Stopped {
+			t.Fatalf("resumed results: %v %+v", err, m.Runs)
+		}
+		assertCleanedUp(t, target)
+	})
 }
 
 // assertCleanedUp checks that the apply undid what it did: the release uninstalled, the namespace it created

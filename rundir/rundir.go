@@ -62,6 +62,9 @@ type RunRecord struct {
 	InFlight []PodInFlight `json:"inFlight,omitempty"`
 	// Installed is what the release installed for the run, read from its rendered Deployment (apply only).
 	Installed *Installed `json:"installed,omitempty"`
+	// InProgress marks a run recorded when its load began and never completed: the runner was killed (SIGKILL, a
+	// crash, the machine) during it. Its samples in Prometheus are all there is of it; Summary.Stopped is set.
+	InProgress bool `json:"inProgress,omitempty"`
 }
 
 // Installed is what a run's release set up, as its rendered Deployment says: the report's conditions.

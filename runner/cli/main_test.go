@@ -17,8 +17,14 @@ func TestMain(m *testing.M) {
 	if os.Getenv(signalHelperEnv) != "" {
 		signalHelper()
 	}
+	if os.Getenv(childRunnerEnv) != "" {
+		os.Exit(Main(context.Background(), os.Args[1:], Streams{Out: os.Stdout, Err: os.Stderr}))
+	}
 	if len(os.Args) > 1 && os.Args[1] == WorkerSubcommand {
 		os.Exit(Main(context.Background(), os.Args[1:], Streams{Out: os.Stdout, Err: os.Stderr}))
 	}
 	os.Exit(m.Run())
 }
+
+// childRunnerEnv makes the test binary a runner: tests start one as a child process to kill it.
+const childRunnerEnv = "ROLLOUT_LAB_TEST_RUNNER"
