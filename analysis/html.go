@@ -57,6 +57,17 @@ func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
 		return fmt.Errorf("report.html: %w", err)
 	}
 	var figures []htmlFigure
+	if sweep := SweepOf(rep); sweep != nil {
+		p, err := SweepPlot(rep, sweep)
+		if err != nil {
+			return err
+		}
+		svg, err := inlineSVG(p, chartWidth, chartHeight, nil)
+		if err != nil {
+			return err
+		}
+		figures = append(figures, htmlFigure{ID: "sweep", Caption: p.Title.Text, SVG: svg, Kind: "sweep"})
+	}
 	for i, r := range rep.Runs {
 		for _, kind := range []string{"requests", "latency"} {
 			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]

@@ -26,6 +26,10 @@ const (
 	chartHeight = 10 * vg.Centimeter
 )
 
+// SweepChartName names the chart of errors against the preStop sleep (with the formats' extensions); no case
+// run's chart has it, since those end in -requests, -latency or -timeline.
+const SweepChartName = "sweep-prestop"
+
 // ChartFormats are the image formats every chart is written in.
 var ChartFormats = []string{"png", "svg"}
 
@@ -357,6 +361,19 @@ func WritePlots(dir string, rep Report) ([]string, error) {
 		}
 		return nil
 	}
+	if sweep := SweepOf(rep); sweep != nil {
+		p, err := SweepPlot(rep, sweep)
+		if err != nil {
+			return files, err
+		}
+		for _, format := range ChartFormats {
+			path := filepath.Join(dir, SweepChartName+"."+format)
+			if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return writeFigure(w, p, chartWidth, chartHeight, format) }); err != nil {
+				return files, err
+			}
+			files = append(files, path)
+		}
+	}
 	for _, r := range rep.Runs {
 		for _, kind := range []string{"requests", "latency"} {
 			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]
@@ -385,6 +402,9 @@ func WritePlots(dir string, rep Report) ([]string, error) {
 func writeChartLinks(w io.Writer, rep Report) error {
 	var b strings.Builder
 	b.WriteString("\n## Charts\n")
+	if SweepOf(rep) != nil {
+		fmt.Fprintf(&b, "\n![errors against preStop sleep](charts/%s.png)\n", SweepChartName)
+	}
 	for _, r := range rep.Runs {
 		fmt.Fprintf(&b, "\n### %s\n\n", r.column())
 		kinds := []string{"requests", "latency"}

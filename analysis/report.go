@@ -28,6 +28,8 @@ type Report struct {
 	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
 	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
+	// Sweep is the answer of a plan whose cases differ only in the preStop sleep; WriteJSON fills it.
+	Sweep *Sweep `json:"sweep,omitempty"`
 }
 
 // labels of the Markdown tables, by language.
@@ -39,6 +41,7 @@ type labels struct {
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
 	acrossRuns, runs, errorsMeanRange, errorRateMeanCI, meanMsRange, p99MsRange string
+	sweep                                                                       string
 }
 
 var labelsByLang = map[string]labels{
@@ -54,6 +57,7 @@ var labelsByLang = map[string]labels{
 		on: "あり", off: "なし", none: "なし", drain: "drain %s", partial: "**途中で中断された実行です。終わったところまでの結果です。**",
 		acrossRuns: "繰り返しの集計", runs: "実行回数", errorsMeanRange: "エラー数 平均 (最小–最大)",
 		errorRateMeanCI: "エラー率 平均 [95% 信頼区間]", meanMsRange: "平均レスポンス時間(ms) 平均 (最小–最大)", p99MsRange: "p99(ms) 平均 (最小–最大)",
+		sweep: "preStop sleep ごとのエラー",
 	},
 	"en": {
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
@@ -67,6 +71,7 @@ var labelsByLang = map[string]labels{
 		on: "on", off: "off", none: "none", drain: "drain %s", partial: "**This run was interrupted: results cover what finished.**",
 		acrossRuns: "Across runs", runs: "Runs", errorsMeanRange: "Errors mean (min–max)",
 		errorRateMeanCI: "Error rate mean [95% CI]", meanMsRange: "Mean latency (ms) mean (min–max)", p99MsRange: "p99 (ms) mean (min–max)",
+		sweep: "Errors against preStop sleep",
 	},
 }
 
@@ -326,6 +331,9 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 	if summaries := Summarize(rep.Runs); summaries != nil {
 		writeSummaryMarkdown(&b, summaries, l)
 	}
+	if sweep := SweepOf(rep); sweep != nil {
+		writeSweepMarkdown(&b, sweep, l, lang)
+	}
 	_, err = io.WriteString(w, b.String())
 	return err
 }
@@ -357,6 +365,7 @@ func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
 // WriteJSON writes the whole report, series included.
 func WriteJSON(w io.Writer, rep Report) error {
 	rep.AcrossRuns = Summarize(rep.Runs)
+	rep.Sweep = SweepOf(rep)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)

@@ -1,0 +1,83 @@
+package analysis
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rollout-lab/rollout-lab/plan"
+)
+
+// sweepFixture is a preStop sweep of 0, 2 and 4 s, three runs each: errors fall with the sleep and vanish at 4 s;
+// the measured service-out p99 (0.95 s) recommends 2 s.
+func sweepFixture() Report {
+	base := fixtureReport().Runs[1] // graceful, no errors
+	var runs []CaseRun
+	for _, sleep := range []time.Duration{0, 2 * time.Second, 4 * time.Second} {
+		for run, errs := range map[time.Duration][]uint64{0: {40, 52, 47}, 2 * time.Second: {3, 0, 1}, 4 * time.Second: {0, 0, 0}}[sleep] {
+			r := base
+			r.Case, r.Run = fmt.Sprintf("gs-slp%ds", int(sleep.Seconds())), fmt.Sprint(run+1)
+			r.Conditions.PreStopSleep, r.Conditions.PreStopAction = plan.Duration(sleep), "exec"
+			if sleep == 0 {
+				r.Conditions.PreStopAction = "none"
+			}
+			r.Whole.Errors = errs
+			r.Whole.ErrorRate = float64(errs) / float64(r.Whole.Total)
+			runs = append(runs, r)
+		}
+	}
+	return Report{Plan: "sweep-prestop", Runs: runs, ServiceOut: &ServiceOut{Metric: "m", Count: 72, P50: 0.5, P99: 0.95, RecommendedPreStop: plan.Duration(2 * time.Second)}}
+}
+
+func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
+	rep := sweepFixture()
+	s := SweepOf(rep)
+	if s == nil || len(s.Points) != 3 || s.SmallestClean == nil || *s.SmallestClean != plan.Duration(4*time.Second) || s.Agrees == nil || *s.Agrees {
+		t.Fatalf("sweep %+v", s)
+	}
+	if p := s.Points[0]; p.Errors != 139 || p.Runs != 3 || p.Clean || p.ErrorRateCI95 == nil || p.ErrorRateCI95[0] > p.ErrorRate.Mean {
+		t.Errorf("0 s: %+v", p)
+	}
+	want := "The smallest preStop sleep with zero errors in every run is 4s (3 run(s) per sleep). The measured service-out p99 is 0.95s and the recommended sleep 2s: they disagree (the recommendation is shorter than the smallest clean sleep)."
+	if got := s.sentence("en"); got != want {
+		t.Errorf("sentence:\n%s\nwant\n%s", got, want)
+	}
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, rep, "en"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "### Errors against preStop sleep\n\n"+want) || !strings.Contains(md.String(), "| 4s | 3 | 0 | 0.00% [0.00%, 0.00%] |") {
+		t.Errorf("markdown:\n%s", md.String())
+	}
+	var js bytes.Buffer
+	if err := WriteJSON(&js, rep); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Sweep == nil || *back.Sweep.SmallestClean != plan.Duration(4*time.Second) {
+		t.Errorf("report.json sweep: %v %+v", err, back.Sweep)
+	}
+	p, err := SweepPlot(rep, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svg bytes.Buffer
+	if err := WritePlot(&svg, p, "svg"); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "sweep.svg", svg.Bytes())
+	var html bytes.Buffer
+	if err := WriteHTML(&html, rep, "en", HTMLDocument{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(html.String(), `<figure class="chart sweep"`) || !strings.Contains(html.String(), "they disagree") {
+		t.Error("report.html lacks the sweep")
+	}
+	// A plan whose cases differ in more than the sleep is no sweep.
+	if SweepOf(fixtureReport()) != nil {
+		t.Error("the reference fixture (graceful and immediate) taken for a sweep")
+	}
+}
