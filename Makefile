@@ -48,7 +48,9 @@ VEGETA := $(shell $(GO) env GOPATH)/bin/vegeta
 $(VEGETA):
 	$(GO) install github.com/tsenart/vegeta/v12@v12.13.0
 
-# Performance figures (printed, not asserted): planned vs sent, runner vs vegeta max rate, Prometheus overhead.
+# Performance figures (printed, not asserted): planned vs sent, runner vs vegeta max rate, Prometheus overhead, the
+# lab's cost curve (8/50/100 replicas), the apply overhead, and (BENCH_REPORTS=dir,dir) `runner report` times.
 BENCH_ONLY ?= 0
+BENCH_REPORTS ?=
 bench: build $(VEGETA)
-	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY)
+	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY) -reports "$(BENCH_REPORTS)"

@@ -32,6 +32,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"helm.sh/helm/v3/pkg/action"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
@@ -48,20 +50,30 @@ func main() {
 	vegeta := flag.String("vegeta", "vegeta", "the vegeta binary (v12.13.0)")
 	step := flag.Duration("step", 3*time.Second, "length of each rate step")
 	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
-	only := flag.Int("only", 0, "2 runs only section 2 (rates against vegeta), 5 only section 5 (the apply overhead); 0 runs all")
+	only := flag.Int("only", 0, "run one section alone: 2 (rates against vegeta), 4 (the lab's cost curve), 5 (the apply overhead), 6 (report times); 0 runs all")
+	reports := flag.String("reports", "", "comma-separated results directories whose `runner report` section 6 times")
 	flag.Parse()
-	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only); err != nil {
+	var reportDirs []string
+	if *reports != "" {
+		reportDirs = strings.Split(*reports, ",")
+	}
+	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only, reportDirs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int) error {
-	if only == 5 {
+func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int, reportDirs []string) error {
+	switch only {
+	case 4:
+		return costCurve(runner, cowweb)
+	case 5:
 		return applyOverhead(runner, "plans/quick.yaml")
-	}
-	if only != 0 && only != 2 {
-		return fmt.Errorf("-only %d: only sections 2 and 5 run alone", only)
+	case 6:
+		return reportTimes(runner, reportDirs)
+	case 0, 2:
+	default:
+		return fmt.Errorf("-only %d: sections 2, 4, 5 and 6 run alone", only)
 	}
 	if only == 0 {
 		fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
@@ -93,12 +105,19 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int)
 	if err := prometheusOverhead(scrapeFor); err != nil {
 		return err
 	}
-	fmt.Println("\n== 4. the lab: start, 8 cowweb Pods Ready, stop, memory")
-	if err := labFigures(cowweb); err != nil {
+	fmt.Println("\n== 4. the lab's cost curve: start, a Pod's process, 8 / 50 / 100 replicas Ready and rolled over, memory")
+	if err := costCurve(runner, cowweb); err != nil {
 		return err
 	}
 	fmt.Println("\n== 5. runner apply plans/quick.yaml: overhead per case (wall time minus the load's stages)")
-	return applyOverhead(runner, "plans/quick.yaml")
+	if err := applyOverhead(runner, "plans/quick.yaml"); err != nil {
+		return err
+	}
+	if len(reportDirs) > 0 {
+		fmt.Println("\n== 6. runner report: every report rewritten from a stored run")
+		return reportTimes(runner, reportDirs)
+	}
+	return nil
 }
 
 // applyOverhead runs a whole plan as a user would and subtracts the time its load schedules take: what remains is
@@ -138,9 +157,10 @@ func applyOverhead(runner, planFile string) error {
 	return nil
 }
 
-// labFigures starts a lab in this process, installs the chart with 8 replicas (readiness delay 1 s) with the
-// Helm SDK, and stops it, timing each step; peak RSS is this process's.
-func labFigures(cowweb string) error {
+// costCurve measures what the lab costs as it grows: its start, a cowweb Pod's own process (memory at idle, exec →
+// listening), and Deployments of 8, 50 and 100 replicas (readiness delay 1 s) from helm install to all Ready and
+// through a rollout restart, each against its floor, with the memory of this process (the lab) and of the Pods.
+func costCurve(runner, cowweb string) error {
 	if os.Geteuid() != 0 {
 		fmt.Println("   skipped: the lab needs root")
 		return nil
@@ -148,6 +168,16 @@ func labFigures(cowweb string) error {
 	cowwebPath, err := filepath.Abs(cowweb)
 	if err != nil {
 		return err
+	}
+	for _, program := range []struct {
+		name string
+		argv []string
+	}{{"bin/cowweb", []string{cowwebPath}}, {"runner cowweb", []string{runner, "cowweb"}}} {
+		started, rss, err := podProcess(program.argv)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("   a Pod's process, %s: exec → listening %s, RSS at idle %.1f MiB\n", program.name, started.Round(time.Millisecond), rss)
 	}
 	dir, err := os.MkdirTemp("", "rollout-lab-bench-lab")
 	if err != nil {
@@ -167,30 +197,154 @@ func labFigures(cowweb string) error {
 			l.Down()
 		}
 	}()
-	p, err := plan.Parse("bench", []byte("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: 8\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n"))
-	if err != nil {
-		return err
-	}
+	fmt.Printf("   lab up: API ready %s (goal < 10 s), 3 Nodes Ready %s\n", l.APIReadyAfter.Round(time.Millisecond), up.Round(time.Millisecond))
 	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
-	installStart := time.Now()
-	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
-		return err
+	const readinessDelay = time.Second
+	fmt.Println("   replicas  install → all Ready (floor 1 s)  rollout restart → complete (floor)  lab RSS   Pods' RSS (per Pod)")
+	for _, replicas := range []int{8, 50, 100} {
+		p, err := plan.Parse("bench", []byte(fmt.Sprintf("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: %d\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n", replicas)))
+		if err != nil {
+			return err
+		}
+		installStart := time.Now()
+		if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
+			return err
+		}
+		ready := time.Since(installStart)
+		pods, podRSS, err := podsRSS(ctx, l, "default")
+		if err != nil {
+			return err
+		}
+		restartStart := time.Now()
+		if err := experiment.RestartDeployment(ctx, l.Client, "default", experiment.ReleaseName); err != nil {
+			return err
+		}
+		if err := experiment.WaitRolledOut(ctx, l.Client, "default", experiment.ReleaseName, 10*time.Minute); err != nil {
+			return err
+		}
+		rollout := time.Since(restartStart)
+		// maxSurge 25 % (rounded up) and maxUnavailable 25 % (rounded down): each wave replaces that many Pods and
+		// waits one readiness delay.
+		perWave := (replicas+3)/4 + replicas/4
+		floor := time.Duration((replicas+perWave-1)/perWave) * readinessDelay
+		fmt.Printf("   %8d  %10s (+%s)                %10s (floor %s)              %5.0f MiB  %6.0f MiB (%.1f MiB, %d Pods)\n", replicas,
+			ready.Round(time.Millisecond), (ready - readinessDelay).Round(time.Millisecond), rollout.Round(time.Millisecond), floor,
+			rssMiB(os.Getpid()), podRSS, podRSS/float64(max(pods, 1)), pods)
+		uninstall := action.NewUninstall(cfg)
+		uninstall.Wait, uninstall.Timeout = true, 5*time.Minute
+		if _, err := uninstall.Run(experiment.ReleaseName); err != nil {
+			return err
+		}
 	}
-	ready := time.Since(installStart)
 	stopStart := time.Now()
 	if err := l.Down(); err != nil {
 		return err
 	}
 	stopped = true
-	stop := time.Since(stopStart)
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	fmt.Printf("   start → API ready: %s (goal < 10 s); → lab up with 3 Nodes: %s\n", l.APIReadyAfter.Round(time.Millisecond), up.Round(time.Millisecond))
-	fmt.Printf("   helm install → 8 cowweb Pods Ready: %s, readiness delay 1 s: %s after it (goal < 3 s)\n", ready.Round(time.Millisecond), (ready - time.Second).Round(time.Millisecond))
-	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB (goal < 1024 MiB)\n", stop.Round(time.Millisecond), ru.Maxrss/1024)
+	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB\n", time.Since(stopStart).Round(time.Millisecond), ru.Maxrss/1024)
+	return nil
+}
+
+// podProcess starts a cowweb as a lab Pod's process would run it, times exec → accepting connections, and reads
+// its RSS once it has served a request and settled.
+func podProcess(argv []string) (time.Duration, float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(argv[0], append(argv[1:], "serve", fmt.Sprintf("--port=%d", port))...)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			return 0, 0, fmt.Errorf("%v never listened: %w", argv, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	started := time.Since(start)
+	resp, err := http.Get("http://" + addr + "/say?m=bench")
+	if err != nil {
+		return 0, 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	time.Sleep(time.Second)
+	return started, rssMiB(cmd.Process.Pid), nil
+}
+
+// podsRSS sums the resident memory of the cowweb containers of a namespace's Pods.
+func podsRSS(ctx context.Context, l *lab.Lab, namespace string) (int, float64, error) {
+	pods, err := l.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, 0, err
+	}
+	n, sum := 0, 0.0
+	for _, pod := range pods.Items {
+		if pid, ok := l.Agent.ContainerPID(pod.UID, "cowweb"); ok {
+			n++
+			sum += rssMiB(pid)
+		}
+	}
+	return n, sum, nil
+}
+
+// rssMiB is a process's resident set (VmRSS) in MiB, 0 when it cannot be read.
+func rssMiB(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// reportTimes times `runner report` on stored results directories: the reports rewritten from the TSDB alone.
+func reportTimes(runner string, dirs []string) error {
+	for _, dir := range dirs {
+		start := time.Now()
+		out, err := exec.Command(runner, "report", dir).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("runner report %s: %w\n%s", dir, err, out)
+		}
+		size := func(path string) int64 {
+			var total int64
+			_ = filepath.Walk(path, func(_ string, info os.FileInfo, err error) error {
+				if err == nil && !info.IsDir() {
+					total += info.Size()
+				}
+				return nil
+			})
+			return total
+		}
+		html, _ := os.Stat(filepath.Join(dir, "report.html"))
+		var htmlSize int64
+		if html != nil {
+			htmlSize = html.Size()
+		}
+		fmt.Printf("   %s: %s (TSDB %.1f MiB, results directory %.1f MiB, report.html %.0f KiB)\n", dir, time.Since(start).Round(time.Millisecond),
+			float64(size(filepath.Join(dir, "tsdb")))/(1<<20), float64(size(dir))/(1<<20), float64(htmlSize)/1024)
+	}
 	return nil
 }
 

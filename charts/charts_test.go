@@ -339,3 +339,28 @@ func TestChartAndPlanAgreeOnThePreStopHook(t *testing.T) {
 		}
 	}
 }
+
+// Any app, not only cowweb: its own args instead of cowweb's flags, and with no health path a TCP probe of its port.
+func TestAnotherAppGetsItsArgsAndTCPProbes(t *testing.T) {
+	c := render(t, map[string]any{
+		"image":  map[string]any{"repository": "example/app", "tag": "1", "command": []any{"app"}, "args": []any{"--listen", ":9000"}},
+		"app":    map[string]any{"cowwebFlags": false, "port": 9000},
+		"probes": map[string]any{"readiness": map[string]any{"path": ""}, "liveness": map[string]any{"enabled": false}},
+	}).container()
+	if !slices.Equal(c.Args, []string{"--listen", ":9000"}) || !slices.Equal(c.Command, []string{"app"}) {
+		t.Errorf("command %v args %v", c.Command, c.Args)
+	}
+	if p := c.ReadinessProbe; p == nil || p.TCPSocket == nil || p.HTTPGet != nil || p.TCPSocket.Port.String() != "http" || c.Ports[0].ContainerPort != 9000 {
+		t.Errorf("readiness probe %+v, ports %v", p, c.Ports)
+	}
+	if c.LivenessProbe != nil {
+		t.Errorf("liveness probe %+v, want none", c.LivenessProbe)
+	}
+	if args := render(t, map[string]any{"app": map[string]any{"cowwebFlags": false}}).container().Args; len(args) != 0 {
+		t.Errorf("no args given, got %v", args)
+	}
+	svc := render(t, map[string]any{"service": map[string]any{"annotations": map[string]any{"service.beta.kubernetes.io/oci-load-balancer-backend-protocol": "HTTP"}}}).service
+	if svc.Annotations["service.beta.kubernetes.io/oci-load-balancer-backend-protocol"] != "HTTP" {
+		t.Errorf("service annotations %v", svc.Annotations)
+	}
+}

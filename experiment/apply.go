@@ -321,18 +321,29 @@ func InstallCowweb(ctx context.Context, helmCfg *action.Configuration, namespace
 	return rel, nil
 }
 
-// restart does what `kubectl rollout restart deployment/cowweb` does: patch the restartedAt annotation.
+// restart does what `kubectl rollout restart deployment/cowweb` does.
 func (r *caseRunner) restart(ctx context.Context) error {
+	return RestartDeployment(ctx, r.target.Client(), r.cfg.Plan.Namespace(), ReleaseName)
+}
+
+// waitRolledOut waits as `kubectl rollout status deployment/cowweb` does.
+func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) error {
+	return WaitRolledOut(ctx, r.target.Client(), r.cfg.Plan.Namespace(), ReleaseName, timeout)
+}
+
+// RestartDeployment does what `kubectl rollout restart deployment/NAME` does: patch the restartedAt annotation.
+func RestartDeployment(ctx context.Context, client kubernetes.Interface, namespace, name string) error {
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
-	_, err := r.target.Client().AppsV1().Deployments(r.cfg.Plan.Namespace()).Patch(ctx, ReleaseName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	_, err := client.AppsV1().Deployments(namespace).Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
 	return err
 }
 
-// waitRolledOut decides completion exactly as `kubectl rollout status` does, with kubectl's own status viewer.
-func (r *caseRunner) waitRolledOut(ctx context.Context, timeout time.Duration) error {
+// WaitRolledOut decides a Deployment's rollout complete exactly as `kubectl rollout status` does, with kubectl's own
+// status viewer.
+func WaitRolledOut(ctx context.Context, client kubernetes.Interface, namespace, name string, timeout time.Duration) error {
 	viewer := &polymorphichelpers.DeploymentStatusViewer{}
 	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		d, err := r.target.Client().AppsV1().Deployments(r.cfg.Plan.Namespace()).Get(ctx, ReleaseName, metav1.GetOptions{})
+		d, err := client.AppsV1().Deployments(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -181,6 +182,16 @@ func assertRunsAs(t *testing.T, l *Lab, pod corev1.Pod, uid int) {
 	pid, ok := l.Agent.ContainerPID(pod.UID, pod.Spec.Containers[0].Name)
 	if !ok {
 		t.Fatalf("pod %s: no running container", pod.Name)
+	}
+	// The chart's image is played by the program the lab was given for it (the small cowweb binary), not another.
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran, errRan := os.Stat(exe)
+	given, errGiven := os.Stat(cowwebBinary)
+	if errRan != nil || errGiven != nil || filepath.Base(exe) != "cowweb" || ran.Size() != given.Size() {
+		t.Errorf("pod %s runs %s, want the lab's cowweb %s", pod.Name, exe, cowwebBinary)
 	}
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,20 +23,23 @@ import (
 )
 
 type containerRunner struct {
-	spec        corev1.Container
-	mu          sync.Mutex
-	cmd         *exec.Cmd
-	exited      chan struct{}
-	exitCode    int
-	signal      string
-	startedAt   time.Time
-	restarts    int32
-	ready       bool
-	startupOK   bool
-	lastState   *corev1.ContainerStateTerminated
-	waitReason  string
-	waitMessage string
-	cgroup      string // the container's cgroup, relative to the lab's; empty without CPU accounting
+	spec   corev1.Container
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	// listenerClosed is set once this run of the container has a listener_closed event (the app's own, or the
+	// node agent's from its sockets), so that it has one.
+	listenerClosed atomic.Bool
+	exitCode       int
+	signal         string
+	startedAt      time.Time
+	restarts       int32
+	ready          bool
+	startupOK      bool
+	lastState      *corev1.ContainerStateTerminated
+	waitReason     string
+	waitMessage    string
+	cgroup         string // the container's cgroup, relative to the lab's; empty without CPU accounting
 }
 
 func (w *podWorker) env(c corev1.Container) []string {
@@ -123,7 +127,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 	}
 	if err == nil {
 		out := &appLogWriter{file: logFile, onEvent: func(event string, at time.Time) {
-			if event == timeline.EventListenerClosed {
+			if event == timeline.EventListenerClosed && c.listenerClosed.CompareAndSwap(false, true) {
 				w.record(timeline.EventListenerClosed, c.spec.Name, func(e *timeline.Event) { e.Time = at })
 			}
 		}}
@@ -144,6 +148,7 @@ func (w *podWorker) startContainer(c *containerRunner) {
 	}
 	w.place(c, cmd.Process.Pid)
 	c.cmd, c.exited, c.startedAt, c.ready = cmd, make(chan struct{}), time.Now(), false
+	c.listenerClosed.Store(false)
 	c.waitReason, c.waitMessage = "", ""
 	exited := c.exited
 	go func() {

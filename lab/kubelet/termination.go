@@ -2,8 +2,13 @@ package kubelet
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -102,6 +107,7 @@ func (w *podWorker) stopContainer(c *containerRunner, graceful bool, killAt time
 		sent := time.Now()
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		w.record(timeline.EventSIGTERM, c.spec.Name, func(e *timeline.Event) { e.Time = sent })
+		go w.watchListeners(c, cmd.Process.Pid, exited)
 		if min := time.Now().Add(minKillDelay); graceful && killAt.Before(min) {
 			killAt = min
 		}
@@ -151,4 +157,73 @@ func deadlineOf(ctx context.Context) time.Time {
 		return time.Now().Add(time.Minute)
 	}
 	return d
+}
+
+// listenerPoll is how often the node agent looks at a terminating container's sockets.
+const listenerPoll = 5 * time.Millisecond
+
+// watchListeners records listener_closed for any app, not only one that logs it: after SIGTERM it reads the
+// sockets of the container's network namespace (/proc/PID/net/tcp and tcp6) until none of the container's ports is
+// listening any more, or the process exits (which closes them with everything else).
+func (w *podWorker) watchListeners(c *containerRunner, pid int, exited <-chan struct{}) {
+	ports := map[uint16]bool{}
+	for _, p := range c.spec.Ports {
+		if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+			ports[uint16(p.ContainerPort)] = true
+		}
+	}
+	if len(ports) == 0 {
+		return
+	}
+	for {
+		listening, err := listeningOn(pid, ports)
+		select {
+		case <-exited:
+			return
+		default:
+		}
+		if err != nil {
+			return
+		}
+		if !listening {
+			seen := time.Now()
+			if c.listenerClosed.CompareAndSwap(false, true) {
+				w.record(timeline.EventListenerClosed, c.spec.Name, func(e *timeline.Event) {
+					e.Time, e.Message = seen, "seen by the node agent: no socket listening on the container's ports"
+				})
+			}
+			return
+		}
+		select {
+		case <-exited:
+			return
+		case <-time.After(listenerPoll):
+		}
+	}
+}
+
+// listeningOn says whether a socket of process pid's network namespace listens on one of ports.
+func listeningOn(pid int, ports map[uint16]bool) (bool, error) {
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			if table == "tcp6" && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return false, err
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			// local_address is HEXIP:HEXPORT; st 0A is LISTEN.
+			if len(fields) < 4 || fields[3] != "0A" {
+				continue
+			}
+			_, hexPort, ok := strings.Cut(fields[1], ":")
+			port, err := strconv.ParseUint(hexPort, 16, 16)
+			if ok && err == nil && ports[uint16(port)] {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }

@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -67,6 +68,22 @@ const routeJournalTTL = 2 * time.Minute
 type externalAddresses interface {
 	AllocateExternal() (net.IP, error)
 	ReleaseExternal(net.IP) error
+}
+
+// BackendProtocolAnnotation chooses a Service's balancer mode, "TCP" or "HTTP", as on the reference experiment's
+// cloud (oracle/oci-cloud-controller-manager: ServiceAnnotationLoadBalancerBEProtocol, default TCP); without it
+// the lab's default mode applies.
+const BackendProtocolAnnotation = "service.beta.kubernetes.io/oci-load-balancer-backend-protocol"
+
+// serviceMode is the balancer mode a Service asks for, or the default.
+func serviceMode(svc *corev1.Service, fallback string) string {
+	switch strings.ToUpper(svc.Annotations[BackendProtocolAnnotation]) {
+	case "TCP":
+		return TCP
+	case "HTTP":
+		return HTTP
+	}
+	return fallback
 }
 
 // Balancers is the lab's cloud load balancer controller: a Service of type LoadBalancer gets an ingress address
@@ -191,8 +208,9 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 	if err != nil {
 		return nil, err
 	}
+	mode := serviceMode(svc, b.opts.Mode)
 	lb := &balancer{ip: ip}
-	if b.opts.Mode == HTTP {
+	if mode == HTTP {
 		lb.transport = b.backendTransport()
 	}
 	for _, p := range svc.Spec.Ports {
@@ -203,7 +221,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 		}
 		lb.listeners = append(lb.listeners, ln)
 		target := fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port)
-		if b.opts.Mode == TCP {
+		if mode == TCP {
 			go b.serveTCP(ln, target)
 		} else {
 			server := &http.Server{Handler: b.httpProxy(lb.transport, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
@@ -211,7 +229,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 			go server.Serve(ln)
 		}
 	}
-	b.logger.Info("load balancer", "service", svc.Namespace+"/"+svc.Name, "ingress", ip.String(), "mode", b.opts.Mode)
+	b.logger.Info("load balancer", "service", svc.Namespace+"/"+svc.Name, "ingress", ip.String(), "mode", mode)
 	return lb, nil
 }
 
@@ -306,16 +324,16 @@ func backendErrorClass(err error) string {
 	return "other"
 }
 
-func (b *Balancers) countConnection() {
+func (b *Balancers) countConnection(mode string) {
 	if b.metrics != nil {
-		b.metrics.BackendConnections.WithLabelValues(b.opts.Mode).Inc()
+		b.metrics.BackendConnections.WithLabelValues(mode).Inc()
 	}
 }
 
 // dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does; routed
 // learns the decision before the connect, which to a Pod already gone lasts until it fails.
-func (b *Balancers) dialBackend(ctx context.Context, target string, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
-	b.countConnection()
+func (b *Balancers) dialBackend(ctx context.Context, mode, target string, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
+	b.countConnection(mode)
 	r, err := b.dataplane.RouteTo(target)
 	routed(r)
 	if err != nil {
@@ -347,9 +365,9 @@ func (b *Balancers) serveTCP(ln net.Listener, target string) {
 
 func (b *Balancers) proxyTCP(client net.Conn, target string) {
 	clientAddr := client.RemoteAddr().String()
-	backend, _, err := b.dialBackend(context.Background(), target, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
+	backend, _, err := b.dialBackend(context.Background(), TCP, target, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
 	if err != nil {
-		b.countFailure(err)
+		b.countFailure(TCP, err)
 		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
 		// and its request is on the way when the reset comes; on loopback the reset would beat the connect. Wait
 		// for the client's first bytes (at most a second) so it meets the reset as it would there.
@@ -369,7 +387,7 @@ func (b *Balancers) proxyTCP(client net.Conn, target string) {
 	}()
 	_, err = io.Copy(client, backend)
 	if err != nil && backendErrorClass(err) == "reset" {
-		b.countFailure(err)
+		b.countFailure(TCP, err)
 		resetConn(client)
 		backend.Close()
 		<-done
@@ -386,9 +404,9 @@ func (b *Balancers) proxyTCP(client net.Conn, target string) {
 	backend.Close()
 }
 
-func (b *Balancers) countFailure(err error) {
+func (b *Balancers) countFailure(mode string, err error) {
 	if b.metrics != nil {
-		b.metrics.BackendFailures.WithLabelValues(b.opts.Mode, backendErrorClass(err)).Inc()
+		b.metrics.BackendFailures.WithLabelValues(mode, backendErrorClass(err)).Inc()
 	}
 }
 
@@ -402,7 +420,7 @@ func (b *Balancers) backendTransport() *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
-			conn, r, err := b.dialBackend(ctx, addr, func(r kubeproxy.Routed) {
+			conn, r, err := b.dialBackend(ctx, HTTP, addr, func(r kubeproxy.Routed) {
 				// The client whose request asked for this connection (another may end up using it).
 				if client, ok := ctx.Value(clientAddrKey{}).(string); ok {
 					b.remember(client, r)
@@ -453,9 +471,9 @@ func (b *Balancers) httpProxy(transport *http.Transport, target string) http.Han
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			// The route is remembered already: before the connect for a new backend connection, on GotConn for a
 			// pooled one.
-			b.countFailure(err)
+			b.countFailure(HTTP, err)
 			if b.metrics != nil {
-				b.metrics.Responses502.WithLabelValues(b.opts.Mode).Inc()
+				b.metrics.Responses502.WithLabelValues(HTTP).Inc()
 			}
 			w.WriteHeader(http.StatusBadGateway)
 		},

@@ -267,3 +267,21 @@ func TestHTTPBalancerAnswers502WithoutRetrying(t *testing.T) {
 		t.Errorf("502s counted %v", got)
 	}
 }
+
+// A Service chooses its balancer's protocol with the reference cloud's annotation; without it the lab's default holds.
+func TestServiceAnnotationChoosesTheBackendProtocol(t *testing.T) {
+	svc := func(value string) *corev1.Service {
+		s := &corev1.Service{}
+		if value != "" {
+			s.Annotations = map[string]string{BackendProtocolAnnotation: value}
+		}
+		return s
+	}
+	for _, c := range []struct{ annotation, fallback, want string }{
+		{"", TCP, TCP}, {"", HTTP, HTTP}, {"HTTP", TCP, HTTP}, {"http", TCP, HTTP}, {"TCP", HTTP, TCP}, {"HTTP2", TCP, TCP},
+	} {
+		if got := serviceMode(svc(c.annotation), c.fallback); got != c.want {
+			t.Errorf("annotation %q, default %s: %s, want %s", c.annotation, c.fallback, got, c.want)
+		}
+	}
+}

@@ -68,7 +68,7 @@ the runner shows the cluster, context, namespace, server version and the planned
 					PrometheusURL: prom.url, PrometheusToken: token, MetricsListen: metricsListen,
 					Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: resume},
 				Connect: connect,
-				Cowweb:  []string{self, CowwebSubcommand},
+				Cowweb:  cowwebCommand(self, slog.Default()),
 				Progress: func(caseName string, run int, phase string, pr load.Progress) {
 					c, _ := p.Case(caseName)
 					progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)

@@ -54,6 +54,19 @@ func serviceURL(portName string, port int, address string) string {
 // CowwebSubcommand makes the runner binary play the cowweb image in the lab: `runner cowweb serve ...`.
 const CowwebSubcommand = "cowweb"
 
+// cowwebCommand is how the lab's Pods run the project's cowweb: the cowweb binary `make build` puts beside the
+// runner (a small Go HTTP server), or else the runner itself playing it (`runner cowweb`: the whole runner in every
+// Pod, about eight times the memory), which it says once.
+func cowwebCommand(self string, logger *slog.Logger) []string {
+	standalone := filepath.Join(filepath.Dir(self), "cowweb")
+	if info, err := os.Stat(standalone); err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 {
+		return []string{standalone}
+	}
+	logger.Warn("no cowweb binary beside the runner: the lab's cowweb Pods run the runner itself (make build puts bin/cowweb beside bin/runner)",
+		"looked_for", standalone)
+	return []string{self, CowwebSubcommand}
+}
+
 func newLabCommand() *cobra.Command {
 	var dir string
 	cmd := &cobra.Command{
@@ -95,7 +108,7 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 			if serviceOutMin < 0 || serviceOutMax < serviceOutMin || serviceOutMax > plan.MaxServiceOut {
 				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max ≤ %s", serviceOutMin, serviceOutMax, plan.MaxServiceOut)
 			}
-			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: []string{self, CowwebSubcommand}, Images: imageMap,
+			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: cowwebCommand(self, slog.Default()), Images: imageMap,
 				ServiceOut: &kubeproxy.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
 			if err != nil {
 				return err

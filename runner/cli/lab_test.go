@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -180,5 +181,33 @@ func TestLabDownLeavesAStaleLabsProcessAlone(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, labStateFile)); !os.IsNotExist(err) {
 		t.Errorf("the stale lab.json stays: %v", err)
+	}
+}
+
+// The lab's cowweb Pods run the small cowweb binary beside the runner when there is one, else the runner itself.
+func TestCowwebPodsRunTheBinaryBesideTheRunner(t *testing.T) {
+	dir := t.TempDir()
+	self := filepath.Join(dir, "runner")
+	if err := os.WriteFile(self, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	if got := cowwebCommand(self, logger); len(got) != 2 || got[0] != self || got[1] != CowwebSubcommand || !strings.Contains(logs.String(), "no cowweb binary beside the runner") {
+		t.Errorf("without a cowweb binary: %v, logged %q", got, logs.String())
+	}
+	standalone := filepath.Join(dir, "cowweb")
+	if err := os.WriteFile(standalone, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := cowwebCommand(self, logger); got[0] != self {
+		t.Errorf("a cowweb file that is not executable was taken: %v", got)
+	}
+	if err := os.Chmod(standalone, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	if got := cowwebCommand(self, logger); len(got) != 1 || got[0] != standalone || logs.Len() != 0 {
+		t.Errorf("with bin/cowweb beside the runner: %v, logged %q", got, logs.String())
 	}
 }

@@ -49,10 +49,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/* An HTTP GET of the probe's path; with no path, a TCP connect to the app's port. */}}
 {{- define "cowweb.probe" -}}
+{{- if .path }}
 httpGet:
   path: {{ .path | quote }}
   port: http
+{{- else }}
+tcpSocket:
+  port: http
+{{- end }}
 {{- with .initialDelaySeconds }}
 initialDelaySeconds: {{ . }}
 {{- end }}
