@@ -30,6 +30,41 @@ type Report struct {
 	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
 	// Sweep is the answer of a plan whose cases differ only in the preStop sleep; WriteJSON fills it.
 	Sweep *Sweep `json:"sweep,omitempty"`
+	// Verdicts are runner check's answers, one per behaviour (check runs only).
+	Verdicts []Verdict `json:"verdicts,omitempty"`
+}
+
+// Verdict is runner check's answer for one behaviour of an app's shutdown.
+type Verdict struct {
+	Behaviour string `json:"behaviour"`
+	Question  string `json:"question"`
+	OK        bool   `json:"ok"`
+	// Advice marks a verdict that informs and never fails the check.
+	Advice bool   `json:"advice,omitempty"`
+	Figure string `json:"figure"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Mark is ✓ or ✗ (advice: ✓ or –).
+func (v Verdict) Mark() string {
+	switch {
+	case v.OK:
+		return "✓"
+	case v.Advice:
+		return "–"
+	}
+	return "✗"
+}
+
+// WriteVerdicts writes the verdict table: behaviour, mark, the figures behind it and the fix for a ✗.
+func WriteVerdicts(w io.Writer, verdicts []Verdict) error {
+	var b strings.Builder
+	b.WriteString("| | Behaviour | Figures | Fix |\n|:-:|---|---|---|\n")
+	for _, v := range verdicts {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", v.Mark(), escapeCell(v.Question), escapeCell(v.Figure), escapeCell(v.Fix))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // labels of the Markdown tables, by language.
@@ -297,6 +332,13 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 	}
 	if rep.Partial {
 		fmt.Fprintf(&b, "%s\n\n", l.partial)
+	}
+	if len(rep.Verdicts) > 0 {
+		b.WriteString("### Verdicts\n\n")
+		if err := WriteVerdicts(&b, rep.Verdicts); err != nil {
+			return err
+		}
+		b.WriteString("\n")
 	}
 	b.WriteString("| " + l.condition)
 	for _, r := range rep.Runs {

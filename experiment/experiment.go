@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
@@ -67,7 +68,10 @@ type Config struct {
 	MetricsListen  string
 	ScrapeInterval time.Duration
 	Provenance     rundir.Provenance
-	Logger         *slog.Logger
+	// Check, when set, makes the run a check: its expectations are kept in run.json and its reports carry the
+	// verdicts (package check).
+	Check  map[string]string
+	Logger *slog.Logger
 	// ResumeDir reopens an interrupted apply's results directory (same plan file, embedded Prometheus) instead of
 	// creating one: its finished runs are kept, and what unfinished runs left in the TSDB is deleted.
 	ResumeDir string
@@ -127,7 +131,7 @@ func Start(cfg Config) (_ *Session, err error) {
 			return nil, err
 		}
 	}
-	s.Manifest = &rundir.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance,
+	s.Manifest = &rundir.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance, Check: cfg.Check,
 		Prometheus: rundir.PrometheusInfo{Embedded: cfg.PrometheusURL == "", URL: cfg.PrometheusURL, ScrapeInterval: cfg.ScrapeInterval}}
 	if previous != nil {
 		for _, r := range previous.Runs {
@@ -409,6 +413,13 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 		if rep.ServiceOut, err = analysis.MeasureServiceOut(ctx, api, w, now); err != nil {
 			return rep, err
 		}
+	}
+	if m.Check != nil {
+		expect, err := check.ExpectFrom(m.Check)
+		if err != nil {
+			return rep, fmt.Errorf("run.json check: %w", err)
+		}
+		rep.Verdicts = check.Verdicts(rep, expect)
 	}
 	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang, htmlDocument(dir, m))
 }

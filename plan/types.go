@@ -262,7 +262,7 @@ type Probes struct {
 	Startup   Probe `yaml:"startup" json:"startup"`
 }
 
-// Probe is one httpGet probe on the app's port.
+// Probe is one probe on the app's port: an HTTP GET of Path, or with an empty Path a TCP connect.
 type Probe struct {
 	Enabled          bool     `yaml:"enabled" json:"enabled"`
 	Path             string   `yaml:"path" json:"path"`

@@ -188,7 +188,7 @@ func (v *validator) validateApp(a *App) {
 			continue
 		}
 		field := "app.probes." + name
-		v.check(strings.HasPrefix(p.Path, "/"), field+".path", "must start with /, got %q", p.Path)
+		v.check(p.Path == "" || strings.HasPrefix(p.Path, "/"), field+".path", "must start with / (or be empty: a TCP connect to the app's port), got %q", p.Path)
 		v.wholeSeconds(p.InitialDelay, field+".initialDelay", 0)
 		v.wholeSeconds(p.Period, field+".period", time.Second)
 		v.wholeSeconds(p.Timeout, field+".timeout", time.Second)

@@ -98,6 +98,9 @@ type Manifest struct {
 	Provenance Provenance     `json:"provenance"`
 	Prometheus PrometheusInfo `json:"prometheus"`
 	Runs       []RunRecord    `json:"runs"`
+	// Check holds runner check's expectations (--expect KEY=VALUE) when the run is a check: its reports carry
+	// the verdicts, and `runner report` judges again from them.
+	Check map[string]string `json:"check,omitempty"`
 }
 
 // Create makes a new results directory under root for a plan, named by the UTC start time.

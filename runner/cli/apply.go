@@ -17,10 +17,7 @@ import (
 
 // newApplyCommand is the apply command's help, flags and progress line; the work is experiment.Apply's.
 func newApplyCommand() *cobra.Command {
-	var resultsRoot, resume, metricsListen string
-	var scrapeInterval time.Duration
-	var prom prometheusFlags
-	var cluster clusterFlags
+	var flags applyFlags
 	cmd := &cobra.Command{
 		Use:   "apply PLAN",
 		Short: "Run a plan: install cowweb, load it, restart it during the load, and report per case",
@@ -41,70 +38,91 @@ the runner shows the cluster, context, namespace, server version and the planned
   runner apply plans/quick.yaml --target kubernetes --context kind-rollout --load-url http://172.18.0.2:30080`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := cluster.load(args[0])
+			p, err := flags.cluster.load(args[0])
 			if err != nil {
 				return err
 			}
-			connect, err := cluster.connect(cmd, args[0], p)
-			if err != nil {
-				return err
-			}
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			if prom.url == "" && p.Prometheus.URL != "" {
-				prom.url, prom.tokenFile = p.Prometheus.URL, p.Prometheus.TokenFile
-			}
-			token, err := prom.token()
-			if err != nil {
-				return err
-			}
-			errOut := cmd.ErrOrStderr()
-			progress := newProgressPrinter(errOut)
-			start := time.Now()
-			result, err := experiment.Apply(cmd.Context(), experiment.ApplyConfig{
-				Config: experiment.Config{Plan: p, PlanSource: args[0], ResultsRoot: resultsRoot, ScrapeInterval: scrapeInterval,
-					PrometheusURL: prom.url, PrometheusToken: token, MetricsListen: metricsListen,
-					Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: resume},
-				Connect: connect,
-				Cowweb:  cowwebCommand(self, slog.Default()),
-				Progress: func(caseName string, run int, phase string, pr load.Progress) {
-					c, _ := p.Case(caseName)
-					progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)
-					progress.total = c.Load.TotalDuration()
-					if caseName == "" {
-						progress.prefix = "[" + phase + "] "
-					}
-					if pr.Planned == 0 {
-						progress.phase(progress.prefix + "…")
-						return
-					}
-					progress.print(pr)
-				},
-			})
-			progress.done()
-			if result.Dir != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "plan %s: %d case(s) in %s; report: %s, %s\n", p.Name, len(p.Cases),
-					time.Since(start).Round(time.Second), filepath.Join(result.Dir, "report.md"), filepath.Join(result.Dir, "report.html"))
-			}
-			if err != nil && result.Partial && result.Dir != "" {
-				return errors.Join(err, fmt.Errorf("the results in %s are partial", result.Dir))
-			}
+			result, err := flags.run(cmd, p, args[0], nil)
 			if err == nil && result.ExpectationsFailed {
-				fmt.Fprintln(errOut, "a case broke an expectation of the plan: see the ✗ in the report")
+				fmt.Fprintln(cmd.ErrOrStderr(), "a case broke an expectation of the plan: see the ✗ in the report")
 				return &exitError{code: ExitExpectationFailed}
 			}
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&resultsRoot, "results", "results", "root of the results directories")
-	cmd.Flags().StringVar(&resume, "resume", "", "continue the interrupted run in this results directory: finished cases are kept, the rest run")
-	cmd.Flags().DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
-	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics (docker-compose.yaml's Prometheus scrapes 127.0.0.1:9464)")
-	prom.register(cmd)
-	cluster.register(cmd)
+	flags.register(cmd, true)
 	return cmd
+}
+
+// applyFlags are the flags apply and check share, and the run of a plan they both do.
+type applyFlags struct {
+	resultsRoot, resume, metricsListen string
+	scrapeInterval                     time.Duration
+	prom                               prometheusFlags
+	cluster                            clusterFlags
+}
+
+func (f *applyFlags) register(cmd *cobra.Command, resumable bool) {
+	cmd.Flags().StringVar(&f.resultsRoot, "results", "results", "root of the results directories")
+	if resumable {
+		cmd.Flags().StringVar(&f.resume, "resume", "", "continue the interrupted run in this results directory: finished cases are kept, the rest run")
+	}
+	cmd.Flags().DurationVar(&f.scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
+	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics (docker-compose.yaml's Prometheus scrapes 127.0.0.1:9464)")
+	f.prom.register(cmd)
+	f.cluster.register(cmd)
+}
+
+// run applies a plan (from planFile) with the live progress line and says where the reports are; checkExpect,
+// when set, makes the run a check.
+func (f *applyFlags) run(cmd *cobra.Command, p *plan.Plan, planFile string, checkExpect map[string]string) (experiment.ApplyResult, error) {
+	connect, err := f.cluster.connect(cmd, planFile, p)
+	if err != nil {
+		return experiment.ApplyResult{}, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return experiment.ApplyResult{}, err
+	}
+	if f.prom.url == "" && p.Prometheus.URL != "" {
+		f.prom.url, f.prom.tokenFile = p.Prometheus.URL, p.Prometheus.TokenFile
+	}
+	token, err := f.prom.token()
+	if err != nil {
+		return experiment.ApplyResult{}, err
+	}
+	errOut := cmd.ErrOrStderr()
+	progress := newProgressPrinter(errOut)
+	start := time.Now()
+	result, err := experiment.Apply(cmd.Context(), experiment.ApplyConfig{
+		Config: experiment.Config{Plan: p, PlanSource: planFile, ResultsRoot: f.resultsRoot, ScrapeInterval: f.scrapeInterval,
+			PrometheusURL: f.prom.url, PrometheusToken: token, MetricsListen: f.metricsListen,
+			Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: f.resume, Check: checkExpect},
+		Connect: connect,
+		Cowweb:  cowwebCommand(self, slog.Default()),
+		Progress: func(caseName string, run int, phase string, pr load.Progress) {
+			c, _ := p.Case(caseName)
+			progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)
+			progress.total = c.Load.TotalDuration()
+			if caseName == "" {
+				progress.prefix = "[" + phase + "] "
+			}
+			if pr.Planned == 0 {
+				progress.phase(progress.prefix + "…")
+				return
+			}
+			progress.print(pr)
+		},
+	})
+	progress.done()
+	if result.Dir != "" {
+		fmt.Fprintf(cmd.OutOrStdout(), "plan %s: %d case(s) in %s; report: %s, %s\n", p.Name, len(p.Cases),
+			time.Since(start).Round(time.Second), filepath.Join(result.Dir, "report.md"), filepath.Join(result.Dir, "report.html"))
+	}
+	if err != nil && result.Partial && result.Dir != "" {
+		return result, errors.Join(err, fmt.Errorf("the results in %s are partial", result.Dir))
+	}
+	return result, err
 }
 
 // caseIndex is the 1-based position of a case in its plan.

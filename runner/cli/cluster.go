@@ -33,20 +33,33 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 // load reads the plan with the flags laid over it before it is validated: one set of rules judges a value from the
 // file and one from a flag.
 func (f *clusterFlags) load(planFile string) (*plan.Plan, error) {
-	if f.target != "" && f.target != "lab" && f.target != "kubernetes" {
-		return nil, fmt.Errorf("--target %q: want lab or kubernetes", f.target)
-	}
-	p, err := plan.LoadFileWith(planFile, plan.Overrides{LoadURL: f.loadURL,
-		Target: plan.Target{Kind: f.target, Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}})
+	overrides, err := f.overrides()
 	if err != nil {
 		return nil, err
 	}
+	p, err := plan.LoadFileWith(planFile, overrides)
+	if err != nil {
+		return nil, err
+	}
+	return p, f.fitsTarget(planFile, p)
+}
+
+// overrides are the flags laid over a plan before its validation.
+func (f *clusterFlags) overrides() (plan.Overrides, error) {
+	if f.target != "" && f.target != "lab" && f.target != "kubernetes" {
+		return plan.Overrides{}, fmt.Errorf("--target %q: want lab or kubernetes", f.target)
+	}
+	return plan.Overrides{LoadURL: f.loadURL, Target: plan.Target{Kind: f.target, Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace}}, nil
+}
+
+// fitsTarget refuses cluster flags for a plan that runs on the lab.
+func (f *clusterFlags) fitsTarget(planFile string, p *plan.Plan) error {
 	for flag, value := range map[string]string{"kubeconfig": f.kubeconfig, "context": f.context, "namespace": f.namespace} {
 		if value != "" && p.Target.Kind == "lab" {
-			return nil, fmt.Errorf("--%s is for a cluster; %s runs on the lab (use --target kubernetes)", flag, planFile)
+			return fmt.Errorf("--%s is for a cluster; %s runs on the lab (use --target kubernetes)", flag, planFile)
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // connect opens the plan's cluster and asks before anything is installed; nil means the lab.

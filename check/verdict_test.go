@@ -1,0 +1,87 @@
+package check
+
+import (
+	"testing"
+	"time"
+
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
+	"github.com/rollout-lab/rollout-lab/timeline"
+)
+
+// terminations is the timeline of one old Pod: SIGTERM at 0, its listener closed, two proxies letting go, exit.
+func terminations(closed, exit time.Duration, code int, killed bool) *analysis.RunTimeline {
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	ev := func(typ string, at time.Duration) timeline.Event {
+		return timeline.Event{Type: typ, UID: "old", Time: t0.Add(at)}
+	}
+	events := []timeline.Event{ev(timeline.EventSIGTERM, 0), ev(timeline.EventListenerClosed, closed),
+		ev(timeline.EventServiceOut, 300*time.Millisecond), ev(timeline.EventServiceOut, 900*time.Millisecond)}
+	if killed {
+		events = append(events, ev(timeline.EventSIGKILL, exit))
+	}
+	exited := ev(timeline.EventContainerExited, exit)
+	exited.ExitCode = &code
+	return &analysis.RunTimeline{Events: append(events, exited)}
+}
+
+func checkRun(name string, errors uint64, sleep time.Duration, tl *analysis.RunTimeline) analysis.CaseRun {
+	return analysis.CaseRun{Case: name, Run: "1", Timeline: tl,
+		Conditions:  analysis.Conditions{AppKnown: true, PreStopSleep: plan.Duration(sleep), GracePeriod: plan.Duration(30 * time.Second), Replicas: 3},
+		Whole:       analysis.Outcome{Total: 200, Errors: errors, ByClass: map[string]uint64{load.ClassHTTP5xx: errors}},
+		Attribution: map[string]uint64{analysis.PhaseBeforeServiceOut: errors}}
+}
+
+func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
+	closesAtOnce := terminations(5*time.Millisecond, 50*time.Millisecond, 0, false)
+	inFlight := checkRun(CaseInFlight, 2, 0, closesAtOnce)
+	inFlight.Attribution = map[string]uint64{analysis.PhaseInFlightCut: 2}
+	inFlight.InFlight = []rundir.PodInFlight{{Pod: "old", AtSIGTERM: 5, AtExit: 2}}
+	rep := analysis.Report{Runs: []analysis.CaseRun{
+		checkRun(CaseAccept, 7, 0, closesAtOnce), inFlight, checkRun(CaseIdle, 0, 0, closesAtOnce),
+		checkRun(sweepPrefix+"1s", 0, time.Second, closesAtOnce), checkRun(sweepPrefix+"2s", 0, 2*time.Second, closesAtOnce),
+	}, ServiceOut: &analysis.ServiceOut{P99: 0.95, RecommendedPreStop: plan.Duration(2 * time.Second)}}
+	got := map[string]analysis.Verdict{}
+	verdicts := Verdicts(rep, Expect{})
+	for _, v := range verdicts {
+		got[v.Behaviour] = v
+	}
+	for behaviour, ok := range map[string]bool{KeepsAccepting: false, FinishesInFlight: false, ClosesIdle: true, ExitsInTime: true, PreStopNeeded: true} {
+		if got[behaviour].OK != ok {
+			t.Errorf("%s: %+v, want ok=%v", behaviour, got[behaviour], ok)
+		}
+	}
+	if f := got[FinishesInFlight].Figure; f != "5 request(s) in flight at SIGTERM: 3 completed, 2 cut (2 errors in all)" {
+		t.Errorf("in flight: %s", f)
+	}
+	if f := got[PreStopNeeded].Figure; f[:55] != "the smallest preStop sleep with no error here: 1s; the " {
+		t.Errorf("preStop: %s", f)
+	}
+	if !Failed(verdicts) || got[KeepsAccepting].Fix == "" {
+		t.Error("a ✗ does not fail the check, or has no fix")
+	}
+	// Allowed behaviours inform without failing.
+	if Failed(Verdicts(rep, Expect{Allow: []string{KeepsAccepting, FinishesInFlight}})) {
+		t.Error("allowed behaviours still fail the check")
+	}
+	// An app that ignores SIGTERM needs SIGKILL.
+	stubborn := terminations(0, 30*time.Second, 137, true)
+	rep.Runs = []analysis.CaseRun{checkRun(CaseAccept, 0, 0, stubborn)}
+	if v := Verdicts(rep, Expect{})[3]; v.Behaviour != ExitsInTime || v.OK {
+		t.Errorf("stubborn: %+v", v)
+	}
+}
+
+func TestExpectFlags(t *testing.T) {
+	e, stored, err := ParseExpect([]string{"max-errors=3", "max-exit=5s", "allow=closes-idle"})
+	if err != nil || e.MaxErrors != 3 || e.MaxExit != 5*time.Second || len(e.Allow) != 1 || stored["max-exit"] != "5s" {
+		t.Fatalf("%+v %v %v", e, stored, err)
+	}
+	for _, bad := range []string{"max-errors", "max-errors=x", "max-exit=-1s", "allow=fast", "speed=1"} {
+		if _, _, err := ParseExpect([]string{bad}); err == nil {
+			t.Errorf("--expect %s accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/check"
+)
+
+// buildShutdownApp builds testdata/shutdownapp, the small server with a chosen reaction to SIGTERM.
+func buildShutdownApp(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "shutdownapp")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/shutdownapp").CombinedOutput(); err != nil {
+		t.Fatalf("build shutdownapp: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runCheck runs `runner check` on an app and returns its exit code and verdicts by behaviour.
+func runCheck(t *testing.T, args ...string) (int, map[string]analysis.Verdict, string) {
+	t.Helper()
+	results := t.TempDir()
+	code, out, errOut := run(t, append([]string{"check", "--results", results}, args...)...)
+	t.Logf("runner check %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	matches, _ := filepath.Glob(filepath.Join(results, "check", "*"))
+	if len(matches) != 1 {
+		t.Fatalf("no results directory (exit %d)\n%s\n%s", code, out, errOut)
+	}
+	rep, err := readReport(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	verdicts := map[string]analysis.Verdict{}
+	for _, v := range rep.Verdicts {
+		verdicts[v.Behaviour] = v
+	}
+	if len(verdicts) != len(check.Behaviours) {
+		t.Fatalf("verdicts %+v", rep.Verdicts)
+	}
+	for _, file := range []string{"report.md", "report.html"} {
+		data, err := os.ReadFile(filepath.Join(matches[0], file))
+		if err != nil || !strings.Contains(string(data), "Does it exit in time?") {
+			t.Errorf("%s lacks the verdicts: %v", file, err)
+		}
+	}
+	return code, verdicts, out
+}
+
+func expectVerdicts(t *testing.T, app string, verdicts map[string]analysis.Verdict, want map[string]bool) {
+	t.Helper()
+	for behaviour, ok := range want {
+		if v := verdicts[behaviour]; v.OK != ok {
+			t.Errorf("%s: %s %s (%s), want ok=%v", app, v.Mark(), behaviour, v.Figure, ok)
+		}
+	}
+}
+
+// Three apps, three reactions to SIGTERM, the verdicts the physics implies: the graceful one (keeps accepting
+// while the proxies let go, stops keep-alive, finishes what it started, exits 0) passes; the one that dies at
+// SIGTERM refuses and cuts; the one that ignores SIGTERM needs SIGKILL.
+func TestCheckJudgesShutdownBehaviours(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	app := buildShutdownApp(t)
+
+	code, verdicts, out := runCheck(t, "--port", "9000", "--", app, "--listen", ":9000", "--mode", "graceful")
+	if code != ExitOK || !strings.Contains(out, "✓ Does it finish what it started?") {
+		t.Errorf("graceful app: exit %d, want %d", code, ExitOK)
+	}
+	expectVerdicts(t, "graceful", verdicts, map[string]bool{check.KeepsAccepting: true, check.FinishesInFlight: true, check.ClosesIdle: true, check.ExitsInTime: true})
+
+	code, verdicts, _ = runCheck(t, "--port", "9000", "--", app, "--listen", ":9000", "--mode", "immediate")
+	if code != ExitExpectationFailed {
+		t.Errorf("immediate app: exit %d, want %d", code, ExitExpectationFailed)
+	}
+	expectVerdicts(t, "immediate", verdicts, map[string]bool{check.KeepsAccepting: false, check.FinishesInFlight: false, check.ExitsInTime: true})
+
+	code, verdicts, _ = runCheck(t, "--port", "9000", "--grace", "4s", "--", app, "--listen", ":9000", "--mode", "stubborn")
+	if code != ExitExpectationFailed {
+		t.Errorf("stubborn app: exit %d, want %d", code, ExitExpectationFailed)
+	}
+	expectVerdicts(t, "stubborn", verdicts, map[string]bool{check.KeepsAccepting: true, check.ExitsInTime: false})
+	if v := verdicts[check.ExitsInTime]; !strings.Contains(v.Figure, "SIGKILL needed") || strings.Contains(v.Figure, "SIGKILL needed 0 ") {
+		t.Errorf("stubborn app's exit: %s", v.Figure)
+	}
+}
+
+// The upstream-compatible cowweb gets the verdicts its flags imply: graceful finishes what it started and exits on
+// its own, immediate exits at once; neither keeps accepting after SIGTERM (its listener closes then).
+func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
+	}
+	bin := filepath.Join(t.TempDir(), "cowweb")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/rollout-lab/rollout-lab/cowweb/app.Flavor=upstream", "-o", bin, "../../cowweb")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build cowweb: %v\n%s", err, out)
+	}
+	code, verdicts, _ := runCheck(t, "--path", "/say?m=check", "--health", "/health", "--", bin, "serve", "--port=8080", "--slow", "--load=640", "--shutdown-gracefully=true")
+	if code != ExitExpectationFailed {
+		t.Errorf("graceful cowweb: exit %d, want %d (it closes its listener at SIGTERM)", code, ExitExpectationFailed)
+	}
+	expectVerdicts(t, "graceful cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.FinishesInFlight: true, check.ExitsInTime: true})
+	if v := verdicts[check.ExitsInTime]; !strings.Contains(v.Figure, "exit codes ") || strings.Contains(v.Figure, "×143") {
+		t.Errorf("graceful cowweb exits: %s", v.Figure)
+	}
+
+	code, verdicts, _ = runCheck(t, "--path", "/say?m=check", "--health", "/health", "--", bin, "serve", "--port=8080", "--slow", "--load=640", "--shutdown-gracefully=false")
+	if code != ExitExpectationFailed {
+		t.Errorf("immediate cowweb: exit %d, want %d", code, ExitExpectationFailed)
+	}
+	expectVerdicts(t, "immediate cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.ExitsInTime: true})
+}
