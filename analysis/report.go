@@ -154,6 +154,8 @@ func (l labels) shutdown(c Conditions) string {
 		return l.off
 	case "drain":
 		return fmt.Sprintf(l.drain, c.DrainDelay)
+	case "":
+		return "-" // not cowweb: the app's own
 	}
 	return c.Shutdown
 }

@@ -376,11 +376,30 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 	for _, f := range tl.Failures.Kept {
 		tp.end = max(tp.end, tp.x(f.Sent)+f.LatencyMs/1000)
 	}
+	// The story is the rollout: from a little before its first event to a little after its last event or failure,
+	// so that what happens within a second of a Pod's SIGTERM has room.
+	from, to := math.Inf(1), math.Inf(-1)
+	if !rolloutStart.IsZero() {
+		from = tp.x(rolloutStart)
+	}
+	for _, e := range tl.Events {
+		if e.UID != "" && e.Type != timeline.EventPodRemoved {
+			from, to = min(from, tp.x(e.Time)), max(to, tp.x(e.Time))
+		}
+	}
+	for _, f := range tl.Failures.Kept {
+		from, to = min(from, tp.x(f.Sent)), max(to, tp.x(f.Sent)+f.LatencyMs/1000)
+	}
+	const margin = 2.0
+	minX, maxX := 0.0, tp.end
+	if !math.IsInf(from, 0) && !math.IsInf(to, 0) {
+		minX, maxX = max(0, from-margin), min(tp.end, to+margin)
+	}
 
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", r.column())
 	p.X.Label.Text = "seconds since load start"
-	p.X.Min, p.X.Max = 0, tp.end
+	p.X.Min, p.X.Max = minX, maxX
 	p.X.Tick.Marker = secondsTicker{}
 	p.Y.Min, p.Y.Max = -float64(nRows)+0.5, 0.5
 	names := make([]string, 0, nRows)

@@ -285,12 +285,13 @@ func TestEveryPlanCaseRendersWithTheChart(t *testing.T) {
 }
 
 func TestPlanValuesOverrideGeneratedOnes(t *testing.T) {
-	p, err := plan.Parse("v.yaml", []byte("name: v\nload: {rate: 1, duration: 1s}\napp:\n  image: {repository: example.org/cowweb, tag: dev}\n  values:\n    service: {type: ClusterIP}\n    app: {extraArgs: [--verbose]}\n"))
+	p, err := plan.Parse("v.yaml", []byte("name: v\nload: {rate: 1, duration: 1s}\napp:\n  image: {repository: example.org/cowweb, tag: dev, command: [/app/cowweb]}\n  values:\n    service: {type: ClusterIP}\n    app: {extraArgs: [--verbose]}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := render(t, CowwebValues(p.Cases[0].App))
-	if r.service.Spec.Type != corev1.ServiceTypeClusterIP || r.container().Image != "example.org/cowweb:dev" || !slices.Contains(r.container().Args, "--verbose") || !slices.Contains(r.container().Args, "--load=640") {
+	if r.service.Spec.Type != corev1.ServiceTypeClusterIP || r.container().Image != "example.org/cowweb:dev" || !slices.Equal(r.container().Command, []string{"/app/cowweb"}) ||
+		!slices.Contains(r.container().Args, "--verbose") || !slices.Contains(r.container().Args, "--load=640") {
 		t.Errorf("service %s image %s args %v", r.service.Spec.Type, r.container().Image, r.container().Args)
 	}
 }

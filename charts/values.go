@@ -19,7 +19,12 @@ func CowwebValues(app plan.App) map[string]any {
 		image["pullPolicy"] = app.Image.PullPolicy
 	}
 	if len(app.Image.Command) > 0 {
-		image["command"] = app.Image.Command
+		// As YAML would give it: the schema's validation knows []any, not []string.
+		command := make([]any, len(app.Image.Command))
+		for i, c := range app.Image.Command {
+			command[i] = c
+		}
+		image["command"] = command
 	}
 	appValues := map[string]any{
 		"port":     app.Port,

@@ -193,14 +193,16 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	// Finishes what it started.
 	v = analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"}
 	if r, ok := runs[CaseInFlight]; ok {
-		var atSIGTERM uint64
+		var atSIGTERM, atExit uint64
 		for _, p := range r.InFlight {
 			atSIGTERM += p.AtSIGTERM
+			atExit += p.AtExit
 		}
 		cut := r.Attribution[analysis.PhaseInFlightCut]
-		completed := atSIGTERM - min(cut, atSIGTERM)
+		completed := atSIGTERM - min(atExit, atSIGTERM)
 		v.OK = cut <= e.MaxErrors
-		v.Figure = fmt.Sprintf("%d request(s) in flight at SIGTERM: %d completed, %d cut (%d errors in all)", atSIGTERM, completed, cut, r.Whole.Errors)
+		v.Figure = fmt.Sprintf("%d request(s) in flight at SIGTERM: %d completed; %d still in flight at exit; %d request(s) cut by the exit (%d errors in all)",
+			atSIGTERM, completed, atExit, cut, r.Whole.Errors)
 		if atSIGTERM == 0 {
 			v.Figure += " — nothing was in flight, so this was not exercised (a slower --path or longer requests would)"
 		}

@@ -53,7 +53,7 @@ func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 			t.Errorf("%s: %+v, want ok=%v", behaviour, got[behaviour], ok)
 		}
 	}
-	if f := got[FinishesInFlight].Figure; f != "5 request(s) in flight at SIGTERM: 3 completed, 2 cut (2 errors in all)" {
+	if f := got[FinishesInFlight].Figure; f != "5 request(s) in flight at SIGTERM: 3 completed; 2 still in flight at exit; 2 request(s) cut by the exit (2 errors in all)" {
 		t.Errorf("in flight: %s", f)
 	}
 	if f := got[PreStopNeeded].Figure; f[:55] != "the smallest preStop sleep with no error here: 1s; the " {

@@ -3,6 +3,7 @@ package experiment
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,6 +76,11 @@ func readPreStop(in *rundir.Installed, l *corev1.Lifecycle) {
 
 // readArgs reads cowweb's flags (the project's and v1.1.1's spellings).
 func readArgs(in *rundir.Installed, args []string) {
+	if !slices.Contains(args, "serve") {
+		// Not cowweb's command line (runner check runs any app): its shutdown is what the check finds out.
+		in.Shutdown = ""
+		return
+	}
 	slow, load := false, 1024 // cowweb's defaults
 	for i := 0; i < len(args); i++ {
 		name, value, hasValue := strings.Cut(args[i], "=")

@@ -23,6 +23,8 @@ func TestInstalledIsReadFromTheRenderedDeployment(t *testing.T) {
 			rundir.Installed{Replicas: 8, PreStopAction: "none", Shutdown: "drain", DrainDelay: 3 * time.Second, GracePeriod: 60 * time.Second, CPULoad: 640}},
 		{"native sleep", "{preStop: {action: sleep, sleep: 4s}}",
 			rundir.Installed{Replicas: 8, PreStopAction: "sleep", PreStopSleep: 4 * time.Second, Shutdown: "graceful", GracePeriod: 60 * time.Second, CPULoad: 640}},
+		{"another app (runner check)", "{replicas: 3, image: {repository: example/app, command: [app]}, values: {app: {cowwebFlags: false}}}",
+			rundir.Installed{Replicas: 3, PreStopAction: "none", GracePeriod: 60 * time.Second}},
 	} {
 		p, err := plan.Parse("installed.yaml", []byte("name: installed\nload: {rate: 1, duration: 1s}\napp: "+tc.app+"\n"))
 		if err != nil {
