@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path"
 
+	"github.com/rollout-lab/rollout-lab/internal/k8sversion"
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
@@ -54,7 +55,9 @@ func Render(c *chart.Chart, releaseName, namespace string, values map[string]any
 	install.Replace = true
 	install.ReleaseName = releaseName
 	install.Namespace = namespace
-	install.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	kubeVersion := k8sversion.Version()
+	major, minor := k8sversion.MajorMinor(kubeVersion)
+	install.KubeVersion = &chartutil.KubeVersion{Version: kubeVersion, Major: major, Minor: minor}
 	rel, err := install.Run(c, values)
 	if err != nil {
 		return "", fmt.Errorf("render chart %s: %w", c.Name(), err)

@@ -295,7 +295,6 @@ func (r *caseRunner) install(ctx context.Context, c plan.Case) (*rundir.Installe
 		return nil, err
 	}
 	values := charts.CowwebValues(c.App)
-	r.target.AdjustValues(values)
 	rel, err := InstallCowweb(ctx, helmCfg, r.cfg.Plan.Namespace(), values)
 	if err != nil {
 		return nil, err

@@ -107,10 +107,6 @@ func (k *Kubernetes) Helm(namespace string, logger *slog.Logger) (*action.Config
 
 func (k *Kubernetes) Client() kubernetes.Interface { return k.client }
 
-// AdjustValues keeps the chart's Service as the plan gives it (type LoadBalancer by default; app.values may say
-// NodePort).
-func (k *Kubernetes) AdjustValues(map[string]any) {}
-
 // WaitServing waits until the Service's EndpointSlices hold every replica ready and load.url answers 200: nothing
 // tells the runner when every kube-proxy has programmed them.
 func (k *Kubernetes) WaitServing(ctx context.Context, namespace, service string, _, replicas int, c plan.Case) error {

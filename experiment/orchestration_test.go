@@ -91,7 +91,6 @@ func (f *fakeTarget) Helm(string, *slog.Logger) (*action.Configuration, error) {
 	return f.helm, nil
 }
 func (f *fakeTarget) Client() kubernetes.Interface { return f.client }
-func (f *fakeTarget) AdjustValues(map[string]any)  {}
 func (f *fakeTarget) WaitServing(context.Context, string, string, int, int, plan.Case) error {
 	return nil
 }

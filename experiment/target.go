@@ -33,8 +33,6 @@ type Target interface {
 	Helm(namespace string, logger *slog.Logger) (*action.Configuration, error)
 	// Client is the Kubernetes API.
 	Client() kubernetes.Interface
-	// AdjustValues sets the chart values the target needs beyond the case's (neither target needs any today).
-	AdjustValues(values map[string]any)
 	// WaitServing waits until the Service sends new connections to every one of its replicas.
 	WaitServing(ctx context.Context, namespace, service string, port, replicas int, c plan.Case) error
 	// LoadURL is where a case's load goes, and the dialer that takes it there (nil: the host's network).
@@ -94,9 +92,6 @@ func (t *labTarget) Helm(namespace string, logger *slog.Logger) (*action.Configu
 }
 
 func (t *labTarget) Client() kubernetes.Interface { return t.lab.Client }
-
-// AdjustValues leaves the chart's Service as it is: the lab's balancers give a LoadBalancer Service its address.
-func (t *labTarget) AdjustValues(map[string]any) {}
 
 func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, port, replicas int, _ plan.Case) error {
 	return t.lab.Dataplane.WaitProgrammed(ctx, fmt.Sprintf("%s.%s:%d", service, namespace, port), replicas)

@@ -13,11 +13,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/internal/k8sversion"
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -43,21 +43,7 @@ import (
 // KubernetesVersion is the release the lab's components come from: k8s.io/kubernetes's version in the module
 // build info (the Makefile stamps the same into component-base, which the apiserver reports; a test holds them
 // together). Without build info (never in a built binary): the go.mod requirement of this writing.
-var KubernetesVersion = kubernetesModuleVersion()
-
-func kubernetesModuleVersion() string {
-	if info, ok := debug.ReadBuildInfo(); ok {
-		for _, dep := range info.Deps {
-			if dep.Path == "k8s.io/kubernetes" {
-				if dep.Replace != nil {
-					return dep.Replace.Version
-				}
-				return dep.Version
-			}
-		}
-	}
-	return "v1.37.2"
-}
+var KubernetesVersion = k8sversion.Version()
 
 // Controllers the lab's controller-manager runs: what Deployments, Services, namespaces and Jobs (in-cluster load) need.
 var Controllers = []string{"deployment-controller", "replicaset-controller", "endpointslice-controller", "garbage-collector-controller",
