@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"math"
@@ -37,6 +36,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/util/notifications"
 	apiv1 "github.com/prometheus/prometheus/web/api/v1"
+	"github.com/rollout-lab/rollout-lab/internal/fileutil"
 )
 
 // Version is what /api/v1/status/buildinfo reports for the embedded server: the Prometheus release of its packages.
@@ -254,20 +254,7 @@ func copyTree(src, dst string) error {
 		if rel == "lock" || !d.Type().IsRegular() {
 			return nil
 		}
-		in, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		out, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		return out.Close()
+		return fileutil.CopyNew(path, target, 0o600)
 	})
 }
 

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/rollout-lab/rollout-lab/internal/fileutil"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -229,29 +229,12 @@ func (f *podFiles) executable(argv0 string) (string, error) {
 	staged := filepath.Join(dir, filepath.Base(abs))
 	if err := os.Link(abs, staged); err != nil || info.Mode().Perm()&0o005 != 0o005 {
 		os.Remove(staged)
-		if err := copyExecutable(abs, staged); err != nil {
+		if err := fileutil.CopyNew(abs, staged, 0o755); err != nil {
 			return "", fmt.Errorf("stage %s for the Pod's user: %w", abs, err)
 		}
 	}
 	f.staged[key] = staged
 	return staged, nil
-}
-
-func copyExecutable(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // podProcAttr puts a Pod's process in its own process group and kills it when the agent's process dies, so a hard
