@@ -33,7 +33,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"helm.sh/helm/v3/pkg/action"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/charts"
@@ -207,17 +209,19 @@ func costCurve(runner, cowweb string) error {
 		return err
 	}
 	const readinessDelay = time.Second
-	fmt.Println("   replicas  install → all Ready (floor 1 s)  rollout restart → complete (floor)  lab RSS   Pods' RSS (per Pod)")
+	fmt.Println("   replicas  all Ready after helm install (floor 1 s)  rollout restart → complete (floor)  lab RSS   Pods' RSS (per Pod)")
 	for _, replicas := range []int{8, 50, 100} {
 		p, err := plan.Parse("bench", []byte(fmt.Sprintf("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: %d\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n", replicas)))
 		if err != nil {
 			return err
 		}
 		installStart := time.Now()
+		// Helm's --wait polls every 2 s; a watch of its own times the moment the last Pod turned Ready.
+		allReady := readyAt(ctx, l.Client, "default", replicas)
 		if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
 			return err
 		}
-		ready := time.Since(installStart)
+		ready := (<-allReady).Sub(installStart)
 		pods, podRSS, err := podsRSS(ctx, l, "default")
 		if err != nil {
 			return err
@@ -252,6 +256,37 @@ func costCurve(runner, cowweb string) error {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB\n", time.Since(stopStart).Round(time.Millisecond), ru.Maxrss/1024)
 	return nil
+}
+
+// readyAt reports when namespace first has want Ready Pods, polling every 20 ms.
+func readyAt(ctx context.Context, client kubernetes.Interface, namespace string, want int) <-chan time.Time {
+	at := make(chan time.Time, 1)
+	go func() {
+		for {
+			pods, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+			if err == nil {
+				ready := 0
+				for _, p := range pods.Items {
+					for _, c := range p.Status.Conditions {
+						if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+							ready++
+						}
+					}
+				}
+				if ready >= want {
+					at <- time.Now()
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				at <- time.Now()
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return at
 }
 
 // podProcess starts a cowweb as a lab Pod's process would run it, times exec → accepting connections, and reads
