@@ -153,7 +153,11 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 			"app":         map[string]any{"values": protocol("TCP"), "preStop": map[string]any{"sleep": seconds(sleep)}}})
 	}
 	doc["cases"] = cases
-	data, err := yaml.Marshal(doc)
+	node, err := ordered(doc, "name", "description", "lab", "app", "load", "rollout", "report", "cases")
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := yaml.Marshal(node)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -182,4 +186,48 @@ func sweepSleep(caseName string) (time.Duration, bool) {
 	}
 	d, err := time.ParseDuration(s)
 	return d, err == nil && slices.Contains(SweptSleeps, d)
+}
+
+// ordered writes a plan's map with its keys in the order a person writes them (the rest after, sorted), and its
+// cases with their name first: what --print-plan shows is read before it is run.
+func ordered(m map[string]any, first ...string) (*yaml.Node, error) {
+	node := &yaml.Node{Kind: yaml.MappingNode}
+	keys := append([]string(nil), first...)
+	var rest []string
+	for k := range m {
+		if !slices.Contains(first, k) {
+			rest = append(rest, k)
+		}
+	}
+	slices.Sort(rest)
+	for _, k := range append(keys, rest...) {
+		v, ok := m[k]
+		if !ok {
+			continue
+		}
+		var value yaml.Node
+		switch v := v.(type) {
+		case []any:
+			value.Kind = yaml.SequenceNode
+			for _, item := range v {
+				n := &yaml.Node{}
+				var err error
+				if c, ok := item.(map[string]any); ok {
+					n, err = ordered(c, "name", "description")
+				} else {
+					err = n.Encode(item)
+				}
+				if err != nil {
+					return nil, err
+				}
+				value.Content = append(value.Content, n)
+			}
+		default:
+			if err := value.Encode(v); err != nil {
+				return nil, fmt.Errorf("the check's plan, %s: %w", k, err)
+			}
+		}
+		node.Content = append(node.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: k}, &value)
+	}
+	return node, nil
 }
