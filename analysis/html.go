@@ -56,50 +56,28 @@ func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
 	if err := goldmark.New(goldmark.WithExtensions(extension.Table)).Convert(md.Bytes(), &body); err != nil {
 		return fmt.Errorf("report.html: %w", err)
 	}
-	var figures []htmlFigure
-	if sweep := SweepOf(rep); sweep != nil {
-		p, err := SweepPlot(rep, sweep)
-		if err != nil {
-			return err
-		}
-		svg, err := inlineSVG(p, chartWidth, chartHeight, nil)
-		if err != nil {
-			return err
-		}
-		figures = append(figures, htmlFigure{ID: "sweep", Caption: p.Title.Text, SVG: svg, Kind: "sweep"})
+	charts, err := reportCharts(rep)
+	if err != nil {
+		return err
 	}
-	for i, r := range rep.Runs {
-		for _, kind := range []string{"requests", "latency"} {
-			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]
-			p, err := build(r)
-			if err != nil {
-				return fmt.Errorf("%s chart of %s: %w", kind, r.column(), err)
-			}
-			svg, err := inlineSVG(p, chartWidth, chartHeight, nil)
-			if err != nil {
-				return err
-			}
-			figures = append(figures, htmlFigure{ID: fmt.Sprintf("%s-%d", kind, i), Caption: p.Title.Text, SVG: svg, Kind: kind, Run: r.column()})
-		}
-		if r.Timeline == nil {
-			continue
-		}
-		chart, err := TimelinePlot(r)
+	var figures []htmlFigure
+	for _, c := range charts {
+		svg, err := inlineSVG(c.plot, chartWidth, c.height, c.timeline)
 		if err != nil {
 			return err
 		}
-		svg, err := inlineSVG(chart.plot, chartWidth, chart.height, chart.plotter)
-		if err != nil {
-			return err
+		f := htmlFigure{ID: "sweep", Caption: c.plot.Title.Text, SVG: svg, Kind: c.kind}
+		if c.run >= 0 {
+			f.ID, f.Run = fmt.Sprintf("%s-%d", c.kind, c.run), rep.Runs[c.run].column()
 		}
-		drawn := 0
-		for _, h := range chart.plotter.hotspots {
-			if h.Kind == "failure" {
-				drawn++
+		if c.timeline != nil {
+			for _, h := range c.timeline.hotspots {
+				if h.Kind == "failure" {
+					f.Failures++
+				}
 			}
 		}
-		figures = append(figures, htmlFigure{ID: fmt.Sprintf("timeline-%d", i), Caption: chart.plot.Title.Text, SVG: svg, Kind: "timeline",
-			Run: r.column(), Failures: drawn})
+		figures = append(figures, f)
 	}
 	title := rep.Plan
 	if rep.Description != "" {

@@ -323,11 +323,15 @@ func addLifecycleMarks(p *plot.Plot, r CaseRun) {
 // chartFileName makes a file name of a run's labels, which come from a results directory that may be anyone's:
 // only letters, digits, '.', '_' and '-' stay, and it never starts with a dot, so it cannot leave the directory.
 func chartFileName(r CaseRun, kind, format string) string {
+	return chartBaseName(r, kind) + "." + format
+}
+
+func chartBaseName(r CaseRun, kind string) string {
 	name := safeFileName(r.Case)
 	if r.Run != "" && r.Run != "1" {
 		name += "-run" + safeFileName(r.Run)
 	}
-	return fmt.Sprintf("%s-%s.%s", name, kind, format)
+	return name + "-" + kind
 }
 
 func safeFileName(s string) string {
@@ -344,55 +348,67 @@ func safeFileName(s string) string {
 	return out
 }
 
-// WritePlots writes the requests and latency charts of every run, and its timeline when it kept one, into dir, in
-// every format, and returns the files.
+// reportChart is one chart of a report: the sweep's, or a case run's requests, latency or timeline.
+type reportChart struct {
+	kind     string // sweep, requests, latency or timeline
+	run      int    // the case run's index in the report (-1: the sweep's)
+	base     string // file name without the format's extension
+	plot     *plot.Plot
+	height   vg.Length
+	timeline *timelinePlotter // the timeline's drawing, which collects its hotspots
+}
+
+// reportCharts builds every chart of a report, in the report's order: the sweep's answer when the report is a
+// sweep, then per case run its requests and latency, and its timeline when it kept one. The chart files and
+// report.html draw these same plots.
+func reportCharts(rep Report) ([]reportChart, error) {
+	var charts []reportChart
+	if sweep := SweepOf(rep); sweep != nil {
+		p, err := SweepPlot(rep, sweep)
+		if err != nil {
+			return nil, err
+		}
+		charts = append(charts, reportChart{kind: "sweep", run: -1, base: SweepChartName, plot: p, height: chartHeight})
+	}
+	for i, r := range rep.Runs {
+		for _, c := range []struct {
+			kind  string
+			build func(CaseRun) (*plot.Plot, error)
+		}{{"requests", RequestsPlot}, {"latency", LatencyPlot}} {
+			p, err := c.build(r)
+			if err != nil {
+				return nil, fmt.Errorf("%s chart of %s: %w", c.kind, r.column(), err)
+			}
+			charts = append(charts, reportChart{kind: c.kind, run: i, base: chartBaseName(r, c.kind), plot: p, height: chartHeight})
+		}
+		if r.Timeline != nil {
+			t, err := TimelinePlot(r)
+			if err != nil {
+				return nil, err
+			}
+			charts = append(charts, reportChart{kind: "timeline", run: i, base: chartBaseName(r, "timeline"), plot: t.plot, height: t.height, timeline: t.plotter})
+		}
+	}
+	return charts, nil
+}
+
+// WritePlots writes every chart of the report (reportCharts) into dir, in every format, and returns the files.
 func WritePlots(dir string, rep Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	charts, err := reportCharts(rep)
+	if err != nil {
+		return nil, err
+	}
 	var files []string
-	write := func(r CaseRun, kind string, p *plot.Plot, height vg.Length) error {
+	for _, c := range charts {
 		for _, format := range ChartFormats {
-			path := filepath.Join(dir, chartFileName(r, kind, format))
-			if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return writeFigure(w, p, chartWidth, height, format) }); err != nil {
-				return err
-			}
-			files = append(files, path)
-		}
-		return nil
-	}
-	if sweep := SweepOf(rep); sweep != nil {
-		p, err := SweepPlot(rep, sweep)
-		if err != nil {
-			return files, err
-		}
-		for _, format := range ChartFormats {
-			path := filepath.Join(dir, SweepChartName+"."+format)
-			if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return writeFigure(w, p, chartWidth, chartHeight, format) }); err != nil {
+			path := filepath.Join(dir, c.base+"."+format)
+			if err := rundir.WriteAtomic(path, 0o644, func(w io.Writer) error { return writeFigure(w, c.plot, chartWidth, c.height, format) }); err != nil {
 				return files, err
 			}
 			files = append(files, path)
-		}
-	}
-	for _, r := range rep.Runs {
-		for _, kind := range []string{"requests", "latency"} {
-			build := map[string]func(CaseRun) (*plot.Plot, error){"requests": RequestsPlot, "latency": LatencyPlot}[kind]
-			p, err := build(r)
-			if err != nil {
-				return files, fmt.Errorf("%s chart of %s: %w", kind, r.column(), err)
-			}
-			if err := write(r, kind, p, chartHeight); err != nil {
-				return files, err
-			}
-		}
-		if r.Timeline != nil {
-			chart, err := TimelinePlot(r)
-			if err != nil {
-				return files, err
-			}
-			if err := write(r, "timeline", chart.plot, chart.height); err != nil {
-				return files, err
-			}
 		}
 	}
 	return files, nil

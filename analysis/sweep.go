@@ -99,9 +99,7 @@ func SweepOf(rep Report) *Sweep {
 	return s
 }
 
-func seconds(d plan.Duration) string {
-	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", time.Duration(d).Seconds()), "0"), ".") + "s"
-}
+func seconds(d plan.Duration) string { return formatSeconds(time.Duration(d).Seconds()) }
 
 // sentence is the sweep's answer in one sentence.
 func (s *Sweep) sentence(lang string) string {
@@ -114,7 +112,7 @@ func (s *Sweep) sentence(lang string) string {
 			fmt.Fprintf(&b, "試した preStop sleep (最大 %s) のどれも、すべての実行でエラー 0 にはなりませんでした。", seconds(s.Points[len(s.Points)-1].Sleep))
 		}
 		if s.Recommended != nil {
-			fmt.Fprintf(&b, "サービスアウトの実測 p99 は %s、推奨 sleep は %s", strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", *s.ServiceOutP99), "0"), ".")+"s", seconds(*s.Recommended))
+			fmt.Fprintf(&b, "サービスアウトの実測 p99 は %s、推奨 sleep は %s", formatSeconds(*s.ServiceOutP99), seconds(*s.Recommended))
 			switch {
 			case s.Agrees == nil:
 				b.WriteString("。")
@@ -132,7 +130,7 @@ func (s *Sweep) sentence(lang string) string {
 		fmt.Fprintf(&b, "No swept preStop sleep (up to %s) had zero errors in every run.", seconds(s.Points[len(s.Points)-1].Sleep))
 	}
 	if s.Recommended != nil {
-		fmt.Fprintf(&b, " The measured service-out p99 is %s and the recommended sleep %s", strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", *s.ServiceOutP99), "0"), ".")+"s", seconds(*s.Recommended))
+		fmt.Fprintf(&b, " The measured service-out p99 is %s and the recommended sleep %s", formatSeconds(*s.ServiceOutP99), seconds(*s.Recommended))
 		switch {
 		case s.Agrees == nil:
 			b.WriteString(".")

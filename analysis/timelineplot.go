@@ -146,6 +146,43 @@ func podRows(events []timeline.Event, rolloutStart time.Time) []*podRow {
 	return rows
 }
 
+// PodTermination is how one Pod ended, as its run's timeline tells it.
+type PodTermination struct {
+	SIGTERM, ListenerClosed, LastServiceOut, Exited time.Time
+	ExitCode                                        *int
+	Killed                                          bool // SIGKILL was sent
+}
+
+// Terminations lists the Pods of a run that got SIGTERM, old ones first, each in the order it appeared.
+func (tl *RunTimeline) Terminations() []PodTermination {
+	if tl == nil {
+		return nil
+	}
+	var out []PodTermination
+	for _, r := range podRows(tl.Events, time.Time{}) {
+		if r.sigterm.IsZero() {
+			continue
+		}
+		t := PodTermination{SIGTERM: r.sigterm, Exited: r.exited, ExitCode: r.exitCode}
+		for _, m := range r.marks {
+			switch m.event {
+			case timeline.EventListenerClosed:
+				if t.ListenerClosed.IsZero() {
+					t.ListenerClosed = m.at
+				}
+			case timeline.EventServiceOut:
+				if m.at.After(t.LastServiceOut) {
+					t.LastServiceOut = m.at
+				}
+			case timeline.EventSIGKILL:
+				t.Killed = true
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
 // shortPodName keeps what tells a Deployment's Pods apart: the ReplicaSet hash and the Pod's suffix.
 func shortPodName(name string) string {
 	parts := strings.Split(name, "-")

@@ -292,39 +292,19 @@ func readyAt(ctx context.Context, client kubernetes.Interface, namespace string,
 // podProcess starts a cowweb as a lab Pod's process would run it, times exec → accepting connections, and reads
 // its RSS once it has served a request and settled.
 func podProcess(argv []string) (time.Duration, float64, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := startCowweb(argv, nil)
 	if err != nil {
 		return 0, 0, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cmd := exec.Command(argv[0], append(argv[1:], "serve", fmt.Sprintf("--port=%d", port))...)
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-			break
-		}
-		if time.Since(start) > 30*time.Second {
-			return 0, 0, fmt.Errorf("%v never listened: %w", argv, err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	started := time.Since(start)
-	resp, err := http.Get("http://" + addr + "/say?m=bench")
+	defer p.stop()
+	resp, err := http.Get(p.url)
 	if err != nil {
 		return 0, 0, err
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	time.Sleep(time.Second)
-	return started, rssMiB(cmd.Process.Pid), nil
+	return p.started, rssMiB(p.pid), nil
 }
 
 // podsRSS sums the resident memory of the cowweb containers of a namespace's Pods.
@@ -411,30 +391,41 @@ func plannedVsSent() error {
 }
 
 // startCowweb runs the cowweb binary on a free loopback port.
-func startCowweb(binary string, args []string) (string, func(), error) {
+// cowwebProcess is a cowweb the bench started on a loopback port.
+type cowwebProcess struct {
+	url     string        // its /say URL
+	pid     int           // its process
+	started time.Duration // exec → accepting connections
+	stop    func()
+}
+
+// startCowweb runs argv (a cowweb binary, or the runner with its cowweb subcommand) serving on a free loopback
+// port, and returns once it accepts connections.
+func startCowweb(argv, args []string) (cowwebProcess, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return cowwebProcess{}, err
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(binary, append([]string{"serve", "--listen", addr}, args...)...)
+	cmd := exec.Command(argv[0], append(append(argv[1:len(argv):len(argv)], "serve", "--listen", addr), args...)...)
+	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return cowwebProcess{}, err
 	}
 	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}
-	for i := 0; i < 100; i++ {
+	for time.Since(start) < 30*time.Second {
 		if conn, err := net.Dial("tcp", addr); err == nil {
 			conn.Close()
-			return "http://" + addr + "/say?m=bench", stop, nil
+			return cowwebProcess{url: "http://" + addr + "/say?m=bench", pid: cmd.Process.Pid, started: time.Since(start), stop: stop}, nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	stop()
-	return "", nil, fmt.Errorf("cowweb did not start on %s", addr)
+	return cowwebProcess{}, fmt.Errorf("%v did not start on %s", argv, addr)
 }
 
 type stepResult struct {
@@ -492,11 +483,11 @@ func vegetaStep(vegeta, url, connection string, rate int, step time.Duration) (s
 }
 
 func compareRates(runner, cowweb, vegeta, name string, args []string, connection string, rates []int, step time.Duration) error {
-	url, stop, err := startCowweb(cowweb, args)
+	p, err := startCowweb([]string{cowweb}, args)
 	if err != nil {
 		return err
 	}
-	defer stop()
+	defer p.stop()
 	results, err := os.MkdirTemp("", "rollout-lab-bench")
 	if err != nil {
 		return err
@@ -507,11 +498,11 @@ func compareRates(runner, cowweb, vegeta, name string, args []string, connection
 	bestRunner, bestVegeta := 0, 0
 	runnerBroke, vegetaBroke := false, false
 	for _, rate := range rates {
-		r, err := runnerStep(runner, url, connection, rate, step, results)
+		r, err := runnerStep(runner, p.url, connection, rate, step, results)
 		if err != nil {
 			return err
 		}
-		v, err := vegetaStep(vegeta, url, connection, rate, step)
+		v, err := vegetaStep(vegeta, p.url, connection, rate, step)
 		if err != nil {
 			return err
 		}

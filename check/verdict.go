@@ -2,15 +2,14 @@ package check
 
 import (
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/load"
-	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
 // Behaviours the check judges, in the order it reports them.
@@ -84,56 +83,6 @@ func Failed(verdicts []analysis.Verdict) bool {
 	return slices.ContainsFunc(verdicts, func(v analysis.Verdict) bool { return !v.OK && !v.Advice })
 }
 
-// podEnd is one old Pod's termination, from a run's timeline.
-type podEnd struct {
-	sigterm, listenerClosed, exited time.Time
-	lastServiceOut                  time.Time
-	exitCode                        *int
-	killed                          bool
-}
-
-func podEnds(tl *analysis.RunTimeline) []podEnd {
-	if tl == nil {
-		return nil
-	}
-	byUID := map[string]*podEnd{}
-	var order []string
-	for _, e := range tl.Events {
-		if e.UID == "" {
-			continue
-		}
-		p := byUID[e.UID]
-		if p == nil {
-			p = &podEnd{}
-			byUID[e.UID] = p
-			order = append(order, e.UID)
-		}
-		switch e.Type {
-		case timeline.EventSIGTERM:
-			p.sigterm = e.Time
-		case timeline.EventListenerClosed:
-			if p.listenerClosed.IsZero() {
-				p.listenerClosed = e.Time
-			}
-		case timeline.EventServiceOut:
-			if e.Time.After(p.lastServiceOut) {
-				p.lastServiceOut = e.Time
-			}
-		case timeline.EventSIGKILL:
-			p.killed = true
-		case timeline.EventContainerExited:
-			p.exited, p.exitCode = e.Time, e.ExitCode
-		}
-	}
-	var out []podEnd
-	for _, uid := range order {
-		if p := byUID[uid]; !p.sigterm.IsZero() {
-			out = append(out, *p)
-		}
-	}
-	return out
-}
-
 func median(ds []time.Duration) time.Duration {
 	if len(ds) == 0 {
 		return 0
@@ -166,16 +115,16 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	v := analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"}
 	if r, ok := runs[CaseAccept]; ok {
 		var closed, letGo []time.Duration
-		for _, p := range podEnds(r.Timeline) {
-			end := p.listenerClosed
+		for _, p := range r.Timeline.Terminations() {
+			end := p.ListenerClosed
 			if end.IsZero() {
-				end = p.exited
+				end = p.Exited
 			}
 			if !end.IsZero() {
-				closed = append(closed, end.Sub(p.sigterm))
+				closed = append(closed, end.Sub(p.SIGTERM))
 			}
-			if !p.lastServiceOut.IsZero() {
-				letGo = append(letGo, p.lastServiceOut.Sub(p.sigterm))
+			if !p.LastServiceOut.IsZero() {
+				letGo = append(letGo, p.LastServiceOut.Sub(p.SIGTERM))
 			}
 		}
 		refused := r.Attribution[analysis.PhaseBeforeServiceOut]
@@ -235,16 +184,16 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	var grace time.Duration
 	for _, r := range rep.Runs {
 		grace = max(grace, r.Conditions.GracePeriod.D())
-		for _, p := range podEnds(r.Timeline) {
+		for _, p := range r.Timeline.Terminations() {
 			pods++
-			if p.killed {
+			if p.Killed {
 				killed++
 			}
-			if !p.exited.IsZero() {
-				exits = append(exits, p.exited.Sub(p.sigterm))
+			if !p.Exited.IsZero() {
+				exits = append(exits, p.Exited.Sub(p.SIGTERM))
 			}
-			if p.exitCode != nil {
-				codes[*p.exitCode]++
+			if p.ExitCode != nil {
+				codes[*p.ExitCode]++
 			}
 		}
 	}
@@ -257,7 +206,7 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		slowest = max(slowest, d)
 	}
 	var codeList []string
-	for _, c := range sortedKeys(codes) {
+	for _, c := range slices.Sorted(maps.Keys(codes)) {
 		codeList = append(codeList, fmt.Sprintf("%d×%d", codes[c], c))
 	}
 	v.OK = pods > 0 && killed == 0 && slowest <= limit
@@ -293,13 +242,4 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	}
 	out = append(out, v)
 	return out
-}
-
-func sortedKeys(m map[int]int) []int {
-	keys := make([]int, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Ints(keys)
-	return keys
 }
