@@ -23,10 +23,15 @@ type Sweep struct {
 	Points []SweepPoint `json:"points"`
 	// SmallestClean is the smallest sleep whose every run had zero errors; nil when none had.
 	SmallestClean *plan.Duration `json:"smallestCleanSleep,omitempty"`
+	// LargestFailing is the largest sleep with an error in some run; nil when none had.
+	LargestFailing *plan.Duration `json:"largestFailingSleep,omitempty"`
 	// ServiceOutP99 and Recommended come from the measured service-out (nil when not measured).
 	ServiceOutP99 *float64       `json:"serviceOutP99Seconds,omitempty"`
 	Recommended   *plan.Duration `json:"recommendedPreStopSleep,omitempty"`
-	// Agrees says whether the recommended sleep is at least the smallest clean one (nil when either is unknown).
+	// Agrees says whether the sweep bears the recommended sleep out: false when a sleep at least as long lost
+	// requests, true when every swept sleep from the smallest clean one up was clean and the recommendation is at
+	// least that long; nil when the sweep cannot tell (no measurement, or the recommendation falls between a failing
+	// and a clean sleep, where the sweep tried nothing).
 	Agrees *bool `json:"agrees,omitempty"`
 }
 
@@ -83,20 +88,35 @@ func SweepOf(rep Report) *Sweep {
 			p.ErrorRateCI95 = &ci
 		}
 		s.Points = append(s.Points, p)
+		sleep := p.Sleep
 		if p.Clean && s.SmallestClean == nil {
-			sleep := p.Sleep
 			s.SmallestClean = &sleep
+		}
+		if !p.Clean {
+			s.LargestFailing = &sleep
 		}
 	}
 	if rep.ServiceOut != nil {
 		p99, rec := rep.ServiceOut.P99, rep.ServiceOut.RecommendedPreStop
 		s.ServiceOutP99, s.Recommended = &p99, &rec
-		if s.SmallestClean != nil {
-			agrees := rec >= *s.SmallestClean
-			s.Agrees = &agrees
+		var agrees bool
+		switch {
+		case s.LargestFailing != nil && rec <= *s.LargestFailing:
+			agrees = false
+		case s.SmallestClean != nil && rec >= *s.SmallestClean:
+			agrees = true
+		default:
+			return s
 		}
+		s.Agrees = &agrees
 	}
 	return s
+}
+
+// untried says whether the recommendation falls where the sweep tried no sleep: above every failing one and below
+// the smallest clean one (or above every swept sleep when none was clean).
+func (s *Sweep) untried() bool {
+	return s.Recommended != nil && s.Agrees == nil
 }
 
 func seconds(d plan.Duration) string { return formatSeconds(time.Duration(d).Seconds()) }
@@ -114,12 +134,14 @@ func (s *Sweep) sentence(lang string) string {
 		if s.Recommended != nil {
 			fmt.Fprintf(&b, "サービスアウトの実測 p99 は %s、推奨 sleep は %s", formatSeconds(*s.ServiceOutP99), seconds(*s.Recommended))
 			switch {
-			case s.Agrees == nil:
-				b.WriteString("。")
+			case s.untried() && s.SmallestClean == nil:
+				b.WriteString(" で、この sweep では確かめられません (推奨は試したどの sleep よりも長い)。")
+			case s.untried():
+				b.WriteString(" で、この sweep では確かめられません (推奨はエラーが出た sleep より長く、エラー 0 の sleep より短い: その間は試していません)。")
 			case *s.Agrees:
-				b.WriteString(" で、この結果と一致します (推奨はエラー 0 の最小値以上)。")
+				b.WriteString(" で、この結果と一致します (推奨はエラー 0 の最小値以上で、それより長い sleep にエラーはありません)。")
 			default:
-				b.WriteString(" で、この結果と一致しません (推奨はエラー 0 の最小値より短い)。")
+				fmt.Fprintf(&b, " で、この結果と一致しません (%s の sleep でもエラーが出ています)。", seconds(*s.LargestFailing))
 			}
 		}
 		return b.String()
@@ -132,12 +154,14 @@ func (s *Sweep) sentence(lang string) string {
 	if s.Recommended != nil {
 		fmt.Fprintf(&b, " The measured service-out p99 is %s and the recommended sleep %s", formatSeconds(*s.ServiceOutP99), seconds(*s.Recommended))
 		switch {
-		case s.Agrees == nil:
-			b.WriteString(".")
+		case s.untried() && s.SmallestClean == nil:
+			b.WriteString(": this sweep cannot tell (the recommendation is longer than every swept sleep).")
+		case s.untried():
+			b.WriteString(": this sweep cannot tell (the recommendation is longer than every sleep with errors and shorter than the smallest clean one: nothing between was tried).")
 		case *s.Agrees:
-			b.WriteString(": they agree (the recommendation is at least the smallest clean sleep).")
+			b.WriteString(": they agree (the recommendation is at least the smallest clean sleep, and no longer sleep had errors).")
 		default:
-			b.WriteString(": they disagree (the recommendation is shorter than the smallest clean sleep).")
+			fmt.Fprintf(&b, ": they disagree (a sleep of %s, at least the recommendation, still had errors).", seconds(*s.LargestFailing))
 		}
 	}
 	return b.String()

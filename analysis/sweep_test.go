@@ -41,7 +41,7 @@ func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 	if p := s.Points[0]; p.Errors != 139 || p.Runs != 3 || p.Clean || p.ErrorRateCI95 == nil || p.ErrorRateCI95[0] > p.ErrorRate.Mean {
 		t.Errorf("0 s: %+v", p)
 	}
-	want := "The smallest preStop sleep with zero errors in every run is 4s (3 run(s) per sleep). The measured service-out p99 is 0.95s and the recommended sleep 2s: they disagree (the recommendation is shorter than the smallest clean sleep)."
+	want := "The smallest preStop sleep with zero errors in every run is 4s (3 run(s) per sleep). The measured service-out p99 is 0.95s and the recommended sleep 2s: they disagree (a sleep of 2s, at least the recommendation, still had errors)."
 	if got := s.sentence("en"); got != want {
 		t.Errorf("sentence:\n%s\nwant\n%s", got, want)
 	}
@@ -75,6 +75,36 @@ func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 	}
 	if !strings.Contains(html.String(), `<figure class="chart sweep"`) || !strings.Contains(html.String(), "they disagree") {
 		t.Error("report.html lacks the sweep")
+	}
+	// The recommendation judged against what the sweep tried: between the failing 2 s and the clean 4 s nothing was
+	// tried; from 4 s up every sleep was clean; a clean sleep below a failing one does not make a short one right.
+	for _, c := range []struct {
+		recommended time.Duration
+		errorsAt4s  uint64
+		agrees      string
+		says        string
+	}{
+		{3 * time.Second, 0, "nil", "this sweep cannot tell (the recommendation is longer than every sleep with errors"},
+		{4 * time.Second, 0, "true", "they agree"},
+		{6 * time.Second, 0, "true", "they agree"},
+		{3 * time.Second, 2, "false", "they disagree (a sleep of 4s"},
+		{6 * time.Second, 2, "nil", "this sweep cannot tell (the recommendation is longer than every swept sleep)"},
+	} {
+		r := sweepFixture()
+		r.ServiceOut.RecommendedPreStop = plan.Duration(c.recommended)
+		for i := range r.Runs {
+			if r.Runs[i].Conditions.PreStopSleep == plan.Duration(4*time.Second) && r.Runs[i].Run == "1" {
+				r.Runs[i].Whole.Errors = c.errorsAt4s
+			}
+		}
+		s := SweepOf(r)
+		agrees := "nil"
+		if s.Agrees != nil {
+			agrees = fmt.Sprint(*s.Agrees)
+		}
+		if agrees != c.agrees || !strings.Contains(s.sentence("en"), c.says) || s.sentence("ja") == "" {
+			t.Errorf("recommended %s, %d errors at 4 s: agrees %s, %q", c.recommended, c.errorsAt4s, agrees, s.sentence("en"))
+		}
 	}
 	// A plan whose cases differ in more than the sleep is no sweep.
 	if SweepOf(fixtureReport()) != nil {

@@ -63,6 +63,39 @@ func TestReferencePlansSendTheArticlesCounts(t *testing.T) {
 	}
 }
 
+// The scaled plans keep what decides what a Pod meets — the app's knob, the preStop sleeps, the shutdowns, the load's
+// shape and each Pod's share of the arrivals — and scale only the replicas, hence the rate.
+func TestScaledPlansKeepEachPodsShareOfTheReference(t *testing.T) {
+	for scaled, reference := range map[string]string{
+		"l640-rep2-rps50.yaml":  "l640-rep8-rps200.yaml",
+		"l1024-rep2-rps25.yaml": "l1024-rep8-rps100.yaml",
+	} {
+		s, err := LoadFile("../plans/" + scaled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := LoadFile("../plans/" + reference)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Cases) != len(r.Cases) {
+			t.Fatalf("%s: %d cases, its reference %d", scaled, len(s.Cases), len(r.Cases))
+		}
+		for i, c := range s.Cases {
+			ref := r.Cases[i]
+			perPod, refPerPod := c.Load.MaxRate()/float64(c.App.Replicas), ref.Load.MaxRate()/float64(ref.App.Replicas)
+			if c.Name != ref.Name || c.App.Load != ref.App.Load || c.App.PreStop.Sleep != ref.App.PreStop.Sleep ||
+				c.App.Shutdown != ref.App.Shutdown || perPod != refPerPod || c.Load.Connection != ref.Load.Connection ||
+				c.Load.ThinkTime != ref.Load.ThinkTime || c.Load.TotalDuration() != ref.Load.TotalDuration() ||
+				c.RolloutAt() != ref.RolloutAt() {
+				t.Errorf("%s case %s: %d load, sleep %s, %s, %.1f/s per Pod, %s; reference %s: %d, %s, %s, %.1f/s per Pod, %s",
+					scaled, c.Name, c.App.Load, c.App.PreStop.Sleep, c.App.Shutdown, perPod, c.Load.Connection,
+					ref.Name, ref.App.Load, ref.App.PreStop.Sleep, ref.App.Shutdown, refPerPod, ref.Load.Connection)
+			}
+		}
+	}
+}
+
 func TestRequestsIsTheIntegralOfTheRate(t *testing.T) {
 	for _, c := range []struct {
 		load Load
