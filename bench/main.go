@@ -91,10 +91,10 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 		connection string
 		rates      []int
 	}{
-		{"cowweb (trivial /say), pooled keep-alive connections", nil, plan.ConnectionPooled, []int{1000, 2000, 3000, 4000, 6000, 8000, 10000}},
-		{"cowweb --slow --load 640, pooled", []string{"--slow", "--load", "640"}, plan.ConnectionPooled, []int{100, 200, 300, 350, 400, 450, 500, 600}},
+		{"cowweb (trivial /say), pooled keep-alive connections", nil, plan.ConnectionPooled, []int{1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000}},
+		{"cowweb --slow --load 640, pooled", []string{"--slow", "--load", "640"}, plan.ConnectionPooled, []int{25, 50, 75, 100, 150, 200, 300, 400}},
 		// The reference experiment's loader: a new connection per arrival (runner per-user; vegeta -keepalive=false).
-		{"cowweb (trivial /say), a connection per request", nil, plan.ConnectionPerUser, []int{500, 1000, 1500, 2000, 3000, 4000, 5000}},
+		{"cowweb (trivial /say), a connection per request", nil, plan.ConnectionPerUser, []int{1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000, 20000}},
 	} {
 		if err := compareRates(runner, cowweb, vegeta, target.name, target.args, target.connection, target.rates, step); err != nil {
 			return err
