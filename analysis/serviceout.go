@@ -56,13 +56,12 @@ func MeasureServiceOut(ctx context.Context, api promv1.API, w Window, now time.T
 
 // sentence is the report's line on the measured service-out.
 func (s *ServiceOut) sentence(lang string) string {
-	seconds := formatSeconds
 	if lang == "ja" {
 		return fmt.Sprintf("サービスアウトの実測 (`%s`, %d 回): p50 %s, p99 %s → 推奨 preStop sleep %s (p99 の 2 倍を秒単位に切り上げ: 測定より遅いノードへの余裕)。",
-			s.Metric, s.Count, seconds(s.P50), seconds(s.P99), s.RecommendedPreStop)
+			s.Metric, s.Count, formatSeconds(s.P50), formatSeconds(s.P99), s.RecommendedPreStop)
 	}
 	return fmt.Sprintf("Measured service-out (`%s`, %d changes): p50 %s, p99 %s → recommended preStop sleep %s (p99 × 2, rounded up to whole seconds: margin for nodes slower than measured).",
-		s.Metric, s.Count, seconds(s.P50), seconds(s.P99), s.RecommendedPreStop)
+		s.Metric, s.Count, formatSeconds(s.P50), formatSeconds(s.P99), s.RecommendedPreStop)
 }
 
 // formatSeconds writes seconds to the millisecond without trailing zeros: 1.049s, 3s.

@@ -410,9 +410,6 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 			tp.end = max(tp.end, tp.x(row.exited))
 		}
 	}
-	for _, f := range tl.Failures.Kept {
-		tp.end = max(tp.end, tp.x(f.Sent)+f.LatencyMs/1000)
-	}
 	// The story is the rollout: from a little before its first event to a little after its last event or failure,
 	// so that what happens within a second of a Pod's SIGTERM has room.
 	from, to := math.Inf(1), math.Inf(-1)
@@ -425,7 +422,9 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 		}
 	}
 	for _, f := range tl.Failures.Kept {
-		from, to = min(from, tp.x(f.Sent)), max(to, tp.x(f.Sent)+f.LatencyMs/1000)
+		failed := tp.x(f.Sent) + f.LatencyMs/1000
+		tp.end = max(tp.end, failed)
+		from, to = min(from, tp.x(f.Sent)), max(to, failed)
 	}
 	const margin = 2.0
 	minX, maxX := 0.0, tp.end

@@ -111,9 +111,18 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		return v
 	}
 
+	// judge fills a behaviour's verdict from its case's first finished run, or says the case did not run.
+	judge := func(v analysis.Verdict, caseName string, fill func(r analysis.CaseRun, v *analysis.Verdict)) {
+		if r, ok := runs[caseName]; ok {
+			fill(r, &v)
+		} else {
+			v.Figure = "not run"
+		}
+		out = append(out, allowed(v))
+	}
+
 	// Keeps accepting until out of the Service.
-	v := analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"}
-	if r, ok := runs[CaseAccept]; ok {
+	judge(analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"}, CaseAccept, func(r analysis.CaseRun, v *analysis.Verdict) {
 		var closed, letGo []time.Duration
 		for _, p := range r.Timeline.Terminations() {
 			end := p.ListenerClosed
@@ -134,14 +143,10 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		if !v.OK {
 			v.Fix = fmt.Sprintf("keep accepting for at least %s after SIGTERM: a preStop sleep (see %s) or a drain delay in the app before it closes its listener", secs(median(letGo)), PreStopNeeded)
 		}
-	} else {
-		v.Figure = "not run"
-	}
-	out = append(out, allowed(v))
+	})
 
 	// Finishes what it started.
-	v = analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"}
-	if r, ok := runs[CaseInFlight]; ok {
+	judge(analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"}, CaseInFlight, func(r analysis.CaseRun, v *analysis.Verdict) {
 		var atSIGTERM, atExit uint64
 		for _, p := range r.InFlight {
 			atSIGTERM += p.AtSIGTERM
@@ -158,26 +163,19 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		if !v.OK {
 			v.Fix = "on SIGTERM stop accepting and let the requests in flight finish (Go: http.Server.Shutdown), then exit; a grace period longer than the longest request"
 		}
-	} else {
-		v.Figure = "not run"
-	}
-	out = append(out, allowed(v))
+	})
 
 	// Closes idle keep-alive connections cleanly.
-	v = analysis.Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"}
-	if r, ok := runs[CaseIdle]; ok {
+	judge(analysis.Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"}, CaseIdle, func(r analysis.CaseRun, v *analysis.Verdict) {
 		v.OK = r.Whole.Errors <= e.MaxErrors
 		v.Figure = fmt.Sprintf("%d error(s), %d of them 5xx (a balancer's 502 for a connection closed under a request)", r.Whole.Errors, r.Whole.ByClass[load.ClassHTTP5xx])
 		if !v.OK {
 			v.Fix = "on SIGTERM stop keep-alive (Go: SetKeepAlivesEnabled(false); else a Connection: close header) and keep serving until out of the Service, so each connection closes after a response, not under a request"
 		}
-	} else {
-		v.Figure = "not run"
-	}
-	out = append(out, allowed(v))
+	})
 
 	// Exits in time.
-	v = analysis.Verdict{Behaviour: ExitsInTime, Question: "Does it exit in time?"}
+	v := analysis.Verdict{Behaviour: ExitsInTime, Question: "Does it exit in time?"}
 	var exits []time.Duration
 	codes := map[int]int{}
 	killed, pods := 0, 0

@@ -77,6 +77,8 @@ type ApplyResult struct {
 	Partial bool
 	// ExpectationsFailed is true when a case's result broke one of the plan's expectations.
 	ExpectationsFailed bool
+	// Verdicts are a check's answers (Config.Check), as its reports show them.
+	Verdicts []analysis.Verdict
 }
 
 // step is one part of apply, with the cleanup that undoes it (kind's create/actions style).
@@ -169,7 +171,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 	if err != nil {
 		return result, errors.Join(runErr, err)
 	}
-	result.ExpectationsFailed = rep.Failed()
+	result.ExpectationsFailed, result.Verdicts = rep.Failed(), rep.Verdicts
 	if ctx.Err() != nil {
 		if runErr == nil {
 			runErr = ctx.Err()

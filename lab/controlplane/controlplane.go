@@ -40,9 +40,7 @@ import (
 	scheduleroptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 )
 
-// KubernetesVersion is the release the lab's components come from: k8s.io/kubernetes's version in the module
-// build info (the Makefile stamps the same into component-base, which the apiserver reports; a test holds them
-// together). Without build info (never in a built binary): the go.mod requirement of this writing.
+// KubernetesVersion is the release the lab's components come from (internal/k8sversion says how it is found).
 var KubernetesVersion = k8sversion.Version()
 
 // Controllers the lab's controller-manager runs: what Deployments, Services, namespaces and Jobs (in-cluster load) need.

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -93,13 +92,9 @@ as it is). The lab needs root.`,
 			if err != nil {
 				return err
 			}
-			rep, err := readReport(result.Dir)
-			if err != nil {
-				return err
-			}
-			printVerdicts(cmd.OutOrStdout(), rep.Verdicts)
+			printVerdicts(cmd.OutOrStdout(), result.Verdicts)
 			fmt.Fprintf(cmd.OutOrStdout(), "checked in %s: %s\n", time.Since(start).Round(time.Second), filepath.Join(result.Dir, "report.html"))
-			if check.Failed(rep.Verdicts) {
+			if check.Failed(result.Verdicts) {
 				fmt.Fprintln(cmd.ErrOrStderr(), "a behaviour failed: see the ✗ and its fix")
 				return &exitError{code: ExitExpectationFailed}
 			}
@@ -148,15 +143,6 @@ func appCommand(args []string) ([]string, error) {
 		return nil, fmt.Errorf("the app's command %s: not an executable file", argv[0])
 	}
 	return argv, nil
-}
-
-func readReport(dir string) (analysis.Report, error) {
-	var rep analysis.Report
-	data, err := os.ReadFile(filepath.Join(dir, "report.json"))
-	if err != nil {
-		return rep, err
-	}
-	return rep, json.Unmarshal(data, &rep)
 }
 
 // printVerdicts writes the verdict table for a terminal: mark, question, figures, and the fix under a ✗.

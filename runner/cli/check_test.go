@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,4 +117,13 @@ func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
 		t.Errorf("immediate cowweb: exit %d, want %d", code, ExitExpectationFailed)
 	}
 	expectVerdicts(t, "immediate cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.ExitsInTime: true})
+}
+
+func readReport(dir string) (analysis.Report, error) {
+	var rep analysis.Report
+	data, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return rep, err
+	}
+	return rep, json.Unmarshal(data, &rep)
 }
