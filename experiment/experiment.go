@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -181,6 +183,21 @@ func Start(cfg Config) (_ *Session, err error) {
 	}
 	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, rundir.TokenFile))
 	return s, nil
+}
+
+// KubeProxyJob is the scrape job of the lab nodes' kube-proxies (their :10249).
+const KubeProxyJob = "kube-proxy"
+
+// scrapeKubeProxies has the embedded Prometheus scrape every node's kube-proxy, labelled by node.
+func (s *Session) scrapeKubeProxies(nodes []kubeproxy.Node) error {
+	if s.prom == nil {
+		return nil
+	}
+	targets := make([]embedprom.Target, 0, len(nodes))
+	for _, n := range nodes {
+		targets = append(targets, embedprom.Target{Address: net.JoinHostPort(n.IP.String(), strconv.Itoa(kubeproxy.MetricsPort)), Labels: map[string]string{"node": n.Name}})
+	}
+	return s.prom.SetTargets(KubeProxyJob, targets)
 }
 
 // resumable checks that cfg.ResumeDir holds an interrupted apply of the same plan file, and returns its manifest.

@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/rollout-lab/rollout-lab/lab"
@@ -50,7 +52,6 @@ type Connect func(ctx context.Context, session *Session) (Target, error)
 // labTarget is the embedded lab, started for one apply.
 type labTarget struct {
 	lab      *lab.Lab
-	model    string
 	loadPath string // how the last case's load went
 	tempDir  string // the lab's state when no directory was given: removed with the lab
 }
@@ -59,7 +60,8 @@ type labTarget struct {
 func ConnectLab(dir string, cowweb []string) Connect {
 	return func(ctx context.Context, s *Session) (Target, error) {
 		p := s.cfg.Plan
-		t := &labTarget{model: fmt.Sprintf("uniform %s–%s per node after the EndpointSlice change", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)}
+		proxy := kubeproxy.Config{Mode: p.Lab.KubeProxy.Mode, MinSyncPeriod: p.Lab.KubeProxy.MinSyncPeriod.D(), SyncPeriod: p.Lab.KubeProxy.SyncPeriod.D()}
+		t := &labTarget{}
 		if dir == "" {
 			// The lab's keys and etcd are not results: keep them out of the results directory.
 			var err error
@@ -69,11 +71,14 @@ func ConnectLab(dir string, cowweb []string) Connect {
 			t.tempDir = dir
 		}
 		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
-			ServiceOut:   &kubeproxy.ServiceOutModel{Min: p.Lab.ServiceOut.Min.D(), Max: p.Lab.ServiceOut.Max.D()},
+			KubeProxy:    proxy,
 			LoadBalancer: &loadbalancer.Options{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
 			NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU),
 			Metrics: lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
 		t.lab = l
+		if err == nil {
+			err = s.scrapeKubeProxies(l.Proxies.Nodes())
+		}
 		if err != nil {
 			return nil, errors.Join(err, t.Close())
 		}
@@ -83,7 +88,8 @@ func ConnectLab(dir string, cowweb []string) Connect {
 
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": controlplane.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
-		"serviceOutModel": t.model, "loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
+		"kubeProxy": t.lab.Proxies.Config().String(), "serviceOut": "measured: each node's ruleset as kube-proxy commits it (nft monitor)",
+		"loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
 		"cpuModel": t.lab.CPU.String(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }
 
@@ -94,16 +100,18 @@ func (t *labTarget) Helm(namespace string, logger *slog.Logger) (*action.Configu
 func (t *labTarget) Client() kubernetes.Interface { return t.lab.Client }
 
 func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, port, replicas int, _ plan.Case) error {
-	return t.lab.Dataplane.WaitProgrammed(ctx, fmt.Sprintf("%s.%s:%d", service, namespace, port), replicas)
+	return t.lab.Proxies.WaitProgrammed(ctx, namespace, service, replicas)
 }
 
-// LoadURL sends the load to the Service's load balancer when it has one (the reference experiment's path), else
-// to the Service through a node's proxy, as a client in the cluster would. Either way each connection knows the
-// Pod it was routed to, for attribution.
+// LoadURL sends the load to the Service's load balancer when it has one (the reference experiment's path: the
+// balancer → a node's NodePort → that node's kube-proxy rules → a Pod), else to the Service's cluster IP from inside
+// a node (round robin over the nodes), as a client on a node would. Either way each connection knows the Pod it was
+// routed to, read from the node's conntrack entry, for attribution.
 func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
+	nodes := t.lab.Proxies.Nodes()
 	if ip, ok := t.lab.Balancers.Ingress(namespace, service); ok {
-		t.loadPath = fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's proxy (round robin over %d nodes) → a Pod",
-			c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(t.lab.Agent.Nodes))
+		t.loadPath = fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's NodePort (round robin over %d nodes, health-checked on kube-proxy's :10256) → the node's kube-proxy rules (%s) → a Pod",
+			c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config())
 		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, addr)
@@ -120,8 +128,14 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 		}
 		return fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), fmt.Sprint(port)), c.Load.Path), dial
 	}
+	clusterIP := service + "." + namespace
+	if svc, err := t.lab.Client.CoreV1().Services(namespace).Get(context.Background(), service, metav1.GetOptions{}); err == nil && svc.Spec.ClusterIP != "" {
+		clusterIP = svc.Spec.ClusterIP
+	}
+	var next atomic.Uint64
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, r, err := t.lab.Dataplane.DialRouted(ctx, network, addr)
+		node := nodes[int(next.Add(1)-1)%len(nodes)].Name
+		conn, r, err := t.lab.Proxies.DialRouted(ctx, node, addr)
 		route := func() load.Route { return load.Route{Endpoint: r.Endpoint, Pod: r.PodUID, Node: r.Node} }
 		load.ReportRoute(ctx, route)
 		if err != nil {
@@ -129,9 +143,9 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 		}
 		return load.NewRoutedConn(conn, route), nil
 	}
-	t.loadPath = fmt.Sprintf("%s connections → a node's proxy (round robin over %d nodes, Service %s.%s:%d) → a Pod",
-		c.Load.Connection, len(t.lab.Agent.Nodes), service, namespace, port)
-	return fmt.Sprintf("http://%s.%s:%d%s", service, namespace, port, c.Load.Path), dial
+	t.loadPath = fmt.Sprintf("%s connections from the nodes (round robin over %d) → Service %s/%s's cluster IP %s:%d → the node's kube-proxy rules (%s) → a Pod",
+		c.Load.Connection, len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config())
+	return fmt.Sprintf("http://%s%s", net.JoinHostPort(clusterIP, fmt.Sprint(port)), c.Load.Path), dial
 }
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.

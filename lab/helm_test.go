@@ -150,7 +150,7 @@ load: {rate: 1, duration: 1s}
 	}
 	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "mixed"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app.kubernetes.io/name": "cowweb"},
 		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}}}
-	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if svc, err = l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var brokenIP string
@@ -164,12 +164,14 @@ load: {rate: 1, duration: 1s}
 		return len(ready) == 2, err
 	})
 	time.Sleep(3 * time.Second) // several failed readiness probes and proxy syncs
-	for i := 0; i < 300; i++ {
-		addr, _, err := l.Dataplane.Route("mixed.default:80")
+	nodes := l.Proxies.Nodes()
+	for i := 0; i < 60; i++ {
+		conn, r, err := l.Proxies.DialRouted(ctx, nodes[i%len(nodes)].Name, net.JoinHostPort(svc.Spec.ClusterIP, "80"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if addr == fmt.Sprintf("%s:8080", brokenIP) {
+		conn.Close()
+		if r.Endpoint == fmt.Sprintf("%s:8080", brokenIP) {
 			t.Fatalf("connection %d routed to the Pod whose readiness fails", i)
 		}
 	}

@@ -4,9 +4,10 @@
 //     the runner's process, on loopback, with TLS, client certificates and RBAC;
 //   - lab/kubelet: the node agent, Pods as local processes with the kubelet's probes, hooks and termination, their
 //     CPU through lab/cgroups (the kubelet's cgroup settings);
-//   - lab/cni: the Pod network, a network namespace and address per Pod on a bridge;
-//   - lab/kubeproxy: each node's kube-proxy view with its programming delay;
-//   - lab/loadbalancer: a cloud-like balancer for Services of type LoadBalancer;
+//   - lab/cni: the network as a simple CNI makes it: a namespace per node on a node network, a Pod CIDR and bridge
+//     per node, a namespace and address per Pod;
+//   - lab/kubeproxy: the real kube-proxy on every node, in the node's namespace, and what its rules do;
+//   - lab/loadbalancer: a cloud-like balancer for Services of type LoadBalancer, over the nodes' NodePorts;
 //   - lab/owner: which lab made what, so only a dead lab's leftovers are cleaned up.
 //
 // What happens to Pods is recorded into the timeline package.
@@ -26,6 +27,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/lab/controlplane"
 	"github.com/rollout-lab/rollout-lab/lab/kubelet"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/lab/loadbalancer"
 	"github.com/rollout-lab/rollout-lab/lab/owner"
 )
@@ -44,8 +46,11 @@ type Options struct {
 	Cowweb []string
 	// Images maps more images to local executables (image or repository → argv).
 	Images map[string][]string
-	// ServiceOut is the per-node proxy programming delay; nil: kubeproxy.DefaultServiceOutModel.
-	ServiceOut *kubeproxy.ServiceOutModel
+	// KubeProxy is how the nodes' kube-proxies are configured; zero: kubeproxy.DefaultConfig.
+	KubeProxy kubeproxy.Config
+	// KubeProxyCommand is the argv that runs kube-proxy (the runner with its hidden kube-proxy subcommand); empty:
+	// this executable with proxymain.Subcommand, which its main must dispatch.
+	KubeProxyCommand []string
 	// LoadBalancer configures the balancers of Services of type LoadBalancer; nil: loadbalancer.Default.
 	LoadBalancer *loadbalancer.Options
 	// NodeCPU is each node's CPU in milli-CPU; 0: DefaultNodeCPU (the machine's CPUs less ReservedCPU, shared).
@@ -62,7 +67,7 @@ type Lab struct {
 	*controlplane.ControlPlane
 	Agent     *kubelet.Agent
 	Network   cni.Network
-	Dataplane *kubeproxy.Dataplane
+	Proxies   *kubeproxy.Proxies
 	Balancers *loadbalancer.Balancers
 	Cgroups   *cgroups.Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
 	CPU       CPUModel
@@ -134,7 +139,21 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
 			"nodeCPU", cgroups.FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
 	}
-	if l.ControlPlane, err = controlplane.Start(ctx, opts.Dir, opts.Logger); err != nil {
+	if opts.KubeProxy == (kubeproxy.Config{}) {
+		opts.KubeProxy = kubeproxy.DefaultConfig
+	}
+	if err := kubeproxy.Preflight(opts.KubeProxy.Mode); err != nil {
+		return l, err
+	}
+	if len(opts.KubeProxyCommand) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return l, err
+		}
+		opts.KubeProxyCommand = []string{self, proxymain.Subcommand}
+	}
+	if l.ControlPlane, err = controlplane.Start(ctx, controlplane.Options{Dir: opts.Dir, Logger: opts.Logger, NodeNetworkIP: l.Network.HostIP(),
+		ClusterCIDR: l.Network.ClusterCIDR(), NodeCIDRMaskSize: cni.NodeCIDRMaskSize}); err != nil {
 		return l, err
 	}
 	l.Agent, err = kubelet.Start(ctx, l.Client, kubelet.Options{Version: controlplane.KubernetesVersion, Nodes: opts.Nodes, Images: images, Network: l.Network,
@@ -143,15 +162,13 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err != nil {
 		return l, err
 	}
-	model := kubeproxy.DefaultServiceOutModel
-	if opts.ServiceOut != nil {
-		model = *opts.ServiceOut
-	}
 	if opts.Metrics != nil {
-		opts.Metrics.ModelBound.WithLabelValues("min").Set(model.Min.Seconds())
-		opts.Metrics.ModelBound.WithLabelValues("max").Set(model.Max.Seconds())
+		opts.Metrics.KubeProxySetting.WithLabelValues(opts.KubeProxy.Mode, "minSyncPeriod").Set(opts.KubeProxy.MinSyncPeriod.Seconds())
+		opts.Metrics.KubeProxySetting.WithLabelValues(opts.KubeProxy.Mode, "syncPeriod").Set(opts.KubeProxy.SyncPeriod.Seconds())
 	}
-	l.Dataplane, err = kubeproxy.Start(l.Client, l.Agent.Nodes, l.Network.HostIP().String(), model, l.Agent.Events, opts.Logger.With("component", "dataplane"))
+	l.Proxies, err = kubeproxy.Start(ctx, kubeproxy.Options{Network: l.Network, Nodes: l.Agent.Nodes, Argv: opts.KubeProxyCommand,
+		Kubeconfig: l.KubeProxyKubeconfig, ClusterCIDR: l.Network.ClusterCIDR(), Dir: filepath.Join(opts.Dir, "kube-proxy"),
+		Config: opts.KubeProxy, Client: l.Client, Recorder: l.Agent.Events, Logger: opts.Logger.With("component", "kube-proxy")})
 	if err != nil {
 		return l, err
 	}
@@ -159,7 +176,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if opts.LoadBalancer != nil {
 		balancer = *opts.LoadBalancer
 	}
-	l.Balancers, err = loadbalancer.Start(l.Client, l.Dataplane, l.Network, balancer, opts.Metrics.loadBalancer(), opts.Logger.With("component", "load-balancer"))
+	l.Balancers, err = loadbalancer.Start(l.Client, l.Proxies, l.Network, balancer, opts.Metrics.loadBalancer(), opts.Logger.With("component", "load-balancer"))
 	return l, err
 }
 
@@ -169,11 +186,12 @@ func (l *Lab) Down() error {
 	if l.Balancers != nil {
 		l.Balancers.Stop()
 	}
-	if l.Dataplane != nil {
-		l.Dataplane.Stop()
-	}
 	if l.Agent != nil {
 		l.Agent.Stop()
+	}
+	// kube-proxy runs in the nodes' namespaces: stopped before they go.
+	if l.Proxies != nil {
+		errs = append(errs, l.Proxies.Stop())
 	}
 	if l.Network != nil {
 		errs = append(errs, l.Network.Close())

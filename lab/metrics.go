@@ -8,12 +8,12 @@ import (
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
-// Metrics are the lab's collectors: the Pods' lifecycle (the timeline's), the service-out model, the load
-// balancers and the CPU accounting.
+// Metrics are the lab's collectors: the Pods' lifecycle (the timeline's), the nodes' kube-proxy settings, the load
+// balancers and the CPU accounting. kube-proxy's own metrics are scraped from each node's :10249.
 type Metrics struct {
 	*timeline.Metrics
-	ModelBound   *prometheus.GaugeVec
-	LoadBalancer *loadbalancer.Metrics
+	KubeProxySetting *prometheus.GaugeVec
+	LoadBalancer     *loadbalancer.Metrics
 	// CPU reads the lab's cgroups (containers, nodes) and the machine's CPU pressure at each scrape.
 	CPU *cgroups.Collector
 }
@@ -22,14 +22,14 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Metrics: timeline.NewMetrics(reg),
-		ModelBound: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "rolloutlab_lab_service_out_model_seconds",
-			Help: "The lab's service-out model: per-node programming delay drawn uniformly between min and max.",
-		}, []string{"bound"}),
+		KubeProxySetting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rolloutlab_lab_kube_proxy_setting_seconds",
+			Help: "The nodes' kube-proxy configuration: minSyncPeriod and syncPeriod, in the mode it runs.",
+		}, []string{"mode", "setting"}),
 		LoadBalancer: loadbalancer.NewMetrics(reg),
 		CPU:          cgroups.NewCollector(),
 	}
-	reg.MustRegister(m.CPU, m.ModelBound)
+	reg.MustRegister(m.CPU, m.KubeProxySetting)
 	return m
 }
 

@@ -55,6 +55,7 @@ var (
 	quantityType     = reflect.TypeFor[Quantity]()
 	rawValuesType    = reflect.TypeFor[map[string]any]()
 	imagesType       = reflect.TypeFor[map[string][]string]()
+	retiredType      = reflect.TypeFor[Retired]()
 )
 
 func resolveAlias(n *yaml.Node) *yaml.Node {
@@ -87,6 +88,13 @@ func join(path, field string) string {
 	return path + "." + field
 }
 
+// retiredFields say what replaced a field that plans no longer have.
+var retiredFields = map[string]string{
+	"lab.serviceOut": "retired: the lab runs the real kube-proxy on every node and measures service-out; set " +
+		"lab.kubeProxy {mode, minSyncPeriod, syncPeriod} as a cluster's KubeProxyConfiguration does " +
+		"(e.g. kubeProxy: {minSyncPeriod: 10s} for GKE's --iptables-min-sync-period)",
+}
+
 // decode sets v from n. A null node leaves v as it is, so defaults merged underneath stay. One switch over the
 // plan's value types, each case with its own error wording, kept together so every type reads the same way.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located) {
@@ -101,6 +109,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 		return
 	}
 	switch v.Type() {
+	case retiredType:
+		d.errorAt(n, path, "%s", retiredFields[path])
+		return
 	case durationType:
 		d.decodeDuration(n, v, path)
 		return

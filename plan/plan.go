@@ -54,7 +54,7 @@ const (
 	maxDuration = 24 * time.Hour
 	maxRepeats  = 100
 	maxCases    = 1000
-	maxNodes    = 20
+	maxNodes    = 16 // the Pod CIDRs of a lab's cluster CIDR (lab/cni MaxNodes)
 	maxNameLen  = 53 // Helm's release name limit; the plan's name is the release name.
 )
 

@@ -120,7 +120,7 @@ func TestDefaultsFillWhatThePlanLeavesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := p.Cases[0]
-	if p.Lab.Nodes != 3 || p.Lab.ServiceOut.Max.D() != time.Second || p.Lab.ServiceOut.Min != 0 {
+	if p.Lab.Nodes != 3 || p.Lab.KubeProxy.MinSyncPeriod.D() != time.Second || p.Lab.KubeProxy.SyncPeriod.D() != 30*time.Second || p.Lab.KubeProxy.Mode != "nftables" {
 		t.Errorf("lab defaults: %+v", p.Lab)
 	}
 	if p.Target.Kind != "lab" || p.Repeats != 1 || p.Report.Lang != "ja" || c.Name != DefaultCaseName {

@@ -139,9 +139,11 @@ type Target struct {
 type Lab struct {
 	// Nodes is how many Nodes the lab's node agent runs.
 	Nodes int `yaml:"nodes" json:"nodes"`
-	// ServiceOut is each node's proxy programming delay after an EndpointSlice change: uniform between min and max
-	// (equal for a fixed delay). Default 0–1 s: kube-proxy's default min-sync-period.
-	ServiceOut ServiceOut `yaml:"serviceOut" json:"serviceOut"`
+	// KubeProxy configures every node's kube-proxy (the real one), in KubeProxyConfiguration's terms.
+	KubeProxy KubeProxy `yaml:"kubeProxy" json:"kubeProxy"`
+	// ServiceOut was the uniform service-out model that the real kube-proxy replaced: a plan that still sets it is
+	// told what to write instead.
+	ServiceOut Retired `yaml:"serviceOut" json:"-"`
 	// Images maps an image (or its repository) to the local command that plays it.
 	Images map[string][]string `yaml:"images,omitempty" json:"images,omitempty"`
 	// LoadBalancer is what stands in front of a Service of type LoadBalancer, as a cloud's balancer does.
@@ -162,11 +164,21 @@ type LoadBalancer struct {
 	IdleTimeout Duration `yaml:"idleTimeout" json:"idleTimeout"`
 }
 
-// ServiceOut is a uniform delay range.
-type ServiceOut struct {
-	Min Duration `yaml:"min" json:"min"`
-	Max Duration `yaml:"max" json:"max"`
+// KubeProxy is what a cluster's KubeProxyConfiguration says of the rules' sync (kube-proxy v1.37 defaulting,
+// pkg/proxy/apis/config/v1alpha1/defaults.go: minSyncPeriod 1s, syncPeriod 30s; mode iptables when unset, the
+// lab's default is nftables, GA since 1.33).
+type KubeProxy struct {
+	// Mode is nftables or iptables.
+	Mode string `yaml:"mode" json:"mode"`
+	// MinSyncPeriod is nftables.minSyncPeriod / iptables.minSyncPeriod (--iptables-min-sync-period): the least time
+	// between two rule syncs; changes in between wait for the next one.
+	MinSyncPeriod Duration `yaml:"minSyncPeriod" json:"minSyncPeriod"`
+	// SyncPeriod is the full resync interval (nftables.syncPeriod / iptables.syncPeriod, --iptables-sync-period).
+	SyncPeriod Duration `yaml:"syncPeriod" json:"syncPeriod"`
 }
+
+// Retired is a field that no longer exists: decoding it is an error that names its replacement (retiredFields).
+type Retired struct{}
 
 // App is the cowweb Deployment: what the chart is given.
 type App struct {

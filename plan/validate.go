@@ -89,9 +89,10 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	}
 	v.check(p.Prometheus.TokenFile == "" || p.Prometheus.URL != "", "prometheus.tokenFile", "is for prometheus.url, which is not set")
 	v.check(p.Lab.Nodes >= 1 && p.Lab.Nodes <= maxNodes, "lab.nodes", "must be between 1 and %d, got %d", maxNodes, p.Lab.Nodes)
-	v.check(p.Lab.ServiceOut.Min >= 0, "lab.serviceOut.min", "must not be negative, got %s", p.Lab.ServiceOut.Min)
-	v.check(p.Lab.ServiceOut.Max >= p.Lab.ServiceOut.Min, "lab.serviceOut.max", "must not be less than min (%s), got %s", p.Lab.ServiceOut.Min, p.Lab.ServiceOut.Max)
-	v.check(p.Lab.ServiceOut.Max.D() <= MaxServiceOut, "lab.serviceOut.max", "must be at most %s (kube-proxy programs a change within seconds), got %s", MaxServiceOut, p.Lab.ServiceOut.Max)
+	v.oneOf(p.Lab.KubeProxy.Mode, "lab.kubeProxy.mode", "nftables", "iptables")
+	v.check(p.Lab.KubeProxy.MinSyncPeriod >= 0 && p.Lab.KubeProxy.MinSyncPeriod.D() <= MaxMinSyncPeriod, "lab.kubeProxy.minSyncPeriod",
+		"must be between 0 and %s, got %s", MaxMinSyncPeriod, p.Lab.KubeProxy.MinSyncPeriod)
+	v.check(p.Lab.KubeProxy.SyncPeriod > 0, "lab.kubeProxy.syncPeriod", "must be longer than 0 (kube-proxy's validation), got %s", p.Lab.KubeProxy.SyncPeriod)
 	v.oneOf(p.Lab.LoadBalancer.Mode, "lab.loadBalancer.mode", "tcp", "http")
 	v.check(p.Lab.NodeCPU == 0 || p.Lab.NodeCPU >= 10, "lab.nodeCPU", "must be at least 10m (the kernel's smallest quota is 1 ms in 100), got %s", p.Lab.NodeCPU)
 	v.check(p.Lab.LoadBalancer.IdleTimeout > 0, "lab.loadBalancer.idleTimeout", "must be longer than 0, got %s", p.Lab.LoadBalancer.IdleTimeout)
@@ -100,9 +101,9 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	}
 }
 
-// MaxServiceOut bounds the lab's per-node proxy delay: each node's proxy holds the changes not yet programmed, and a
-// delay of minutes models no kube-proxy (its --iptables-min-sync-period defaults to 1 s).
-const MaxServiceOut = time.Minute
+// MaxMinSyncPeriod bounds kube-proxy's minSyncPeriod in a plan: a deleted Pod's address is quarantined for two
+// minutes before another Pod gets it (lab/cni), which must outlast any node still routing to it.
+const MaxMinSyncPeriod = time.Minute
 
 // maxWorkerPods bounds an in-cluster load's Job.
 const maxWorkerPods = 100

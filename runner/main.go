@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/runner/cli"
 )
 
@@ -14,6 +15,8 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == cli.CowwebSubcommand {
 		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	// Every lab node's kube-proxy is this binary too, in the node's network namespace.
+	proxymain.DispatchIfAsked()
 	ctx, stop := cli.SignalContext(context.Background())
 	code := cli.Main(ctx, os.Args[1:], cli.Streams{Out: os.Stdout, Err: os.Stderr, In: os.Stdin})
 	stop()

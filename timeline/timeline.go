@@ -92,7 +92,7 @@ func (r *Recorder) Record(e Event) Event {
 		r.deletion[e.UID] = now
 	case EventServiceOut:
 		if seen, ok := r.deletion[e.UID]; ok {
-			e.SinceDeletion = now.Sub(seen)
+			e.SinceDeletion = e.Time.Sub(seen)
 		}
 	}
 	r.metrics.observe(e)

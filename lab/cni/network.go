@@ -1,6 +1,9 @@
-// Package cni is the lab's Pod network, what a CNI bridge plugin makes on a node: a Linux bridge on the host and a
-// network namespace per Pod joined to it by a veth pair, each Pod with its own address; plus the addresses the
-// lab's load balancers take for Services of type LoadBalancer.
+// Package cni is the lab's network, laid out as a simple CNI (flannel host-gw, kindnet) lays out a cluster's: every
+// Node is a network namespace with its own address on a node network (a bridge in the host), its own Pod CIDR
+// (Node.spec.podCIDR, from the controller-manager's node IPAM controller) and a bridge inside the node for its
+// Pods; each Pod is a network namespace joined to its node's bridge by a veth pair; the nodes route each other's
+// Pod CIDRs through their node addresses, and the host reaches node addresses and Pod CIDRs through routes on its
+// own lab bridge. It also hands out the addresses the lab's load balancers take for Services of type LoadBalancer.
 package cni
 
 import (
@@ -9,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,44 +21,62 @@ import (
 	"github.com/rollout-lab/rollout-lab/lab/owner"
 )
 
-// The lab's Pod network: a bridge on the host and a network namespace per Pod joined to it by a veth pair.
 // Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarks), so they never clash with a real network;
-// each lab (one per process) takes a /20 of it. Only the lab's own bridge, veths and namespaces are created or
-// touched, all named after the owning process id, so a crashed lab's leftovers are recognised and removed at the
-// next start while another process's running lab is left alone.
+// each lab (one per process) takes a /19 of it: its first /24 is the node network (the host's bridge .1, nodes
+// from .2, load balancer addresses at the end), its upper /20 the cluster CIDR, a /24 per node. Only the lab's own
+// bridge, veths and namespaces are created or touched, all named after the owning process id, so a crashed lab's
+// leftovers are recognised and removed at the next start while another process's running lab is left alone; the
+// host's routes to the lab's addresses are on the lab's bridge and go with it.
 const (
 	bridgePrefix = "rlab"
 	netnsPrefix  = "rlab-"
-	// PodNetworkCIDR holds every lab's Pod and ingress addresses.
-	PodNetworkCIDR  = "198.18.0.0/15"
-	blockBits       = 12 // a /20 per lab: 4094 Pod addresses
-	blocks          = 1 << (17 - blockBits)
-	podPrefixLength = 32 - blockBits
-	networkLockFile = "/run/rollout-lab-network.lock"
-	// externalHosts are the block's last addresses (before broadcast): LoadBalancer Services' ingress addresses,
-	// on the bridge, where the host and the Pods reach them.
+	// PodNetworkCIDR holds every lab's node, Pod and ingress addresses.
+	PodNetworkCIDR = "198.18.0.0/15"
+	blockBits      = 13 // a /19 per lab
+	blocks         = 1 << (17 - blockBits)
+	// NodeCIDRMaskSize is each node's Pod CIDR, as kube-controller-manager's --node-cidr-mask-size default.
+	NodeCIDRMaskSize = 24
+	// MaxNodes is how many node Pod CIDRs the cluster CIDR (the block's upper /20) holds.
+	MaxNodes          = 1 << (NodeCIDRMaskSize - 20)
+	nodeNetworkPrefix = 24
+	networkLockFile   = "/run/rollout-lab-network.lock"
+	// externalHosts are the node network's last addresses (before broadcast): LoadBalancer Services' ingress
+	// addresses, on the host's bridge, where the host and every node reach them.
 	externalHosts = 15
-	lastPodHost   = 1<<blockBits - 2 - externalHosts
+	firstExternal = 1<<(32-nodeNetworkPrefix) - 1 - externalHosts
+	// nodeBridge is the bridge in every node's namespace that its Pods' veths join (the CNI bridge plugin's name).
+	nodeBridge = "cni0"
 )
 
-// Network gives each Pod its own address and a way to run processes there.
+// Network gives each node and each Pod its own network and address, and ways to run processes there.
 type Network interface {
-	// Setup makes the Pod's network and returns its IP.
-	Setup(podKey string) (net.IP, error)
+	// AddNode makes the node's namespace on the node network with a bridge for podCIDR (from Node.spec.podCIDR)
+	// and routes to and from it; it returns the node's address.
+	AddNode(name, podCIDR string) (net.IP, error)
+	// NodeIP is the node's address on the node network (nil for a node not added).
+	NodeIP(node string) net.IP
+	// NodeCommand wraps argv so it runs in the node's network namespace (kube-proxy).
+	NodeCommand(node string, argv []string) (*exec.Cmd, error)
+	// NodeNamespace is the name of the node's network namespace (as `ip netns` knows it).
+	NodeNamespace(node string) (string, bool)
+	// Setup makes the Pod's network on its node and returns its IP.
+	Setup(podKey, node string) (net.IP, error)
 	// Command wraps argv so it runs in the Pod's network.
 	Command(podKey string, argv []string) (*exec.Cmd, error)
 	// Teardown removes the Pod's network.
 	Teardown(podKey string) error
-	// HostIP is the node's address as Pods see it.
+	// HostIP is the host's address on the node network: the lab's servers the nodes reach listen there.
 	HostIP() net.IP
+	// ClusterCIDR holds every node's Pod CIDR (the node IPAM controller's --cluster-cidr).
+	ClusterCIDR() string
 	// Close removes everything the network made.
 	Close() error
-	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and Pods reach.
+	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and nodes reach.
 	AllocateExternal() (net.IP, error)
 	ReleaseExternal(net.IP) error
 }
 
-// Namespaces lists the Pod network namespaces of the lab run by process pid.
+// Namespaces lists the node and Pod network namespaces of the lab run by process pid.
 func Namespaces(pid int) ([]string, error) {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -70,30 +92,41 @@ func Namespaces(pid int) ([]string, error) {
 	return names, nil
 }
 
-// BridgeName is the bridge of the lab run by process pid.
+// BridgeName is the node network's bridge of the lab run by process pid.
 func BridgeName(pid int) string { return fmt.Sprintf("%s%d", bridgePrefix, pid) }
-
-// HostIP is the bridge's address, the Pods' gateway.
-func (n *NetnsNetwork) HostIP() net.IP { return n.Gateway }
 
 // NetnsNetwork is the root-only Network: real namespaces, any unmodified app binding 0.0.0.0:PORT runs.
 type NetnsNetwork struct {
+	// Bridge is the node network's bridge in the host; Gateway its address, the nodes' default route.
 	Bridge  string
 	Gateway net.IP
 	base    uint32 // first address of the lab's block
 	owner   int
 	mu      sync.Mutex
-	hosts   *addressPool // host numbers in the block
-	serial  uint64       // numbers the Pods' namespaces and veths: never reused while the lab runs
+	serial  uint64 // numbers the Pods' namespaces and veths: never reused while the lab runs
+	nodes   map[string]*nodeNet
 	pods    map[string]podNet
 	closed  bool
 	// external holds the ingress addresses in use.
 	external map[uint32]bool
+	// newPool makes a node's pool of Pod host numbers (tests shrink it).
+	newPool func() *addressPool
+}
+
+type nodeNet struct {
+	name    string
+	index   int
+	ns      string
+	ip      net.IP
+	podCIDR *net.IPNet
+	gateway net.IP // the node bridge's address, its Pods' default route
+	hosts   *addressPool
 }
 
 type podNet struct {
 	ns   string
 	veth string
+	node *nodeNet
 	ip   net.IP
 	host uint32
 }
@@ -110,13 +143,18 @@ func ipCommand(args ...string) error {
 
 func ipv4(v uint32) net.IP { return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)) }
 
-// NewNetnsNetwork removes leftovers of dead labs, then creates this process's bridge on a free block.
+func ipValue(ip net.IP) uint32 {
+	v := ip.To4()
+	return uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])
+}
+
+// NewNetnsNetwork removes leftovers of dead labs, then creates this process's node network bridge on a free block.
 func NewNetnsNetwork() (*NetnsNetwork, error) {
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("the lab's Pod network needs root (network namespaces and a bridge); run as root")
+		return nil, fmt.Errorf("the lab's network needs root (network namespaces and bridges); run as root")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		return nil, fmt.Errorf("the lab's Pod network needs the ip command (Debian package iproute2): %w", err)
+		return nil, fmt.Errorf("the lab's network needs the ip command (Debian package iproute2): %w", err)
 	}
 	lock, err := os.OpenFile(networkLockFile, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
@@ -155,38 +193,174 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		if used[gateway.String()] {
 			continue
 		}
-		// .0 is the block, .1 the gateway, the last the broadcast address.
 		n := &NetnsNetwork{Bridge: BridgeName(pid), Gateway: gateway, base: base, owner: pid,
-			hosts: newAddressPool(2, lastPodHost, addressQuarantine), pods: map[string]podNet{}, external: map[uint32]bool{}}
+			nodes: map[string]*nodeNet{}, pods: map[string]podNet{}, external: map[uint32]bool{},
+			newPool: func() *addressPool { return newAddressPool(2, 1<<(32-NodeCIDRMaskSize)-2, addressQuarantine) }}
 		fail := func(err error) (*NetnsNetwork, error) {
 			_ = ipCommand("link", "del", n.Bridge)
 			_ = owner.RemoveMarker(pid)
 			return nil, err
 		}
-		if err := ipCommand("link", "add", n.Bridge, "type", "bridge"); err != nil {
+		if err := makeBridge("", n.Bridge, fmt.Sprintf("%s/%d", gateway, nodeNetworkPrefix)); err != nil {
 			return fail(err)
-		}
-		// A bridge whose address was never set takes the lowest address of its ports and changes it as Pods come
-		// and go; Pods whose connections keep confirming the gateway's old address send their replies into the
-		// void. The CNI bridge plugin pins the bridge's address for that reason (containernetworking/plugins,
-		// bridge.go ensureBridge: "Set the bridge's MAC to itself"); so does the lab.
-		br, err := net.InterfaceByName(n.Bridge)
-		if err != nil {
-			return fail(err)
-		}
-		for _, args := range [][]string{
-			{"link", "set", n.Bridge, "address", br.HardwareAddr.String()},
-			{"addr", "add", fmt.Sprintf("%s/%d", gateway, podPrefixLength), "dev", n.Bridge},
-			{"link", "set", n.Bridge, "up"},
-		} {
-			if err := ipCommand(args...); err != nil {
-				return fail(err)
-			}
 		}
 		return n, nil
 	}
 	_ = owner.RemoveMarker(pid)
 	return nil, fmt.Errorf("every block of %s is in use by other labs", PodNetworkCIDR)
+}
+
+// makeBridge creates a bridge with address cidr in namespace ns ("" for the host). A bridge whose address was
+// never set takes the lowest address of its ports and changes it as ports come and go; peers whose connections keep
+// confirming the old address send their replies into the void. The CNI bridge plugin pins the bridge's address for
+// that reason (containernetworking/plugins, bridge.go ensureBridge: "Set the bridge's MAC to itself"); so does the
+// lab.
+func makeBridge(ns, name, cidr string) error {
+	in := func(args ...string) []string {
+		if ns == "" {
+			return args
+		}
+		return append([]string{"-n", ns}, args...)
+	}
+	if err := ipCommand(in("link", "add", name, "type", "bridge")...); err != nil {
+		return err
+	}
+	out, err := exec.Command("ip", in("-o", "link", "show", name)...).Output()
+	if err != nil {
+		return fmt.Errorf("ip link show %s: %w", name, err)
+	}
+	fields := strings.Fields(string(out))
+	mac := ""
+	for i, f := range fields {
+		if f == "link/ether" && i+1 < len(fields) {
+			mac = fields[i+1]
+		}
+	}
+	if mac == "" {
+		return fmt.Errorf("bridge %s has no hardware address: %s", name, out)
+	}
+	for _, args := range [][]string{
+		{"link", "set", name, "address", mac},
+		{"addr", "add", cidr, "dev", name},
+		{"link", "set", name, "up"},
+	} {
+		if err := ipCommand(in(args...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClusterCIDR is the block's upper /20: every node's Pod CIDR comes from it.
+func (n *NetnsNetwork) ClusterCIDR() string {
+	return fmt.Sprintf("%s/%d", ipv4(n.base+1<<(blockBits-1)), 32-(blockBits-1))
+}
+
+// HostIP is the host's address on the node network.
+func (n *NetnsNetwork) HostIP() net.IP { return n.Gateway }
+
+// NodeIP is the node's address.
+func (n *NetnsNetwork) NodeIP(node string) net.IP {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if nn, ok := n.nodes[node]; ok {
+		return nn.ip
+	}
+	return nil
+}
+
+// NodeNamespace is the node's network namespace.
+func (n *NetnsNetwork) NodeNamespace(node string) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	nn, ok := n.nodes[node]
+	if !ok {
+		return "", false
+	}
+	return nn.ns, true
+}
+
+// NodeCommand runs argv in the node's namespace.
+func (n *NetnsNetwork) NodeCommand(node string, argv []string) (*exec.Cmd, error) {
+	ns, ok := n.NodeNamespace(node)
+	if !ok {
+		return nil, fmt.Errorf("node %s has no network", node)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...), nil
+}
+
+// AddNode makes the node's namespace: eth0 on the node network, forwarding on, a bridge for its Pod CIDR, a default
+// route to the host, routes to the other nodes' Pod CIDRs through their addresses (host-gw) and theirs to it, and
+// the host's route to it.
+func (n *NetnsNetwork) AddNode(name, podCIDR string) (net.IP, error) {
+	_, cidr, err := net.ParseCIDR(podCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("node %s Pod CIDR %q: %w", name, podCIDR, err)
+	}
+	if ones, _ := cidr.Mask.Size(); ones != NodeCIDRMaskSize {
+		return nil, fmt.Errorf("node %s Pod CIDR %s: want a /%d", name, podCIDR, NodeCIDRMaskSize)
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil, fmt.Errorf("lab network closed")
+	}
+	if nn, ok := n.nodes[name]; ok {
+		n.mu.Unlock()
+		if nn.podCIDR.String() != cidr.String() {
+			return nil, fmt.Errorf("node %s already has Pod CIDR %s, not %s", name, nn.podCIDR, cidr)
+		}
+		return nn.ip, nil
+	}
+	index := len(n.nodes)
+	others := make([]*nodeNet, 0, len(n.nodes))
+	for _, o := range n.nodes {
+		others = append(others, o)
+	}
+	n.mu.Unlock()
+	if index >= MaxNodes {
+		return nil, fmt.Errorf("the lab's network holds %d nodes", MaxNodes)
+	}
+	nn := &nodeNet{name: name, index: index, ns: fmt.Sprintf("%s%d-n%d", netnsPrefix, n.owner, index),
+		ip: ipv4(n.base + 2 + uint32(index)), podCIDR: cidr, gateway: ipv4(ipValue(cidr.IP) + 1), hosts: n.newPool()}
+	veth := "rn" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.Itoa(index)
+	steps := [][]string{
+		{"netns", "add", nn.ns},
+		{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", nn.ns},
+		{"link", "set", veth, "master", n.Bridge, "up"},
+		{"-n", nn.ns, "addr", "add", fmt.Sprintf("%s/%d", nn.ip, nodeNetworkPrefix), "dev", "eth0"},
+		{"-n", nn.ns, "link", "set", "eth0", "up"},
+		{"-n", nn.ns, "link", "set", "lo", "up"},
+		{"-n", nn.ns, "route", "add", "default", "via", n.Gateway.String()},
+		{"netns", "exec", nn.ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"},
+	}
+	fail := func(err error) (net.IP, error) {
+		_ = ipCommand("netns", "del", nn.ns)
+		return nil, fmt.Errorf("node %s network: %w", name, err)
+	}
+	for _, args := range steps {
+		if err := ipCommand(args...); err != nil {
+			return fail(err)
+		}
+	}
+	if err := makeBridge(nn.ns, nodeBridge, fmt.Sprintf("%s/%d", nn.gateway, NodeCIDRMaskSize)); err != nil {
+		return fail(err)
+	}
+	routes := [][]string{{"route", "add", cidr.String(), "via", nn.ip.String(), "dev", n.Bridge}}
+	for _, o := range others {
+		routes = append(routes,
+			[]string{"-n", nn.ns, "route", "add", o.podCIDR.String(), "via", o.ip.String()},
+			[]string{"-n", o.ns, "route", "add", cidr.String(), "via", nn.ip.String()})
+	}
+	for _, args := range routes {
+		if err := ipCommand(args...); err != nil {
+			return fail(err)
+		}
+	}
+	n.mu.Lock()
+	n.nodes[name] = nn
+	n.mu.Unlock()
+	return nn.ip, nil
 }
 
 // ownerOf reads the process id from a lab's bridge (rlab<pid>) or namespace (rlab-<pid>-<n>) name.
@@ -271,35 +445,43 @@ func CleanStale() (Cleaned, error) {
 	return cleaned, nil
 }
 
-// Setup creates the Pod's namespace, its veth pair on the bridge, its address and default route.
-func (n *NetnsNetwork) Setup(podKey string) (net.IP, error) {
+// Setup creates the Pod's namespace on its node: a veth pair whose node end joins the node's bridge (hairpin on,
+// as the CNI bridge plugin's hairpinMode, so a Pod reaches itself through its Service), its address from the node's
+// Pod CIDR and the default route through the node's bridge.
+func (n *NetnsNetwork) Setup(podKey, node string) (net.IP, error) {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("pod network closed")
 	}
+	nn, ok := n.nodes[node]
 	n.serial++
 	id := n.serial
 	n.mu.Unlock()
-	host, err := n.hosts.take()
-	if err != nil {
-		return nil, fmt.Errorf("pod %s network: %w", podKey, err)
+	if !ok {
+		return nil, fmt.Errorf("pod %s network: node %q has no network", podKey, node)
 	}
-	p := podNet{ns: fmt.Sprintf("%s%d-%d", netnsPrefix, n.owner, id),
-		veth: "rv" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatInt(int64(id), 36), ip: ipv4(n.base + host), host: host}
+	host, err := nn.hosts.take()
+	if err != nil {
+		return nil, fmt.Errorf("pod %s network on node %s: %w", podKey, node, err)
+	}
+	p := podNet{ns: fmt.Sprintf("%s%d-%d", netnsPrefix, n.owner, id), node: nn,
+		veth: "rv" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatInt(int64(id), 36), ip: ipv4(ipValue(nn.podCIDR.IP) + host), host: host}
 	steps := [][]string{
 		{"netns", "add", p.ns},
-		{"link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.ns},
-		{"link", "set", p.veth, "master", n.Bridge, "up"},
-		{"-n", p.ns, "addr", "add", fmt.Sprintf("%s/%d", p.ip, podPrefixLength), "dev", "eth0"},
+		{"-n", nn.ns, "link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.ns},
+		{"-n", nn.ns, "link", "set", p.veth, "master", nodeBridge},
+		{"-n", nn.ns, "link", "set", p.veth, "type", "bridge_slave", "hairpin", "on"},
+		{"-n", nn.ns, "link", "set", p.veth, "up"},
+		{"-n", p.ns, "addr", "add", fmt.Sprintf("%s/%d", p.ip, NodeCIDRMaskSize), "dev", "eth0"},
 		{"-n", p.ns, "link", "set", "eth0", "up"},
 		{"-n", p.ns, "link", "set", "lo", "up"},
-		{"-n", p.ns, "route", "add", "default", "via", n.Gateway.String()},
+		{"-n", p.ns, "route", "add", "default", "via", nn.gateway.String()},
 	}
 	for _, args := range steps {
 		if err := ipCommand(args...); err != nil {
 			_ = ipCommand("netns", "del", p.ns)
-			n.hosts.release(host)
+			nn.hosts.release(host)
 			return nil, fmt.Errorf("pod %s network: %w", podKey, err)
 		}
 	}
@@ -331,12 +513,13 @@ func (n *NetnsNetwork) Teardown(podKey string) error {
 	}
 	err := ipCommand("netns", "del", p.ns)
 	if err == nil {
-		n.hosts.release(p.host)
+		p.node.hosts.release(p.host)
 	}
 	return err
 }
 
-// Close removes every namespace and the bridge.
+// Close removes every Pod's and node's namespace and the bridge (the host's routes go with it). Processes still
+// running in a node's namespace (its kube-proxy) are the caller's to stop first.
 func (n *NetnsNetwork) Close() error {
 	n.mu.Lock()
 	n.closed = true
@@ -344,10 +527,21 @@ func (n *NetnsNetwork) Close() error {
 	for k := range n.pods {
 		keys = append(keys, k)
 	}
+	nodes := make([]*nodeNet, 0, len(n.nodes))
+	for _, nn := range n.nodes {
+		nodes = append(nodes, nn)
+	}
+	n.nodes = map[string]*nodeNet{}
 	n.mu.Unlock()
+	sort.Strings(keys)
 	var errs []error
 	for _, k := range keys {
 		if err := n.Teardown(k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, nn := range nodes {
+		if err := ipCommand("netns", "del", nn.ns); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -357,16 +551,17 @@ func (n *NetnsNetwork) Close() error {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("pod network cleanup: %v", errs)
+		return fmt.Errorf("lab network cleanup: %v", errs)
 	}
 	return nil
 }
 
-// AllocateExternal gives a LoadBalancer Service an ingress address: one of the block's last, added to the bridge.
+// AllocateExternal gives a LoadBalancer Service an ingress address: one of the node network's last, on the
+// host's bridge.
 func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for host := uint32(lastPodHost + 1); host <= 1<<blockBits-2; host++ {
+	for host := uint32(firstExternal); host < firstExternal+externalHosts; host++ {
 		if n.external[host] {
 			continue
 		}
@@ -384,11 +579,10 @@ func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
 func (n *NetnsNetwork) ReleaseExternal(ip net.IP) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	v := ip.To4()
-	if v == nil {
+	if ip.To4() == nil {
 		return fmt.Errorf("not an IPv4 address: %s", ip)
 	}
-	host := (uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])) - n.base
+	host := ipValue(ip) - n.base
 	if !n.external[host] {
 		return nil
 	}

@@ -23,11 +23,12 @@ func TestPodAddressesAreFreedOnTeardown(t *testing.T) {
 	}
 	defer n.Close()
 	// Three addresses, no quarantine: ten Pods one after another must all get one.
-	n.hosts = newAddressPool(2, 4, 0)
+	n.newPool = func() *addressPool { return newAddressPool(2, 4, 0) }
+	addTestNode(t, n, "n1", 0)
 	seen := map[string]int{}
 	for i := range 10 {
 		key := fmt.Sprintf("ns/pod-%d", i)
-		ip, err := n.Setup(key)
+		ip, err := n.Setup(key, "n1")
 		if err != nil {
 			t.Fatalf("pod %d: %v", i, err)
 		}
@@ -41,11 +42,11 @@ func TestPodAddressesAreFreedOnTeardown(t *testing.T) {
 	}
 	// With every address taken and none freed, the error says why.
 	for i := range 3 {
-		if _, err := n.Setup(fmt.Sprintf("ns/held-%d", i)); err != nil {
+		if _, err := n.Setup(fmt.Sprintf("ns/held-%d", i), "n1"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := n.Setup("ns/one-too-many"); err == nil {
+	if _, err := n.Setup("ns/one-too-many", "n1"); err == nil {
 		t.Error("a fourth Pod got an address from a block of three")
 	}
 }
@@ -62,22 +63,20 @@ func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	if _, err := n.Setup("ns/leaving"); err != nil {
+	node := addTestNode(t, n, "n1", 0)
+	if _, err := n.Setup("ns/leaving", "n1"); err != nil {
 		t.Fatal(err)
 	}
-	serverIP, err := n.Setup("ns/serving")
+	serverIP, err := n.Setup("ns/serving", "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The leaving Pod's port gets the lowest address there is, which an unpinned bridge would adopt.
 	leaving := n.pods["ns/leaving"]
-	if err := ipCommand("link", "set", leaving.veth, "address", "02:00:00:00:00:01"); err != nil {
+	if err := ipCommand("-n", node.ns, "link", "set", leaving.veth, "address", "02:00:00:00:00:01"); err != nil {
 		t.Fatal(err)
 	}
-	bridgeBefore, err := net.InterfaceByName(n.Bridge)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bridgeBefore := bridgeAddress(t, node.ns)
 	server, err := n.Command("ns/serving", []string{cowwebBinary, "serve", "--port=8080"})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +116,7 @@ func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
 	// only then does the Pod keep using it without asking again.
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		ask("before the other Pod's removal")
-		out, err := exec.Command("ip", "-n", n.pods["ns/serving"].ns, "neigh", "show", n.Gateway.String()).CombinedOutput()
+		out, err := exec.Command("ip", "-n", n.pods["ns/serving"].ns, "neigh", "show", node.gateway.String()).CombinedOutput()
 		if err != nil {
 			t.Fatalf("ip neigh: %v: %s", err, out)
 		}
@@ -131,14 +130,41 @@ func TestEstablishedConnectionsSurviveAnotherPodsRemoval(t *testing.T) {
 	if err := n.Teardown("ns/leaving"); err != nil {
 		t.Fatal(err)
 	}
-	bridgeAfter, err := net.InterfaceByName(n.Bridge)
+	if bridgeAfter := bridgeAddress(t, node.ns); bridgeBefore != bridgeAfter {
+		t.Errorf("the node's bridge changed its address from %s to %s when a Pod left", bridgeBefore, bridgeAfter)
+	}
+	ask("after the other Pod's removal")
+}
+
+// addTestNode adds node number index with the index'th Pod CIDR of the cluster CIDR.
+func addTestNode(t *testing.T, n *NetnsNetwork, name string, index int) *nodeNet {
+	t.Helper()
+	_, cluster, err := net.ParseCIDR(n.ClusterCIDR())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.EqualFold(bridgeBefore.HardwareAddr.String(), bridgeAfter.HardwareAddr.String()) {
-		t.Errorf("the bridge changed its address from %s to %s when a Pod left", bridgeBefore.HardwareAddr, bridgeAfter.HardwareAddr)
+	cidr := fmt.Sprintf("%s/%d", ipv4(ipValue(cluster.IP)+uint32(index)<<(32-NodeCIDRMaskSize)), NodeCIDRMaskSize)
+	if _, err := n.AddNode(name, cidr); err != nil {
+		t.Fatal(err)
 	}
-	ask("after the other Pod's removal")
+	return n.nodes[name]
+}
+
+// bridgeAddress is the hardware address of the node's Pod bridge.
+func bridgeAddress(t *testing.T, ns string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-o", "link", "show", nodeBridge).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(out))
+	for i, f := range fields {
+		if f == "link/ether" && i+1 < len(fields) {
+			return strings.ToLower(fields[i+1])
+		}
+	}
+	t.Fatalf("no address: %s", out)
+	return ""
 }
 
 var cowwebBinary string

@@ -30,6 +30,12 @@ type pki struct {
 	// etcd client) open etcd, not the admin's kubeconfig nor anything else the lab CA signs.
 	EtcdCAFile, EtcdCertFile, EtcdKeyFile       string
 	APIServerEtcdCertFile, APIServerEtcdKeyFile string
+	ca                                          *authority
+}
+
+// issueClient issues a client certificate of the lab CA for subject, written as name.crt and name.key.
+func (p *pki) issueClient(name string, subject pkix.Name) (certPEM, keyPEM []byte, err error) {
+	return p.ca.issue(filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key"), subject, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil)
 }
 
 func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
@@ -52,7 +58,7 @@ func writeKey(path string, key *ecdsa.PrivateKey) ([]byte, error) {
 // newPKI makes a CA valid for a year, a serving certificate for the apiserver on loopback, an admin client
 // certificate (O=system:masters), etcd's CA with etcd's certificate and the apiserver's etcd client certificate,
 // and the service-account key.
-func newPKI(dir string) (*pki, error) {
+func newPKI(dir string, nodeNetworkIP net.IP) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -61,7 +67,7 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.CAFile, p.caPEM = ca.file, ca.pem
+	p.CAFile, p.caPEM, p.ca = ca.file, ca.pem, ca
 	etcdCA, err := newCA(dir, "etcd-ca", "rollout-lab-etcd-ca")
 	if err != nil {
 		return nil, err
@@ -80,8 +86,12 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	p.ServingCertFile, p.ServingKeyFile = filepath.Join(dir, "apiserver.crt"), filepath.Join(dir, "apiserver.key")
+	servingIPs := loopback
+	if nodeNetworkIP != nil {
+		servingIPs = append(append([]net.IP{}, loopback...), nodeNetworkIP)
+	}
 	if _, _, err := ca.issue(p.ServingCertFile, p.ServingKeyFile, pkix.Name{CommonName: "kube-apiserver"}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}, loopback); err != nil {
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}, servingIPs); err != nil {
 		return nil, err
 	}
 	p.AdminCertFile, p.AdminKeyFile = filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key")

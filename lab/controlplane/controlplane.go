@@ -5,6 +5,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,8 @@ import (
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
@@ -76,17 +79,39 @@ type ControlPlane struct {
 	logger        *slog.Logger
 	stopOnce      sync.Once
 	stopErr       error
+	opts          Options
+	// NodeServer is the apiserver's URL on the node network (empty without one).
+	NodeServer string
+	// KubeProxyKubeconfig authenticates as system:kube-proxy (bound to system:node-proxier by the default RBAC
+	// policy) to NodeServer: what every node's kube-proxy uses.
+	KubeProxyKubeconfig string
 }
 
-// Start starts the components with their state, certificates, logs and kubeconfig under dir.
-func Start(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlane, err error) {
+// Options configure a control plane.
+type Options struct {
+	// Dir holds the state, certificates, logs and kubeconfigs.
+	Dir    string
+	Logger *slog.Logger
+	// NodeNetworkIP, when set, is the host's address on the lab's node network: the apiserver also serves there
+	// (same TLS and client certificates), since a node's namespace has a loopback of its own, and a kubeconfig
+	// for the nodes' kube-proxies (KubeProxyKubeconfig) points there.
+	NodeNetworkIP net.IP
+	// ClusterCIDR, when set, turns on the node IPAM controller, which gives every Node a Pod CIDR from it
+	// (Node.spec.podCIDR, /cni.NodeCIDRMaskSize), as kube-controller-manager --allocate-node-cidrs does.
+	ClusterCIDR      string
+	NodeCIDRMaskSize int
+}
+
+// Start starts the components with their state, certificates, logs and kubeconfig under opts.Dir.
+func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if !running.TryLock() {
 		return nil, ErrAlreadyRunning
 	}
+	logger, dir := opts.Logger, opts.Dir
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	cp := &ControlPlane{Dir: dir, logger: logger}
+	cp := &ControlPlane{Dir: dir, logger: logger, opts: opts}
 	defer func() {
 		if err != nil {
 			cp.Stop()
@@ -98,7 +123,7 @@ func Start(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlan
 	if err := cp.redirectKlog(); err != nil {
 		return nil, err
 	}
-	if cp.pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
+	if cp.pki, err = newPKI(filepath.Join(dir, "pki"), opts.NodeNetworkIP); err != nil {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -116,11 +141,19 @@ func Start(ctx context.Context, dir string, logger *slog.Logger) (_ *ControlPlan
 	if err := cp.writeKubeconfig(); err != nil {
 		return nil, err
 	}
+	if opts.NodeNetworkIP != nil {
+		if err := cp.writeKubeProxyKubeconfig(); err != nil {
+			return nil, err
+		}
+	}
 	if err := cp.waitHealthy(ctx); err != nil {
 		return nil, err
 	}
 	cp.APIReadyAfter = time.Since(start)
 	logger.Debug("apiserver ready", "took", cp.APIReadyAfter)
+	if err := cp.forgetNodesOfAnotherNetwork(ctx); err != nil {
+		return nil, err
+	}
 	if err := cp.startControllerManager(runCtx); err != nil {
 		return nil, err
 	}
@@ -237,7 +270,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) erro
 	}
 	s := apiserveroptions.NewServerRunOptions()
 	s.GenericServerRunOptions.ComponentGlobalsRegistry = registry
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := cp.listenAPIServer()
 	if err != nil {
 		return err
 	}
@@ -299,6 +332,9 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) erro
 		return fmt.Errorf("apiserver: %w", err)
 	}
 	cp.Server = fmt.Sprintf("https://127.0.0.1:%d", port)
+	if cp.opts.NodeNetworkIP != nil {
+		cp.NodeServer = "https://" + net.JoinHostPort(cp.opts.NodeNetworkIP.String(), strconv.Itoa(port))
+	}
 	cp.run(ctx, "kube-apiserver", func() error { return prepared.Run(ctx) })
 	return nil
 }
@@ -326,6 +362,72 @@ func (cp *ControlPlane) writeKubeconfig() error {
 	cp.Config = restConfig
 	cp.Client, err = kubernetes.NewForConfig(restConfig)
 	return err
+}
+
+// forgetNodesOfAnotherNetwork deletes Nodes a previous lab in the same directory registered with Pod CIDRs outside
+// this lab's cluster CIDR (each lab takes a free address block): the node IPAM controller refuses to start with
+// them, and the node agent registers its Nodes afresh.
+func (cp *ControlPlane) forgetNodesOfAnotherNetwork(ctx context.Context) error {
+	if cp.opts.ClusterCIDR == "" {
+		return nil
+	}
+	_, cluster, err := net.ParseCIDR(cp.opts.ClusterCIDR)
+	if err != nil {
+		return fmt.Errorf("cluster CIDR: %w", err)
+	}
+	nodes, err := cp.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes.Items {
+		ip, _, err := net.ParseCIDR(n.Spec.PodCIDR)
+		if n.Spec.PodCIDR == "" || (err == nil && cluster.Contains(ip)) {
+			continue
+		}
+		if err := cp.Client.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// listenAPIServer listens on a free loopback port and, with a node network, on the same port of the host's address
+// there: one server, one set of certificates, reachable from the nodes' namespaces and nothing else of the host's.
+func (cp *ControlPlane) listenAPIServer() (net.Listener, error) {
+	for attempt := 0; ; attempt++ {
+		loopback, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil || cp.opts.NodeNetworkIP == nil {
+			return loopback, err
+		}
+		port := loopback.Addr().(*net.TCPAddr).Port
+		node, err := net.Listen("tcp", net.JoinHostPort(cp.opts.NodeNetworkIP.String(), strconv.Itoa(port)))
+		if err != nil {
+			loopback.Close()
+			if attempt < 10 {
+				continue
+			}
+			return nil, fmt.Errorf("apiserver on the node network: %w", err)
+		}
+		return newMultiListener(loopback, node), nil
+	}
+}
+
+// writeKubeProxyKubeconfig writes the nodes' kube-proxy kubeconfig (0600: it holds a key).
+func (cp *ControlPlane) writeKubeProxyKubeconfig() error {
+	certPEM, keyPEM, err := cp.pki.issueClient("kube-proxy", pkix.Name{CommonName: "system:kube-proxy"})
+	if err != nil {
+		return err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["rollout-lab"] = &clientcmdapi.Cluster{Server: cp.NodeServer, CertificateAuthorityData: cp.pki.caPEM}
+	cfg.AuthInfos["kube-proxy"] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
+	cfg.Contexts["rollout-lab"] = &clientcmdapi.Context{Cluster: "rollout-lab", AuthInfo: "kube-proxy"}
+	cfg.CurrentContext = "rollout-lab"
+	cp.KubeProxyKubeconfig = filepath.Join(cp.Dir, "kube-proxy.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, cp.KubeProxyKubeconfig); err != nil {
+		return err
+	}
+	return os.Chmod(cp.KubeProxyKubeconfig, 0o600)
 }
 
 func (cp *ControlPlane) waitHealthy(ctx context.Context) error {
@@ -362,11 +464,17 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
 		}
 		controllers += c
 	}
-	if err := parseFlags(sets.FlagSets, []string{
+	args := []string{
 		"--kubeconfig=" + cp.Kubeconfig, "--leader-elect=false", "--secure-port=0",
-		"--controllers=" + controllers,
 		"--service-account-private-key-file=" + cp.pki.ServiceAccountKey, "--root-ca-file=" + cp.pki.CAFile,
-	}); err != nil {
+	}
+	if cp.opts.ClusterCIDR != "" {
+		controllers += ",node-ipam-controller"
+		args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+cp.opts.ClusterCIDR,
+			"--service-cluster-ip-range="+ServiceClusterIPRange, fmt.Sprintf("--node-cidr-mask-size=%d", cp.opts.NodeCIDRMaskSize))
+	}
+	args = append(args, "--controllers="+controllers)
+	if err := parseFlags(sets.FlagSets, args); err != nil {
 		return fmt.Errorf("controller-manager flags: %w", err)
 	}
 	s.ParsedFlags = &sets

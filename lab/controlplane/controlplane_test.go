@@ -49,14 +49,14 @@ func markReady(ctx context.Context, c kubernetes.Interface, name string) error {
 func TestControlPlaneRunsDeploymentsAndServicesAndRestarts(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now()
-	cp, err := Start(ctx, t.TempDir(), nil)
+	cp, err := Start(ctx, Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("control plane up in %v", time.Since(start))
 	defer cp.Stop()
 
-	if _, err := Start(ctx, t.TempDir(), nil); !errors.Is(err, ErrAlreadyRunning) {
+	if _, err := Start(ctx, Options{Dir: t.TempDir()}); !errors.Is(err, ErrAlreadyRunning) {
 		t.Errorf("second lab in the process: %v", err)
 	}
 	info, err := os.Stat(cp.Kubeconfig)
@@ -138,7 +138,7 @@ func TestControlPlaneRunsDeploymentsAndServicesAndRestarts(t *testing.T) {
 	}
 
 	// A second lab in the same process, after the first stopped.
-	again, err := Start(ctx, t.TempDir(), nil)
+	again, err := Start(ctx, Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

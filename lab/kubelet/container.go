@@ -53,7 +53,7 @@ func (w *podWorker) env(c corev1.Container) []string {
 	}
 	field := map[string]string{"status.podIP": podIPString(w.ip), "status.podIPs": podIPString(w.ip), "metadata.name": w.pod.Name,
 		"metadata.namespace": w.pod.Namespace, "metadata.uid": string(w.pod.UID), "spec.nodeName": w.pod.Spec.NodeName,
-		"status.hostIP": w.agent.opts.Network.HostIP().String(), "spec.serviceAccountName": w.pod.Spec.ServiceAccountName}
+		"status.hostIP": w.agent.opts.Network.NodeIP(w.pod.Spec.NodeName).String(), "spec.serviceAccountName": w.pod.Spec.ServiceAccountName}
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:

@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -157,6 +158,23 @@ func (a *Agent) registerNode(ctx context.Context, name string) error {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("register node %s: %w", name, err)
 	}
+	// The node's network comes from the Pod CIDR the controller-manager's node IPAM controller gives it, as a CNI
+	// plugin on a cluster takes it from Node.spec.podCIDR.
+	var podCIDR string
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, podCIDRTimeout, true, func(ctx context.Context) (bool, error) {
+		n, err := a.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		podCIDR = n.Spec.PodCIDR
+		return podCIDR != "", nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s got no Pod CIDR from the node IPAM controller in %s: %w", name, podCIDRTimeout, err)
+	}
+	if _, err := a.opts.Network.AddNode(name, podCIDR); err != nil {
+		return err
+	}
 	// The admission taints a new Node not-ready; with no node lifecycle controller in the lab, the agent lifts it.
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		n, err := a.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
@@ -179,6 +197,9 @@ func (a *Agent) registerNode(ctx context.Context, name string) error {
 	})
 }
 
+// podCIDRTimeout bounds the wait for the node IPAM controller, which allocates as soon as it sees the Node.
+const podCIDRTimeout = 30 * time.Second
+
 func (a *Agent) setNodeStatus(n *corev1.Node) {
 	now := metav1.Now()
 	cpu := "64"
@@ -189,7 +210,7 @@ func (a *Agent) setNodeStatus(n *corev1.Node) {
 		corev1.ResourceMemory: *resourceQuantity("256Gi"), corev1.ResourceEphemeralStorage: *resourceQuantity("1Ti")}
 	n.Status.Capacity, n.Status.Allocatable = resources, resources
 	// No Hostname address: the apiserver would look the name up in DNS.
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: a.opts.Network.HostIP().String()}}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: a.opts.Network.NodeIP(n.Name).String()}}
 	n.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: a.opts.Version, OperatingSystem: "linux", Architecture: "amd64",
 		ContainerRuntimeVersion: "rollout-lab://processes"}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "LabAgentReady",

@@ -25,7 +25,12 @@ func runPodParentHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := n.Setup("ns/orphan"); err != nil {
+	clusterIP, _, _ := strings.Cut(n.ClusterCIDR(), "/")
+	if _, err := n.AddNode("n1", clusterIP+"/24"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if _, err := n.Setup("ns/orphan", "n1"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -60,7 +60,7 @@ func (w *podWorker) kill() {
 func (w *podWorker) run() {
 	w.started = time.Now()
 	w.record(timeline.EventPodCreated, "", nil)
-	ip, err := w.agent.opts.Network.Setup(w.key)
+	ip, err := w.agent.opts.Network.Setup(w.key, w.pod.Spec.NodeName)
 	if err != nil {
 		w.agent.logger.Error("pod network", "pod", w.key, "err", err)
 		w.updateStatus()
@@ -119,7 +119,7 @@ func (w *podWorker) updateStatus() {
 	w.mu.Lock()
 	podReady := w.ready
 	w.mu.Unlock()
-	hostIP := w.agent.opts.Network.HostIP().String()
+	hostIP := w.agent.opts.Network.NodeIP(w.pod.Spec.NodeName).String()
 	status := corev1.PodStatus{Phase: corev1.PodRunning, HostIP: hostIP, HostIPs: []corev1.HostIP{{IP: hostIP}},
 		StartTime: ptrTime(w.started), QOSClass: qos.GetPodQOS(w.pod)}
 	if w.ip == nil {

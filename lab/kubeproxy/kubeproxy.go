@@ -1,453 +1,528 @@
-// Package kubeproxy is the lab's kube-proxy: each node's own view of the EndpointSlices, programmed after a
-// modelled delay (kube-proxy's min-sync-period), and the connections that view routes: a connection picks its node,
-// then a ready endpoint from that node's view when it opens, as iptables/nftables DNAT does, and stays on it.
+// Package kubeproxy runs the real kube-proxy (k8s.io/kubernetes/cmd/kube-proxy/app, the runner re-executed as its
+// hidden subcommand) on every lab node, in the node's network namespace, configured by a KubeProxyConfiguration as
+// a cluster's kube-proxy is; the kernel's NAT and conntrack then route each connection as on a cluster. It also
+// measures what decides a rollout's failures: the moment each node's rules stop sending new connections to a Pod
+// ("service-out"), read from the node's actual ruleset as kube-proxy commits it, and tells which Pod a connection
+// went to from the node's conntrack entry.
 package kubeproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	componentbaseconfig "k8s.io/component-base/config/v1alpha1"
+	kubeproxyconfig "k8s.io/kube-proxy/config/v1alpha1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
+	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/timeline"
 	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 )
 
-// ServiceOutModel is how long a node's proxy takes to program an EndpointSlice change, on top of the
-// EndpointSlice controller's own (real) latency.
-//
-// Default: uniform between 0 and 1 s. kube-proxy (iptables and nftables modes) batches changes and resyncs no more
-// often than --iptables-min-sync-period / --nftables-min-sync-period, whose default is 1 s; a change therefore
-// lands on each node after a wait between 0 and that period (plus the short programming time itself), independently
-// per node. This is not tuned to any expected result.
-type ServiceOutModel struct {
-	Min, Max time.Duration
+// Modes kube-proxy runs in on the lab.
+const (
+	ModeNFTables = "nftables"
+	ModeIPTables = "iptables"
+)
+
+// Ports kube-proxy serves on each node's address.
+const (
+	HealthzPort = 10256
+	MetricsPort = 10249
+)
+
+// Config is what a plan sets of kube-proxy, in KubeProxyConfiguration's terms.
+type Config struct {
+	// Mode is nftables (the lab's default) or iptables (the default of kube-proxy itself, and of the reference
+	// article's Kubernetes 1.18).
+	Mode string `json:"mode"`
+	// MinSyncPeriod is the least time between two syncs of the rules (nftables.minSyncPeriod / iptables.minSyncPeriod).
+	MinSyncPeriod time.Duration `json:"minSyncPeriod"`
+	// SyncPeriod is the full resync interval (nftables.syncPeriod / iptables.syncPeriod).
+	SyncPeriod time.Duration `json:"syncPeriod"`
 }
 
-// DefaultServiceOutModel is kube-proxy's default min-sync-period behaviour.
-var DefaultServiceOutModel = ServiceOutModel{Min: 0, Max: time.Second}
+// DefaultConfig is kube-proxy's own defaulting (k8s.io/kubernetes pkg/proxy/apis/config/v1alpha1/defaults.go,
+// v1.37: minSyncPeriod 1s, syncPeriod 30s), in the mode the lab prefers: nftables, GA since Kubernetes 1.33.
+var DefaultConfig = Config{Mode: ModeNFTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
 
-func (m ServiceOutModel) draw(r *rand.Rand) time.Duration {
-	if m.Max <= m.Min {
-		return m.Min
-	}
-	return m.Min + time.Duration(r.Int64N(int64(m.Max-m.Min)))
+// String says the configuration in kube-proxy's words.
+func (c Config) String() string {
+	return fmt.Sprintf("kube-proxy %s mode, minSyncPeriod %s, syncPeriod %s", c.Mode, c.MinSyncPeriod, c.SyncPeriod)
 }
 
-// Dataplane is the lab's kube-proxy: each node has its own view of the EndpointSlices, updated after the model's
-// delay; a connection picks its node (spread like an external load balancer) and then a ready endpoint from that
-// node's view when it opens, as iptables/nftables DNAT does, and stays on it.
-type Dataplane struct {
-	client   kubernetes.Interface
-	logger   *slog.Logger
-	nodeIP   string // the nodes' address as Pods see it: node ports are served there too
-	nodes    []string
-	model    ServiceOutModel
-	recorder *timeline.Recorder
+// Options start the nodes' kube-proxies.
+type Options struct {
+	Network cni.Network
+	Nodes   []string
+	// Argv runs kube-proxy (the runner and its hidden subcommand); its flags follow.
+	Argv []string
+	// Kubeconfig authenticates as system:kube-proxy to the apiserver on the node network.
+	Kubeconfig  string
+	ClusterCIDR string
+	// Dir holds each node's KubeProxyConfiguration and log.
+	Dir      string
+	Config   Config
+	Client   kubernetes.Interface
+	Recorder *timeline.Recorder
+	Logger   *slog.Logger
+}
+
+// Proxies are the nodes' running kube-proxies and what the lab reads of their rules.
+type Proxies struct {
+	opts    Options
+	nodes   []*nodeProxy
+	factory informers.SharedInformerFactory
+	stop    chan struct{}
+
 	mu       sync.Mutex
-	rng      *rand.Rand
-	services map[string]*corev1.Service                       // ns/name
-	views    map[string]map[string]*discoveryv1.EndpointSlice // node → ns/slice → slice
-	applyAt  map[string]time.Time                             // node → when its last change lands
-	queues   map[string]chan sliceChange                      // node → its changes, in the order they land
-	forwards map[string]net.Listener                          // "ns/name:port" → loopback listener, for people
-	next     int
-	factory  informers.SharedInformerFactory
-	stop     chan struct{}
-	workers  sync.WaitGroup
+	pods     map[string]podRef          // Pod address → the Pod that last had it
+	services map[string]map[string]bool // namespace/name → ready endpoint addresses
 }
 
-// sliceChange is an EndpointSlice change waiting for a node's proxy to program it.
-type sliceChange struct {
-	at, seen time.Time
-	key      string
-	slice    *discoveryv1.EndpointSlice
-	deleted  bool
+type podRef struct{ namespace, name, uid string }
+
+// nodeProxy is one node's kube-proxy and the watch of its rules.
+type nodeProxy struct {
+	name, ns  string
+	ip        net.IP
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	log       *os.File
+	rules     *ruleWatch
+	conntrack *conntrackSocket
 }
 
-// proxyQueueSize is how many EndpointSlice changes a node's proxy holds before the watch waits for it.
-const proxyQueueSize = 4096
-
-// Start watches Services and EndpointSlices and keeps each node's view.
-func Start(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger) (*Dataplane, error) {
-	return startDataplane(client, nodes, nodeIP, model, recorder, logger, proxyQueueSize)
+// Node is a node's name and address.
+type Node struct {
+	Name string
+	IP   net.IP
+	// Healthz overrides the health check's address (host:port); empty: the node's kube-proxy, IP:10256.
+	Healthz string
 }
 
-func startDataplane(client kubernetes.Interface, nodes []string, nodeIP string, model ServiceOutModel, recorder *timeline.Recorder, logger *slog.Logger, queueSize int) (*Dataplane, error) {
-	d := &Dataplane{client: client, logger: logger, nodeIP: nodeIP, nodes: nodes, model: model, recorder: recorder, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-		services: map[string]*corev1.Service{}, views: map[string]map[string]*discoveryv1.EndpointSlice{}, applyAt: map[string]time.Time{},
-		queues: map[string]chan sliceChange{}, forwards: map[string]net.Listener{}, stop: make(chan struct{})}
-	for _, n := range nodes {
-		d.views[n] = map[string]*discoveryv1.EndpointSlice{}
-		d.queues[n] = make(chan sliceChange, queueSize)
-		d.workers.Add(1)
-		go d.program(n)
+// HealthzURL is the node's kube-proxy health check, as cloud load balancers ask it.
+func (n Node) HealthzURL() string {
+	addr := n.Healthz
+	if addr == "" {
+		addr = net.JoinHostPort(n.IP.String(), strconv.Itoa(HealthzPort))
 	}
-	d.factory = informers.NewSharedInformerFactory(client, 0)
-	svcInformer := d.factory.Core().V1().Services().Informer()
-	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { d.setService(obj, false) },
-		UpdateFunc: func(_, obj any) { d.setService(obj, false) },
-		DeleteFunc: func(obj any) { d.setService(obj, true) },
-	}); err != nil {
-		return nil, err
-	}
-	sliceInformer := d.factory.Discovery().V1().EndpointSlices().Informer()
-	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { d.sliceChanged(obj, false) },
-		UpdateFunc: func(_, obj any) { d.sliceChanged(obj, false) },
-		DeleteFunc: func(obj any) { d.sliceChanged(obj, true) },
-	}); err != nil {
-		return nil, err
-	}
-	d.factory.Start(d.stop)
-	d.factory.WaitForCacheSync(d.stop)
-	return d, nil
+	return "http://" + addr + "/healthz"
 }
 
-func (d *Dataplane) setService(obj any, deleted bool) {
-	svc, ok := clusterwatch.Deleted(obj).(*corev1.Service)
+// Preflight checks that the userspace tools kube-proxy's mode execs are there, naming the package that has them.
+func Preflight(mode string) error {
+	tools := map[string][]string{ModeNFTables: {"nft"}, ModeIPTables: {"iptables", "iptables-save", "iptables-restore", "nft"}}
+	packages := map[string]string{ModeNFTables: "nftables", ModeIPTables: "iptables (and nftables, which the lab reads the rules with)"}
+	needed, ok := tools[mode]
 	if !ok {
-		return
+		return fmt.Errorf("kube-proxy mode %q: the lab runs %s or %s", mode, ModeNFTables, ModeIPTables)
 	}
-	key := svc.Namespace + "/" + svc.Name
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if deleted {
-		delete(d.services, key)
-	} else {
-		d.services[key] = svc
+	for _, tool := range needed {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("kube-proxy's %s mode needs the %s command (Debian package %s): %w", mode, tool, packages[mode], err)
+		}
 	}
-	// Every Service port also gets a loopback port that forwards the same way, for curl and browsers; a node port
-	// (type NodePort or LoadBalancer) is also served on 127.0.0.1:<nodePort>, as on a node of a cluster.
-	wanted := map[string]string{} // forward name → the address to listen on
-	if !deleted {
-		for _, p := range svc.Spec.Ports {
-			wanted[fmt.Sprintf("%s:%d", key, p.Port)] = "127.0.0.1:0"
-			if p.NodePort != 0 {
-				// On loopback for the host's clients, and on the node's address for Pods (NodeIP:NodePort).
-				wanted[fmt.Sprintf("%s:%d/node:%d", key, p.Port, p.NodePort)] = fmt.Sprintf("127.0.0.1:%d", p.NodePort)
-				if d.nodeIP != "" {
-					wanted[fmt.Sprintf("%s:%d/node:%d@%s", key, p.Port, p.NodePort, d.nodeIP)] = net.JoinHostPort(d.nodeIP, strconv.Itoa(int(p.NodePort)))
-				}
+	return nil
+}
+
+// Start writes each node's KubeProxyConfiguration, starts its kube-proxy in the node's namespace and waits until
+// every one answers /healthz, with a watch on each node's rules.
+func Start(ctx context.Context, opts Options) (_ *Proxies, err error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := Preflight(opts.Config.Mode); err != nil {
+		return nil, err
+	}
+	p := &Proxies{opts: opts, stop: make(chan struct{}), pods: map[string]podRef{}, services: map[string]map[string]bool{}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, p.Stop())
+		}
+	}()
+	if err := p.watchEndpointSlices(); err != nil {
+		return p, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return p, err
+	}
+	for _, name := range opts.Nodes {
+		n, err := p.startNode(name)
+		if n != nil {
+			p.nodes = append(p.nodes, n)
+		}
+		if err != nil {
+			return p, err
+		}
+	}
+	for _, n := range p.nodes {
+		if err := n.waitHealthy(ctx, filepath.Join(opts.Dir, "kube-proxy-"+n.name+".log")); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// kubeProxyConfiguration is the node's configuration as a cluster gives it (kubeadm's kube-proxy ConfigMap).
+func (p *Proxies) kubeProxyConfiguration(node string) ([]byte, error) {
+	c := p.opts.Config
+	cfg := kubeproxyconfig.KubeProxyConfiguration{
+		TypeMeta:         metav1.TypeMeta{APIVersion: "kubeproxy.config.k8s.io/v1alpha1", Kind: "KubeProxyConfiguration"},
+		ClientConnection: componentbaseconfig.ClientConnectionConfiguration{Kubeconfig: p.opts.Kubeconfig},
+		HostnameOverride: node,
+		// On the node's address: load balancers health-check :10256 as the reference cloud's controller does, and
+		// the embedded Prometheus scrapes :10249.
+		HealthzBindAddress: fmt.Sprintf("0.0.0.0:%d", HealthzPort),
+		MetricsBindAddress: fmt.Sprintf("0.0.0.0:%d", MetricsPort),
+		Mode:               kubeproxyconfig.ProxyMode(c.Mode),
+		IPTables:           kubeproxyconfig.KubeProxyIPTablesConfiguration{MinSyncPeriod: metav1.Duration{Duration: c.MinSyncPeriod}, SyncPeriod: metav1.Duration{Duration: c.SyncPeriod}},
+		NFTables:           kubeproxyconfig.KubeProxyNFTablesConfiguration{MinSyncPeriod: metav1.Duration{Duration: c.MinSyncPeriod}, SyncPeriod: metav1.Duration{Duration: c.SyncPeriod}},
+		ClusterCIDR:        p.opts.ClusterCIDR,
+		DetectLocalMode:    kubeproxyconfig.LocalMode("ClusterCIDR"),
+		// The conntrack table's size and TCP timeouts are the kernel's, shared with the host: left as they are
+		// (maxPerCore 0 and zero timeouts mean "do not set").
+		Conntrack: kubeproxyconfig.KubeProxyConntrackConfiguration{MaxPerCore: ptr.To[int32](0), Min: ptr.To[int32](0),
+			TCPEstablishedTimeout: &metav1.Duration{}, TCPCloseWaitTimeout: &metav1.Duration{}},
+	}
+	return yaml.Marshal(cfg)
+}
+
+func (p *Proxies) startNode(name string) (*nodeProxy, error) {
+	ns, ok := p.opts.Network.NodeNamespace(name)
+	if !ok {
+		return nil, fmt.Errorf("node %s has no network namespace", name)
+	}
+	n := &nodeProxy{name: name, ns: ns, ip: p.opts.Network.NodeIP(name), exited: make(chan struct{})}
+	config, err := p.kubeProxyConfiguration(name)
+	if err != nil {
+		return nil, err
+	}
+	configFile := filepath.Join(p.opts.Dir, "kube-proxy-"+name+".yaml")
+	if err := os.WriteFile(configFile, config, 0o600); err != nil {
+		return nil, err
+	}
+	if n.log, err = os.OpenFile(filepath.Join(p.opts.Dir, "kube-proxy-"+name+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err != nil {
+		return nil, err
+	}
+	// The rules are watched before kube-proxy writes them, so its first sync is seen too.
+	if n.rules, err = startRuleWatch(ns, p.opts.Config.Mode, func(at time.Time, gone []string) { p.servicedOut(n, at, gone) }, p.opts.Logger); err != nil {
+		return n, fmt.Errorf("node %s: %w", name, err)
+	}
+	if n.conntrack, err = openConntrack(ns); err != nil {
+		return n, fmt.Errorf("node %s conntrack: %w", name, err)
+	}
+	argv := append(append([]string{}, p.opts.Argv...), "--config="+configFile, "--v=2")
+	if n.cmd, err = p.opts.Network.NodeCommand(name, argv); err != nil {
+		return n, err
+	}
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	// Dies with the lab, however the lab ends.
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := n.cmd.Start(); err != nil {
+		return n, fmt.Errorf("node %s kube-proxy: %w", name, err)
+	}
+	go func() {
+		_ = n.cmd.Wait()
+		close(n.exited)
+	}()
+	return n, nil
+}
+
+// waitHealthy polls the node's kube-proxy /healthz until it answers 200 (after its first sync).
+func (n *nodeProxy) waitHealthy(ctx context.Context, logFile string) error {
+	url := fmt.Sprintf("http://%s/healthz", net.JoinHostPort(n.ip.String(), strconv.Itoa(HealthzPort)))
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-n.exited:
+			return fmt.Errorf("node %s: kube-proxy exited (%s); its log, %s:\n%s", n.name, n.cmd.ProcessState, logFile, tail(logFile, 15))
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if resp, err := client.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
 			}
 		}
-	}
-	for name, ln := range d.forwards {
-		if _, ok := wanted[name]; strings.HasPrefix(name, key+":") && !ok {
-			ln.Close()
-			delete(d.forwards, name)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s: kube-proxy not healthy at %s after 60 s; its log, %s:\n%s", n.name, url, logFile, tail(logFile, 15))
 		}
-	}
-	for name, listen := range wanted {
-		if _, ok := d.forwards[name]; ok {
-			continue
-		}
-		servicePort, _ := strconv.Atoi(strings.SplitN(name[len(key)+1:], "/", 2)[0])
-		ln, err := d.forward(svc.Name+"."+svc.Namespace, servicePort, listen)
-		if err != nil {
-			d.logger.Warn("forward", "service", name, "err", err)
-			continue
-		}
-		d.forwards[name] = ln
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// Forwards lists the loopback address of every Service port ("namespace/name:port" → "127.0.0.1:PORT"), and of
-// every node port ("namespace/name:port/node:NODEPORT" → "127.0.0.1:NODEPORT").
-func (d *Dataplane) Forwards() map[string]string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := map[string]string{}
-	for name, ln := range d.forwards {
-		out[name] = ln.Addr().String()
+func tail(file string, lines int) string {
+	b, _ := os.ReadFile(file)
+	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
 	}
-	return out
+	return strings.Join(all, "\n")
 }
 
-// sliceChanged queues the change on every node after its own delay. A node never programs a change before an
-// earlier one, as one kube-proxy syncs the whole state in order.
-func (d *Dataplane) sliceChanged(obj any, deleted bool) {
+// watchEndpointSlices keeps which Pod each endpoint address belongs to (service-out events name the Pod) and each
+// Service's ready addresses (to wait for the rules to hold them).
+func (p *Proxies) watchEndpointSlices() error {
+	p.factory = informers.NewSharedInformerFactory(p.opts.Client, 0)
+	informer := p.factory.Discovery().V1().EndpointSlices().Informer()
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { p.sliceChanged(obj) },
+		UpdateFunc: func(_, obj any) { p.sliceChanged(obj) },
+	}); err != nil {
+		return err
+	}
+	p.factory.Start(p.stop)
+	p.factory.WaitForCacheSync(p.stop)
+	return nil
+}
+
+func (p *Proxies) sliceChanged(obj any) {
 	slice, ok := clusterwatch.Deleted(obj).(*discoveryv1.EndpointSlice)
 	if !ok {
 		return
 	}
-	seen := time.Now()
-	changes := make([]sliceChange, len(d.nodes))
-	d.mu.Lock()
-	for i, node := range d.nodes {
-		at := seen.Add(d.model.draw(d.rng))
-		if last := d.applyAt[node]; at.Before(last) {
-			at = last
-		}
-		d.applyAt[node] = at
-		changes[i] = sliceChange{at: at, seen: seen, key: slice.Namespace + "/" + slice.Name, slice: slice, deleted: deleted}
-	}
-	d.mu.Unlock()
-	// Queued without the lock: a node's proxy takes d.mu to apply a change, so a full queue must not be waited on
-	// while holding it. The informer calls this from one goroutine, so each queue keeps the order of the changes.
-	for i, node := range d.nodes {
-		select {
-		case d.queues[node] <- changes[i]:
-		case <-d.stop:
-			return
-		}
-	}
-}
-
-// program is a node's proxy: it applies the node's changes one after another, each at its time.
-func (d *Dataplane) program(node string) {
-	defer d.workers.Done()
-	for {
-		select {
-		case <-d.stop:
-			return
-		case c := <-d.queues[node]:
-			select {
-			case <-time.After(time.Until(c.at)):
-			case <-d.stop:
-				return
-			}
-			d.apply(node, c.key, c.slice, c.deleted, c.seen)
-		}
-	}
-}
-
-func (d *Dataplane) apply(node, key string, slice *discoveryv1.EndpointSlice, deleted bool, seen time.Time) {
-	d.mu.Lock()
-	old := d.views[node][key]
-	if deleted {
-		delete(d.views[node], key)
-	} else {
-		d.views[node][key] = slice
-	}
-	d.mu.Unlock()
-	if old == nil || d.recorder == nil {
-		return
-	}
-	stillReady := map[string]bool{}
-	if !deleted {
-		for _, e := range slice.Endpoints {
-			if clusterwatch.EndpointReady(e) && len(e.Addresses) > 0 {
-				stillReady[e.Addresses[0]] = true
-			}
-		}
-	}
-	for _, e := range old.Endpoints {
-		if !clusterwatch.EndpointReady(e) || len(e.Addresses) == 0 || stillReady[e.Addresses[0]] {
+	service := slice.Namespace + "/" + slice.Labels[discoveryv1.LabelServiceName]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ready := map[string]bool{}
+	for _, e := range slice.Endpoints {
+		if len(e.Addresses) == 0 {
 			continue
 		}
-		ev := timeline.Event{Type: timeline.EventServiceOut, Node: node, PodIP: e.Addresses[0],
-			Message: fmt.Sprintf("programmed %s after the EndpointSlice change", time.Since(seen).Round(time.Millisecond))}
 		if e.TargetRef != nil {
-			ev.Namespace, ev.Pod, ev.UID = e.TargetRef.Namespace, e.TargetRef.Name, string(e.TargetRef.UID)
+			p.pods[e.Addresses[0]] = podRef{namespace: e.TargetRef.Namespace, name: e.TargetRef.Name, uid: string(e.TargetRef.UID)}
 		}
-		d.recorder.Record(ev)
+		if clusterwatch.EndpointReady(e) {
+			ready[e.Addresses[0]] = true
+		}
 	}
+	// One slice per Service is what the lab's Services have (at most 100 endpoints each).
+	p.services[service] = ready
 }
 
-// Stop ends the watches.
-func (d *Dataplane) Stop() {
-	select {
-	case <-d.stop:
+// servicedOut records, for each address the node's rules no longer send new connections to, a service_out event
+// at the moment the node's rules changed.
+func (p *Proxies) servicedOut(n *nodeProxy, at time.Time, gone []string) {
+	if p.opts.Recorder == nil {
 		return
-	default:
 	}
-	close(d.stop)
-	d.factory.Shutdown()
-	d.workers.Wait()
-	d.mu.Lock()
-	for name, ln := range d.forwards {
-		ln.Close()
-		delete(d.forwards, name)
+	for _, ip := range gone {
+		p.mu.Lock()
+		ref, ok := p.pods[ip]
+		p.mu.Unlock()
+		ev := timeline.Event{Type: timeline.EventServiceOut, Time: at, Node: n.name, PodIP: ip,
+			Message: fmt.Sprintf("%s's %s rules stopped sending new connections to %s", n.name, p.opts.Config.Mode, ip)}
+		if ok {
+			ev.Namespace, ev.Pod, ev.UID = ref.namespace, ref.name, ref.uid
+		}
+		p.opts.Recorder.Record(ev)
 	}
-	d.mu.Unlock()
 }
 
-// lookup finds a Service by "name.namespace[.svc[.cluster.local]]" or its cluster IP.
-func (d *Dataplane) lookup(host string) (*corev1.Service, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, svc := range d.services {
-		if svc.Spec.ClusterIP == host {
-			return svc, nil
+// WaitProgrammed blocks until every node's rules send new connections of the Service to at least want of its ready
+// endpoints, so a load that starts after it does not meet a node still programming the Service.
+func (p *Proxies) WaitProgrammed(ctx context.Context, namespace, service string, want int) error {
+	for {
+		p.mu.Lock()
+		ready := p.services[namespace+"/"+service]
+		p.mu.Unlock()
+		programmed := 0
+		for _, n := range p.nodes {
+			routed := n.rules.routed()
+			count := 0
+			for ip := range ready {
+				if routed[ip] {
+					count++
+				}
+			}
+			if count >= want {
+				programmed++
+			}
+		}
+		if programmed == len(p.nodes) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the nodes' kube-proxies did not program %s/%s with %d endpoints (%d of %d nodes did): %w", namespace, service, want, programmed, len(p.nodes), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	parts := strings.Split(strings.TrimSuffix(strings.TrimSuffix(host, ".cluster.local"), ".svc"), ".")
-	if len(parts) == 2 {
-		if svc, ok := d.services[parts[1]+"/"+parts[0]]; ok {
-			return svc, nil
-		}
+}
+
+// Nodes lists the nodes with their addresses, in order.
+func (p *Proxies) Nodes() []Node {
+	out := make([]Node, len(p.nodes))
+	for i, n := range p.nodes {
+		out[i] = Node{Name: n.name, IP: n.ip}
 	}
-	return nil, fmt.Errorf("lab dataplane: no Service %s", host)
+	return out
 }
 
-// Route picks the node for a new connection and the endpoint in its view: pod address and node, or an error
-// that reads like kube-proxy's REJECT (connection refused) when the node knows no ready endpoint.
-func (d *Dataplane) Route(addr string) (endpoint, node string, err error) {
-	r, err := d.RouteTo(addr)
-	return r.Endpoint, r.Node, err
+// Config is the configuration the kube-proxies run with.
+func (p *Proxies) Config() Config { return p.opts.Config }
+
+// PodOf tells which Pod (namespace, name, UID) had the address most recently.
+func (p *Proxies) PodOf(ip string) (namespace, name, uid string, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ref, ok := p.pods[ip]
+	return ref.namespace, ref.name, ref.uid, ok
 }
 
-// Routed is one routing decision: the node whose proxy decided, the Pod's address and port, and its UID.
+// Routed is where a node's NAT sent a connection: the node, the Pod's address and port, and the Pod's UID.
 type Routed struct {
 	Node, Endpoint, PodUID string
 }
 
-// RouteTo decides a new connection's route as Route does, with the Pod's UID (addresses are reused).
-func (d *Dataplane) RouteTo(addr string) (Routed, error) {
-	host, portText, err := net.SplitHostPort(addr)
-	if err != nil {
-		return Routed{}, err
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return Routed{}, err
-	}
-	svc, err := d.lookup(host)
-	if err != nil {
-		return Routed{}, err
-	}
-	var portName string
-	found := false
-	for _, p := range svc.Spec.Ports {
-		if int(p.Port) == port {
-			portName, found = p.Name, true
-		}
-	}
-	if !found {
-		return Routed{}, fmt.Errorf("lab dataplane: Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	node := d.nodes[d.next%len(d.nodes)]
-	d.next++
-	var candidates []Routed
-	for _, slice := range d.views[node] {
-		if slice.Namespace != svc.Namespace || slice.Labels[discoveryv1.LabelServiceName] != svc.Name {
+// RouteOf tells, from the node's conntrack, where kube-proxy's DNAT sent the TCP connection from src to dst (as the
+// node saw them arrive), refused connections included.
+func (p *Proxies) RouteOf(node string, src, dst *net.TCPAddr) (Routed, error) {
+	for _, n := range p.nodes {
+		if n.name != node {
 			continue
 		}
-		target := 0
-		for _, p := range slice.Ports {
-			if p.Name != nil && *p.Name == portName && p.Port != nil {
-				target = int(*p.Port)
-			}
+		endpoint, err := n.conntrack.route(src, dst)
+		if err != nil {
+			return Routed{Node: node}, err
 		}
-		if target == 0 {
+		r := Routed{Node: node, Endpoint: endpoint.String()}
+		if _, _, uid, ok := p.PodOf(endpoint.IP.String()); ok {
+			r.PodUID = uid
+		}
+		return r, nil
+	}
+	return Routed{}, fmt.Errorf("no node %s", node)
+}
+
+// NodeOf finds the node whose address is ip.
+func (p *Proxies) NodeOf(ip net.IP) (string, bool) {
+	for _, n := range p.nodes {
+		if n.ip.Equal(ip) {
+			return n.name, true
+		}
+	}
+	return "", false
+}
+
+// DialRouted opens a TCP connection from inside the node's network namespace, as a process on the node would (a
+// Service's cluster IP is translated by that node's rules), and tells where the node's NAT sent it, also when the
+// connect failed: the socket is bound to the node's address before the connect, so its conntrack entry is known.
+func (p *Proxies) DialRouted(ctx context.Context, node, addr string) (net.Conn, Routed, error) {
+	for _, n := range p.nodes {
+		if n.name != node {
 			continue
 		}
-		for _, e := range slice.Endpoints {
-			if clusterwatch.EndpointReady(e) && len(e.Addresses) > 0 {
-				r := Routed{Node: node, Endpoint: net.JoinHostPort(e.Addresses[0], strconv.Itoa(target))}
-				if e.TargetRef != nil {
-					r.PodUID = string(e.TargetRef.UID)
-				}
-				candidates = append(candidates, r)
+		dst, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			return nil, Routed{Node: node}, err
+		}
+		conn, src, err := dialIn(ctx, n.ns, n.ip, dst)
+		r := Routed{Node: node}
+		if src != nil {
+			if found, lookupErr := p.RouteOf(node, src, dst); lookupErr == nil {
+				r = found
 			}
 		}
+		return conn, r, err
 	}
-	if len(candidates) == 0 {
-		return Routed{Node: node}, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-	}
-	return candidates[d.rng.IntN(len(candidates))], nil
+	return nil, Routed{}, fmt.Errorf("no node %s", node)
 }
 
-// WaitProgrammed blocks until every node's view holds want ready endpoints of the Service at addr (host:port), so
-// a load that starts after it does not meet a proxy still programming a new Service.
-func (d *Dataplane) WaitProgrammed(ctx context.Context, addr string, want int) error {
-	host, _, err := net.SplitHostPort(addr)
+// RSS is each node's kube-proxy resident memory in bytes (0 when not readable).
+func (p *Proxies) RSS() map[string]int64 {
+	out := map[string]int64{}
+	for _, n := range p.nodes {
+		if n.cmd == nil || n.cmd.Process == nil {
+			continue
+		}
+		out[n.name] = processRSS(n.cmd.Process.Pid)
+	}
+	return out
+}
+
+// Stop stops every kube-proxy and the watches; stopping twice is harmless.
+func (p *Proxies) Stop() error {
+	select {
+	case <-p.stop:
+		return nil
+	default:
+	}
+	close(p.stop)
+	if p.factory != nil {
+		p.factory.Shutdown()
+	}
+	var errs []error
+	for _, n := range p.nodes {
+		if n.cmd != nil && n.cmd.Process != nil {
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-n.exited:
+			case <-time.After(5 * time.Second):
+				_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+				<-n.exited
+			}
+		}
+		if n.rules != nil {
+			n.rules.stop()
+		}
+		if n.conntrack != nil {
+			n.conntrack.close()
+		}
+		if n.log != nil {
+			errs = append(errs, n.log.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func processRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return err
+		return 0
 	}
-	for {
-		svc, err := d.lookup(host)
-		if err == nil {
-			d.mu.Lock()
-			programmed := 0
-			for _, node := range d.nodes {
-				ready := 0
-				for _, slice := range d.views[node] {
-					if slice.Namespace == svc.Namespace && slice.Labels[discoveryv1.LabelServiceName] == svc.Name {
-						for _, e := range slice.Endpoints {
-							if clusterwatch.EndpointReady(e) {
-								ready++
-							}
-						}
-					}
-				}
-				if ready >= want {
-					programmed++
-				}
-			}
-			d.mu.Unlock()
-			if programmed == len(d.nodes) {
-				return nil
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) > 0 {
+				kb, _ := strconv.ParseInt(fields[0], 10, 64)
+				return kb * 1024
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the nodes' proxies did not program %s with %d endpoints: %w", addr, want, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
+	return 0
 }
 
-// Dial is the load generator's dialer: a Service address is routed as kube-proxy would on the chosen node.
-func (d *Dataplane) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	conn, _, err := d.DialRouted(ctx, network, addr)
-	return conn, err
+// sortedKeys is for stable messages.
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
-// DialRouted dials as Dial does and also returns the routing decision, whether or not the connection opened: a
-// connection routed to a Pod that is already gone fails, and the failure belongs to that Pod.
-func (d *Dataplane) DialRouted(ctx context.Context, network, addr string) (net.Conn, Routed, error) {
-	r, err := d.RouteTo(addr)
-	if err != nil {
-		return nil, r, err
-	}
-	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, r.Endpoint)
-	return conn, r, err
-}
-
-// forward listens on listen and forwards each connection to the Service as the dataplane routes it.
-func (d *Dataplane) forward(service string, port int, listen string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return nil, err
-	}
-	target := net.JoinHostPort(service, strconv.Itoa(port))
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				upstream, err := d.Dial(context.Background(), "tcp", target)
-				if err != nil {
-					return
-				}
-				defer upstream.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(upstream, conn); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(conn, upstream); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
-	return ln, nil
-}

@@ -1,6 +1,8 @@
 // Package loadbalancer is the lab's cloud load balancer controller (the part of a cloud-controller-manager that
 // serves Services of type LoadBalancer): an ingress address per Service and a balancer there that spreads
-// connections over the nodes, whose kube-proxy view picks the Pod.
+// connections round robin over every healthy node's address:NodePort, where the node's kube-proxy rules (the
+// kernel's DNAT) pick the Pod; nodes are health-checked on kube-proxy's /healthz (:10256), as the reference cloud's
+// controller configures it for externalTrafficPolicy Cluster.
 package loadbalancer
 
 import (
@@ -64,11 +66,30 @@ const backendConnectTimeout = 5 * time.Second
 // routeJournalTTL is how long the balancer remembers which backend a client connection used, for attribution.
 const routeJournalTTL = 2 * time.Minute
 
-// externalAddresses hands out and takes back ingress addresses.
+// externalAddresses hands out and takes back ingress addresses; HostIP is the host's address on the node network,
+// the balancers' source address towards the nodes.
 type externalAddresses interface {
 	AllocateExternal() (net.IP, error)
 	ReleaseExternal(net.IP) error
+	HostIP() net.IP
 }
+
+// Backends are the nodes behind every balancer and what their kube-proxy did with a connection.
+type Backends interface {
+	// Nodes lists the nodes and their addresses.
+	Nodes() []kubeproxy.Node
+	// RouteOf tells where the node's rules sent the connection src → dst (its conntrack entry).
+	RouteOf(node string, src, dst *net.TCPAddr) (kubeproxy.Routed, error)
+}
+
+// Health checks of the nodes, as the reference cloud's controller sets them for a Service without annotations
+// (oracle/oci-cloud-controller-manager docs/load-balancer-annotations.md: interval 10000 ms, timeout 3000 ms,
+// retries 3) on kube-proxy's healthz port and path (k8s.io/cloud-provider service helpers: 10256, /healthz).
+const (
+	healthInterval = 10 * time.Second
+	healthTimeout  = 3 * time.Second
+	healthRetries  = 3
+)
 
 // BackendProtocolAnnotation chooses a Service's balancer mode, "TCP" or "HTTP", as on the reference experiment's
 // cloud (oracle/oci-cloud-controller-manager: ServiceAnnotationLoadBalancerBEProtocol, default TCP); without it
@@ -93,7 +114,7 @@ func serviceMode(svc *corev1.Service, fallback string) string {
 type Balancers struct {
 	opts      Options
 	client    kubernetes.Interface
-	dataplane *kubeproxy.Dataplane
+	backends  Backends
 	addresses externalAddresses
 	metrics   *Metrics
 	logger    *slog.Logger
@@ -104,6 +125,8 @@ type Balancers struct {
 	services map[string]*balancer // ns/name
 	journal  map[string]journalEntry
 	swept    time.Time
+	next     int
+	failures map[string]int // node → consecutive failed health checks
 }
 
 type journalEntry struct {
@@ -120,7 +143,7 @@ type balancer struct {
 }
 
 // Start watches Services and runs a balancer for each of type LoadBalancer.
-func Start(client kubernetes.Interface, d *kubeproxy.Dataplane, addresses externalAddresses, opts Options, metrics *Metrics, logger *slog.Logger) (*Balancers, error) {
+func Start(client kubernetes.Interface, backends Backends, addresses externalAddresses, opts Options, metrics *Metrics, logger *slog.Logger) (*Balancers, error) {
 	if opts.Mode == "" {
 		opts.Mode = Default.Mode
 	}
@@ -130,8 +153,9 @@ func Start(client kubernetes.Interface, d *kubeproxy.Dataplane, addresses extern
 	if opts.Mode != TCP && opts.Mode != HTTP {
 		return nil, fmt.Errorf("load balancer mode %q: want %s or %s", opts.Mode, TCP, HTTP)
 	}
-	b := &Balancers{opts: opts, client: client, dataplane: d, addresses: addresses, metrics: metrics, logger: logger,
-		stop: make(chan struct{}), services: map[string]*balancer{}, journal: map[string]journalEntry{}}
+	b := &Balancers{opts: opts, client: client, backends: backends, addresses: addresses, metrics: metrics, logger: logger,
+		stop: make(chan struct{}), services: map[string]*balancer{}, journal: map[string]journalEntry{}, failures: map[string]int{}}
+	go b.checkHealth()
 	b.factory = informers.NewSharedInformerFactory(client, 0)
 	informer := b.factory.Core().V1().Services().Informer()
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -220,9 +244,15 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 			return nil, err
 		}
 		lb.listeners = append(lb.listeners, ln)
-		target := fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port)
+		if p.NodePort == 0 {
+			b.close(lb)
+			return nil, fmt.Errorf("port %d has no node port", p.Port)
+		}
+		nodePort := int(p.NodePort)
+		// The HTTP proxy's URL names the node pool and the port; dialBackend picks the node.
+		target := fmt.Sprintf("nodes:%d", nodePort)
 		if mode == TCP {
-			go b.serveTCP(ln, target)
+			go b.serveTCP(ln, nodePort)
 		} else {
 			server := &http.Server{Handler: b.httpProxy(lb.transport, target), ReadHeaderTimeout: time.Minute, ErrorLog: discardLog}
 			lb.servers = append(lb.servers, server)
@@ -330,18 +360,78 @@ func (b *Balancers) countConnection(mode string) {
 	}
 }
 
-// dialBackend routes a new backend connection through a node's proxy view, as a node's NodePort does; routed
-// learns the decision before the connect, which to a Pod already gone lasts until it fails.
-func (b *Balancers) dialBackend(ctx context.Context, mode, target string, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
-	b.countConnection(mode)
-	r, err := b.dataplane.RouteTo(target)
-	routed(r)
-	if err != nil {
-		return nil, r, err
+// checkHealth asks every node's kube-proxy /healthz each interval; a node that failed healthRetries checks in a row
+// gets no new connections until it answers again.
+func (b *Balancers) checkHealth() {
+	client := &http.Client{Timeout: healthTimeout}
+	ticker := time.NewTicker(healthInterval)
+	defer ticker.Stop()
+	for {
+		for _, n := range b.backends.Nodes() {
+			ok := false
+			if resp, err := client.Get(n.HealthzURL()); err == nil {
+				ok = resp.StatusCode == http.StatusOK
+				resp.Body.Close()
+			}
+			b.mu.Lock()
+			if ok {
+				b.failures[n.Name] = 0
+			} else {
+				b.failures[n.Name]++
+			}
+			b.mu.Unlock()
+		}
+		select {
+		case <-b.stop:
+			return
+		case <-ticker.C:
+		}
 	}
+}
+
+// pickNode is the next healthy node, round robin (every node when none is healthy: a balancer with no healthy
+// backend has nowhere better to send).
+func (b *Balancers) pickNode() (kubeproxy.Node, error) {
+	nodes := b.backends.Nodes()
+	if len(nodes) == 0 {
+		return kubeproxy.Node{}, errors.New("no nodes")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for range nodes {
+		n := nodes[b.next%len(nodes)]
+		b.next++
+		if b.failures[n.Name] < healthRetries {
+			return n, nil
+		}
+	}
+	n := nodes[b.next%len(nodes)]
+	b.next++
+	return n, nil
+}
+
+// dialBackend opens a backend connection to a node's NodePort from the host's node-network address, bound before
+// the connect so that its source port is known even when the connect fails; routed learns from the node's conntrack
+// where its rules sent the connection (for a refused one too).
+func (b *Balancers) dialBackend(ctx context.Context, mode string, nodePort int, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
+	b.countConnection(mode)
+	node, err := b.pickNode()
+	if err != nil {
+		routed(kubeproxy.Routed{})
+		return nil, kubeproxy.Routed{}, err
+	}
+	dst := &net.TCPAddr{IP: node.IP, Port: nodePort}
+	src, dialer := kubeproxy.BoundDialer(b.addresses.HostIP())
 	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
 	defer cancel()
-	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", r.Endpoint)
+	conn, err := dialer.DialContext(ctx, "tcp", dst.String())
+	r := kubeproxy.Routed{Node: node.Name}
+	if *src != nil {
+		if found, lookupErr := b.backends.RouteOf(node.Name, *src, dst); lookupErr == nil {
+			r = found
+		}
+	}
+	routed(r)
 	return conn, r, err
 }
 
@@ -353,23 +443,23 @@ func resetConn(c net.Conn) {
 	c.Close()
 }
 
-func (b *Balancers) serveTCP(ln net.Listener, target string) {
+func (b *Balancers) serveTCP(ln net.Listener, nodePort int) {
 	for {
 		client, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		go b.proxyTCP(client, target)
+		go b.proxyTCP(client, nodePort)
 	}
 }
 
-func (b *Balancers) proxyTCP(client net.Conn, target string) {
+func (b *Balancers) proxyTCP(client net.Conn, nodePort int) {
 	clientAddr := client.RemoteAddr().String()
-	backend, _, err := b.dialBackend(context.Background(), TCP, target, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
+	backend, _, err := b.dialBackend(context.Background(), TCP, nodePort, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
 	if err != nil {
 		b.countFailure(TCP, err)
-		// Through a real network the backend's refusal takes a round trip, so the client's connect has completed
-		// and its request is on the way when the reset comes; on loopback the reset would beat the connect. Wait
+		// Through a cloud's network the backend's refusal takes a round trip, so the client's connect has completed
+		// and its request is on the way when the reset comes; on one machine the reset would beat the connect. Wait
 		// for the client's first bytes (at most a second) so it meets the reset as it would there.
 		_ = client.SetReadDeadline(time.Now().Add(time.Second))
 		_, _ = client.Read(make([]byte, 1))
@@ -419,8 +509,13 @@ type routedBackendConn struct {
 func (b *Balancers) backendTransport() *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			// The URL's host names the Service; the node's proxy view picks the Pod for this new connection.
-			conn, r, err := b.dialBackend(ctx, HTTP, addr, func(r kubeproxy.Routed) {
+			// The URL names the node pool and the NodePort; the balancer picks the node, its rules the Pod.
+			_, portText, _ := net.SplitHostPort(addr)
+			nodePort, err := strconv.Atoi(portText)
+			if err != nil {
+				return nil, fmt.Errorf("backend %q: %w", addr, err)
+			}
+			conn, r, err := b.dialBackend(ctx, HTTP, nodePort, func(r kubeproxy.Routed) {
 				// The client whose request asked for this connection (another may end up using it).
 				if client, ok := ctx.Value(clientAddrKey{}).(string); ok {
 					b.remember(client, r)

@@ -17,11 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/utils/ptr"
 )
 
 // loopbackAddresses hands out 127.0.0.1 as the ingress address, so the balancer tests need no root.
@@ -29,6 +26,21 @@ type loopbackAddresses struct{ released int }
 
 func (a *loopbackAddresses) AllocateExternal() (net.IP, error) { return net.IPv4(127, 0, 0, 1), nil }
 func (a *loopbackAddresses) ReleaseExternal(net.IP) error      { a.released++; return nil }
+func (a *loopbackAddresses) HostIP() net.IP                    { return net.IPv4(127, 0, 0, 1) }
+
+// loopbackNode is one node on loopback whose "NodePort" is the backend itself; its conntrack says the connection
+// went to the Pod with UID pod-1.
+type loopbackNode struct {
+	backend, healthz string
+}
+
+func (n loopbackNode) Nodes() []kubeproxy.Node {
+	return []kubeproxy.Node{{Name: "n1", IP: net.IPv4(127, 0, 0, 1), Healthz: n.healthz}}
+}
+
+func (n loopbackNode) RouteOf(node string, _, _ *net.TCPAddr) (kubeproxy.Routed, error) {
+	return kubeproxy.Routed{Node: node, Endpoint: n.backend, PodUID: "pod-1"}, nil
+}
 
 // backendServer listens on loopback and hands each connection to handle.
 func backendServer(t *testing.T, handle func(net.Conn)) string {
@@ -66,31 +78,25 @@ type balancerFixture struct {
 	address   string // the balancer's ingress address and port
 }
 
-// startBalancer runs the dataplane and the balancers on a fake API with one LoadBalancer Service whose only
-// endpoint is backend (host:port), a Pod with UID "pod-1".
+// startBalancer runs the balancers on a fake API with one LoadBalancer Service in front of one node whose
+// NodePort is backend (host:port), a Pod with UID "pod-1".
 func startBalancer(t *testing.T, mode, backend string) balancerFixture {
 	t.Helper()
-	host, portText, _ := net.SplitHostPort(backend)
+	_, portText, _ := net.SplitHostPort(backend)
 	backendPort, _ := strconv.Atoi(portText)
 	port := freePort(t)
 	client := fake.NewClientset(
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer,
-			Ports: []corev1.ServicePort{{Name: "http", Port: int32(port)}}}},
-		&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-			AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(backendPort))}},
-			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-				TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "web-1", UID: types.UID("pod-1")}}}})
+			Ports: []corev1.ServicePort{{Name: "http", Port: int32(port), NodePort: int32(backendPort)}}}})
 	logger := slog.New(slog.DiscardHandler)
-	d, err := kubeproxy.Start(client, []string{"n1", "n2"}, "", kubeproxy.ServiceOutModel{}, nil, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
+	healthz := backendServer(t, func(c net.Conn) {
+		defer c.Close()
+		_, _ = http.ReadRequest(bufio.NewReader(c))
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.WaitProgrammed(ctx, "web.ns:"+strconv.Itoa(port), 1); err != nil {
-		t.Fatal(err)
-	}
+	d := loopbackNode{backend: backend, healthz: healthz}
 	metrics := NewMetrics(prometheus.NewRegistry())
 	addresses := &loopbackAddresses{}
 	b, err := Start(client, d, addresses, Options{Mode: mode, IdleTimeout: time.Minute}, metrics, logger)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/lab/controlplane"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/lab/owner"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -33,11 +33,14 @@ import (
 type labState struct {
 	PID int `json:"pid"`
 	// Owner tells the lab's process from another that got its PID after a crash or reboot.
-	Owner      owner.Owner       `json:"owner"`
-	Server     string            `json:"server"`
-	Kubeconfig string            `json:"kubeconfig"`
-	Nodes      int               `json:"nodes"`
-	Services   map[string]string `json:"services"` // "ns/name:port" → loopback address that forwards to it
+	Owner      owner.Owner `json:"owner"`
+	Server     string      `json:"server"`
+	Kubeconfig string      `json:"kubeconfig"`
+	Nodes      int         `json:"nodes"`
+	// NodeAddresses are the nodes' addresses on the lab's node network, which the host routes to: NodePorts answer
+	// there, and each node's kube-proxy serves /healthz on :10256 and /metrics on :10249.
+	NodeAddresses map[string]string `json:"nodeAddresses"`
+	KubeProxy     string            `json:"kubeProxy"`
 }
 
 const labStateFile = "lab.json"
@@ -80,9 +83,9 @@ func newLabCommand() *cobra.Command {
 
 func newLabUpCommand(dirFlag *string) *cobra.Command {
 	var (
-		nodes                        int
-		images                       []string
-		serviceOutMin, serviceOutMax time.Duration
+		nodes  int
+		images []string
+		proxy  = kubeproxy.DefaultConfig
 	)
 	up := &cobra.Command{
 		Use:   "up",
@@ -105,11 +108,12 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 				}
 				imageMap[image] = strings.Fields(command)
 			}
-			if serviceOutMin < 0 || serviceOutMax < serviceOutMin || serviceOutMax > plan.MaxServiceOut {
-				return fmt.Errorf("--service-out-min %s and --service-out-max %s: want 0 ≤ min ≤ max ≤ %s", serviceOutMin, serviceOutMax, plan.MaxServiceOut)
+			if proxy.MinSyncPeriod < 0 || proxy.MinSyncPeriod > plan.MaxMinSyncPeriod || proxy.SyncPeriod <= 0 {
+				return fmt.Errorf("--min-sync-period %s and --sync-period %s: want 0 ≤ min-sync-period ≤ %s and a sync period above 0",
+					proxy.MinSyncPeriod, proxy.SyncPeriod, plan.MaxMinSyncPeriod)
 			}
 			l, err := lab.Up(cmd.Context(), lab.Options{Dir: abs, Nodes: nodes, Cowweb: cowwebCommand(self, slog.Default()), Images: imageMap,
-				ServiceOut: &kubeproxy.ServiceOutModel{Min: serviceOutMin, Max: serviceOutMax}, Logger: slog.Default()})
+				KubeProxy: proxy, KubeProxyCommand: []string{self, proxymain.Subcommand}, Logger: slog.Default()})
 			if err != nil {
 				return err
 			}
@@ -118,41 +122,30 @@ func newLabUpCommand(dirFlag *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			state := labState{PID: me.PID, Owner: me, Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes}
-			writeState := func() error {
-				state.Services = l.Dataplane.Forwards()
-				data, _ := json.MarshalIndent(state, "", "  ")
-				return rundir.WriteFileAtomic(filepath.Join(abs, labStateFile), data, 0o644)
+			state := labState{PID: me.PID, Owner: me, Server: l.Server, Kubeconfig: l.Kubeconfig, Nodes: nodes,
+				NodeAddresses: map[string]string{}, KubeProxy: l.Proxies.Config().String()}
+			for _, n := range l.Proxies.Nodes() {
+				state.NodeAddresses[n.Name] = n.IP.String()
 			}
-			if err := writeState(); err != nil {
+			data, _ := json.MarshalIndent(state, "", "  ")
+			if err := rundir.WriteFileAtomic(filepath.Join(abs, labStateFile), data, 0o644); err != nil {
 				return err
 			}
 			defer os.Remove(filepath.Join(abs, labStateFile))
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s)\n", controlplane.KubernetesVersion, l.Server, nodes)
-			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nrunner lab status shows the Services' loopback ports; Ctrl-C (or runner lab down) stops the lab.\n", l.Kubeconfig)
-			// Keep the Services' loopback ports in the state file for `runner lab status`.
-			ticker := time.NewTicker(time.Second)
-			defer ticker.Stop()
-		wait:
-			for {
-				select {
-				case <-cmd.Context().Done():
-					break wait
-				case <-ticker.C:
-					if err := writeState(); err != nil {
-						return err
-					}
-				}
-			}
+			fmt.Fprintf(out, "lab up: Kubernetes %s at %s, %d node(s), %s (API usable after %s)\n", controlplane.KubernetesVersion, l.Server, nodes,
+				l.Proxies.Config(), l.APIReadyAfter.Round(time.Millisecond))
+			fmt.Fprintf(out, "  export KUBECONFIG=%s\n  kubectl get nodes\nrunner lab status shows the nodes' addresses, NodePorts and load balancers; Ctrl-C (or runner lab down) stops the lab.\n", l.Kubeconfig)
+			<-cmd.Context().Done()
 			fmt.Fprintln(out, "lab stopping")
 			return l.Down()
 		},
 	}
 	up.Flags().IntVar(&nodes, "nodes", 3, "Nodes the node agent runs")
 	up.Flags().StringArrayVar(&images, "image", nil, "IMAGE=COMMAND: run containers of IMAGE (or of that repository) with COMMAND (repeatable)")
-	up.Flags().DurationVar(&serviceOutMin, "service-out-min", kubeproxy.DefaultServiceOutModel.Min, "least per-node proxy programming delay")
-	up.Flags().DurationVar(&serviceOutMax, "service-out-max", kubeproxy.DefaultServiceOutModel.Max, "greatest per-node proxy programming delay (kube-proxy's default min-sync-period: 1s)")
+	up.Flags().StringVar(&proxy.Mode, "kube-proxy-mode", proxy.Mode, "the nodes' kube-proxy mode: nftables or iptables")
+	up.Flags().DurationVar(&proxy.MinSyncPeriod, "min-sync-period", proxy.MinSyncPeriod, "kube-proxy's minSyncPeriod (--iptables-min-sync-period): least time between rule syncs")
+	up.Flags().DurationVar(&proxy.SyncPeriod, "sync-period", proxy.SyncPeriod, "kube-proxy's syncPeriod: full resync interval")
 	return up
 }
 
@@ -221,7 +214,10 @@ func newLabStatusCommand(dirFlag *string) *cobra.Command {
 				return err
 			}
 			for _, n := range nodeList.Items {
-				fmt.Fprintf(out, "node %s\n", n.Name)
+				fmt.Fprintf(out, "node %s %s Pod CIDR %s\n", n.Name, state.NodeAddresses[n.Name], n.Spec.PodCIDR)
+			}
+			if state.KubeProxy != "" {
+				fmt.Fprintf(out, "every node runs %s (healthz :10256, metrics :10249)\n", state.KubeProxy)
 			}
 			pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 			if err != nil {
@@ -241,15 +237,19 @@ func newLabStatusCommand(dirFlag *string) *cobra.Command {
 					}
 				}
 			}
-			names := make([]string, 0, len(state.Services))
-			for name := range state.Services {
-				names = append(names, name)
+			addresses := make([]string, 0, len(state.NodeAddresses))
+			for _, ip := range state.NodeAddresses {
+				addresses = append(addresses, ip)
 			}
-			sort.Strings(names)
-			for _, name := range names {
-				_, port, _ := strings.Cut(name, ":")
-				portNumber, _ := strconv.Atoi(port)
-				fmt.Fprintf(out, "service %s → %s\n", name, serviceURL("", portNumber, state.Services[name]))
+			sort.Strings(addresses)
+			for _, s := range services.Items {
+				for _, p := range s.Spec.Ports {
+					if p.NodePort == 0 || len(addresses) == 0 {
+						continue
+					}
+					fmt.Fprintf(out, "node port %s/%s:%d → %s (and the same port on every node)\n", s.Namespace, s.Name, p.Port,
+						serviceURL(p.Name, int(p.Port), net.JoinHostPort(addresses[0], fmt.Sprint(p.NodePort))))
+				}
 			}
 			return nil
 		},

@@ -6,11 +6,13 @@ import (
 	"testing"
 
 	"github.com/rollout-lab/rollout-lab/cowweb/app"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 )
 
-// TestMain lets this test binary play the runner's hidden subcommands the lab runs as images: cowweb, and the
-// in-cluster load worker (the runner's image).
+// TestMain lets this test binary play the runner's hidden subcommands the lab runs: kube-proxy on every node, and
+// as images cowweb and the in-cluster load worker (the runner's image).
 func TestMain(m *testing.M) {
+	proxymain.DispatchIfAsked() // the lab nodes' kube-proxies
 	if len(os.Args) > 1 && os.Args[1] == CowwebSubcommand {
 		os.Exit(app.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
