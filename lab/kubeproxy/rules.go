@@ -169,7 +169,7 @@ var (
 	dnatTo    = regexp.MustCompile(`\bdnat (?:ip )?to ([0-9.]+):\d+`)
 	// mapped is an address in a DNAT map's element ("0 : 198.19.240.2 . 8080") or a DNAT of one ("to 10.1.2.3 . 80").
 	mapped = regexp.MustCompile(`([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+) \. [0-9]+`)
-	jumpTo    = regexp.MustCompile(`\b(?:goto|jump) (\S+?)[\s,}]`)
+	jumpTo = regexp.MustCompile(`\b(?:goto|jump) (\S+?)[\s,}]`)
 )
 
 // routedAddresses reads `nft list ruleset`. A Service chain ("service-…", "external-…" in nftables mode;
