@@ -9,7 +9,7 @@ LDFLAGS  := -X $(MODULE)/runner/cli.Version=$(VERSION) -X $(MODULE)/cowweb/app.V
 FUZZTIME ?= 60s
 PLAN     ?= plans/l640-rep8-rps200.yaml
 
-.PHONY: build test lint fuzz run scale clean bench
+.PHONY: build test lint fuzz run scale clean bench lab-deps
 
 build: bin/runner bin/cowweb
 
@@ -21,8 +21,18 @@ bin/cowweb: FORCE
 
 FORCE:
 
+# The Debian packages the lab's kube-proxy execs: nft (nftables mode, and the lab reads every node's rules with it)
+# and iptables (iptables mode); installed when missing, as root on Debian.
+lab-deps:
+	@missing=""; command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (Debian packages the lab's kube-proxy execs)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 # The whole suite, end-to-end tests included.
-test:
+test: lab-deps
 	$(GO) test -count=1 -timeout 30m -ldflags "$(K8S_LDFLAGS)" ./...
 
 lint:
@@ -36,12 +46,12 @@ fuzz:
 
 # The main job on the embedded lab (root: the lab gives each Pod a network namespace).
 RUN_PLAN ?= plans/quick.yaml
-run: bin/runner
+run: bin/runner lab-deps
 	bin/runner validate plans/*.yaml
 	bin/runner apply $(RUN_PLAN)
 
 # The lab at scale: 100 replicas on 5 nodes rolled over under load (about 75 s; ~1.1 GiB for the Pods).
-scale: build
+scale: build lab-deps
 	bin/runner apply plans/scale-rep100.yaml
 
 clean:
@@ -56,5 +66,5 @@ $(VEGETA):
 # lab's cost curve (8/50/100 replicas), the apply overhead, and (BENCH_REPORTS=dir,dir) `runner report` times.
 BENCH_ONLY ?= 0
 BENCH_REPORTS ?=
-bench: build $(VEGETA)
+bench: build lab-deps $(VEGETA)
 	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY) -reports "$(BENCH_REPORTS)"

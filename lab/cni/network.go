@@ -121,6 +121,7 @@ type nodeNet struct {
 	podCIDR *net.IPNet
 	gateway net.IP // the node bridge's address, its Pods' default route
 	hosts   *addressPool
+	veth    string // the host's end of the node's link to the node network
 }
 
 type podNet struct {
@@ -313,6 +314,8 @@ func (n *NetnsNetwork) AddNode(name, podCIDR string) (net.IP, error) {
 		return nn.ip, nil
 	}
 	index := len(n.nodes)
+	n.serial++
+	id := n.serial
 	others := make([]*nodeNet, 0, len(n.nodes))
 	for _, o := range n.nodes {
 		others = append(others, o)
@@ -323,7 +326,9 @@ func (n *NetnsNetwork) AddNode(name, podCIDR string) (net.IP, error) {
 	}
 	nn := &nodeNet{name: name, index: index, ns: fmt.Sprintf("%s%d-n%d", netnsPrefix, n.owner, index),
 		ip: ipv4(n.base + 2 + uint32(index)), podCIDR: cidr, gateway: ipv4(ipValue(cidr.IP) + 1), hosts: n.newPool()}
-	veth := "rn" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.Itoa(index)
+	// Named by a serial never reused while the lab runs: a namespace's devices go some time after `ip netns del`.
+	nn.veth = "rn" + strconv.FormatInt(int64(n.owner), 36) + "-" + strconv.FormatUint(id, 36)
+	veth := nn.veth
 	steps := [][]string{
 		{"netns", "add", nn.ns},
 		{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", nn.ns},
@@ -541,6 +546,10 @@ func (n *NetnsNetwork) Close() error {
 		}
 	}
 	for _, nn := range nodes {
+		// The link first: a deleted namespace's devices go asynchronously, the link must not outlive the lab.
+		if err := ipCommand("link", "del", nn.veth); err != nil {
+			errs = append(errs, err)
+		}
 		if err := ipCommand("netns", "del", nn.ns); err != nil {
 			errs = append(errs, err)
 		}
