@@ -103,6 +103,8 @@ func CompactQuery(q string) string { return strings.Join(strings.Fields(q), " ")
 const (
 	KubeProxyProgrammingMetric = "kubeproxy_network_programming_duration_seconds"
 	LabServiceOutMetric        = timeline.MetricServiceOut
+	// KubeProxySyncMetric is how long each of kube-proxy's rule syncs took (reported beside service-out).
+	KubeProxySyncMetric = "kubeproxy_sync_proxy_rules_duration_seconds"
 )
 
 // ServiceOutQueries are the quantile and count of a service-out histogram over a window, every node together.

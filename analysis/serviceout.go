@@ -21,6 +21,34 @@ type ServiceOut struct {
 	P99    float64 `json:"p99Seconds"`
 	// RecommendedPreStop is the p99 doubled, rounded up to whole seconds (what a preStop sleep takes).
 	RecommendedPreStop plan.Duration `json:"recommendedPreStopSleep"`
+	// Also are the other latencies measured over the window: on the lab, service-out read from each node's rules
+	// per Pod, and kube-proxy's own rule syncs.
+	Also []Measured `json:"also,omitempty"`
+}
+
+// Measured is a latency histogram's observations and quantiles over a window.
+type Measured struct {
+	Metric string  `json:"metric"`
+	Count  uint64  `json:"count"`
+	P50    float64 `json:"p50Seconds"`
+	P99    float64 `json:"p99Seconds"`
+}
+
+// measure reads a histogram's count, p50 and p99 over the window; nil without an observation.
+func measure(ctx context.Context, api promv1.API, metric string, w Window, now time.Time) (*Measured, error) {
+	q := ServiceOutQueriesFor(metric, w)
+	count, err := queryScalar(ctx, api, q.Count, now)
+	if err != nil || math.IsNaN(count) || count < 1 {
+		return nil, err
+	}
+	m := &Measured{Metric: metric, Count: uint64(math.Round(count))}
+	if m.P50, err = queryScalar(ctx, api, q.Quantile(0.5), now); err != nil {
+		return nil, err
+	}
+	if m.P99, err = queryScalar(ctx, api, q.Quantile(0.99), now); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // RecommendPreStop is p99 × 2 rounded up to whole seconds, at least 1 s: the margin covers nodes that sync later
@@ -32,36 +60,45 @@ func RecommendPreStop(p99 float64) time.Duration {
 // MeasureServiceOut reads the first service-out histogram Prometheus has over the window (kube-proxy's on a cluster,
 // the lab's own); nil when neither has an observation.
 func MeasureServiceOut(ctx context.Context, api promv1.API, w Window, now time.Time) (*ServiceOut, error) {
-	for _, metric := range []string{KubeProxyProgrammingMetric, LabServiceOutMetric} {
-		q := ServiceOutQueriesFor(metric, w)
-		count, err := queryScalar(ctx, api, q.Count, now)
+	var out *ServiceOut
+	for _, metric := range []string{KubeProxyProgrammingMetric, LabServiceOutMetric, KubeProxySyncMetric} {
+		m, err := measure(ctx, api, metric, w, now)
 		if err != nil {
 			return nil, err
 		}
-		if math.IsNaN(count) || count < 1 {
-			continue
+		switch {
+		case m == nil:
+		case out == nil && metric != KubeProxySyncMetric:
+			out = &ServiceOut{Metric: m.Metric, Count: m.Count, P50: m.P50, P99: m.P99, RecommendedPreStop: plan.Duration(RecommendPreStop(m.P99))}
+		case out != nil:
+			out.Also = append(out.Also, *m)
 		}
-		s := &ServiceOut{Metric: metric, Count: uint64(math.Round(count))}
-		if s.P50, err = queryScalar(ctx, api, q.Quantile(0.5), now); err != nil {
-			return nil, err
-		}
-		if s.P99, err = queryScalar(ctx, api, q.Quantile(0.99), now); err != nil {
-			return nil, err
-		}
-		s.RecommendedPreStop = plan.Duration(RecommendPreStop(s.P99))
-		return s, nil
 	}
-	return nil, nil
+	return out, nil
 }
 
 // sentence is the report's line on the measured service-out.
 func (s *ServiceOut) sentence(lang string) string {
+	var b strings.Builder
 	if lang == "ja" {
-		return fmt.Sprintf("サービスアウトの実測 (`%s`, %d 回): p50 %s, p99 %s → 推奨 preStop sleep %s (p99 の 2 倍を秒単位に切り上げ: 測定より遅いノードへの余裕)。",
+		fmt.Fprintf(&b, "サービスアウトの実測 (`%s`, %d 回): p50 %s, p99 %s → 推奨 preStop sleep %s (p99 の 2 倍を秒単位に切り上げ: 測定より遅いノードへの余裕)。",
+			s.Metric, s.Count, formatSeconds(s.P50), formatSeconds(s.P99), s.RecommendedPreStop)
+	} else {
+		fmt.Fprintf(&b, "Measured service-out (`%s`, %d changes): p50 %s, p99 %s → recommended preStop sleep %s (p99 × 2, rounded up to whole seconds: margin for nodes slower than measured).",
 			s.Metric, s.Count, formatSeconds(s.P50), formatSeconds(s.P99), s.RecommendedPreStop)
 	}
-	return fmt.Sprintf("Measured service-out (`%s`, %d changes): p50 %s, p99 %s → recommended preStop sleep %s (p99 × 2, rounded up to whole seconds: margin for nodes slower than measured).",
-		s.Metric, s.Count, formatSeconds(s.P50), formatSeconds(s.P99), s.RecommendedPreStop)
+	for _, m := range s.Also {
+		what := map[string][2]string{
+			LabServiceOutMetric: {"deletion to each node's rules letting the Pod go, read from the rules", "削除から各ノードのルールが Pod を外すまで (ルールから実測)"},
+			KubeProxySyncMetric: {"kube-proxy's rule syncs", "kube-proxy のルール同期"},
+		}[m.Metric]
+		if lang == "ja" {
+			fmt.Fprintf(&b, " %s (`%s`, %d 回): p50 %s, p99 %s。", what[1], m.Metric, m.Count, formatSeconds(m.P50), formatSeconds(m.P99))
+		} else {
+			fmt.Fprintf(&b, " Also %s (`%s`, %d): p50 %s, p99 %s.", what[0], m.Metric, m.Count, formatSeconds(m.P50), formatSeconds(m.P99))
+		}
+	}
+	return b.String()
 }
 
 // formatSeconds writes seconds to the millisecond without trailing zeros: 1.049s, 3s.
