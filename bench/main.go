@@ -7,7 +7,10 @@
 //     model; vegeta -keepalive=false);
 //  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries;
 //  4. the lab: start, 8 Pods Ready, stop, memory;
-//  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case.
+//  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case;
+//  7. the lab's load path: the highest per-user connection rate through the tcp balancer → a node's NodePort →
+//     kube-proxy's DNAT → a Pod, against the same balancer's user-space relay straight to the Pod (the path the lab
+//     had before it ran kube-proxy), in one run.
 package main
 
 import (
@@ -42,6 +45,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
@@ -73,9 +77,11 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 		return applyOverhead(runner, "plans/quick.yaml")
 	case 6:
 		return reportTimes(runner, reportDirs)
+	case 7:
+		return loadPaths(runner, cowweb, step)
 	case 0, 2:
 	default:
-		return fmt.Errorf("-only %d: sections 2, 4, 5 and 6 run alone", only)
+		return fmt.Errorf("-only %d: sections 2, 4, 5, 6 and 7 run alone", only)
 	}
 	if only == 0 {
 		fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
@@ -113,6 +119,10 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 	}
 	fmt.Println("\n== 5. runner apply plans/quick.yaml: overhead per case (wall time minus the load's stages)")
 	if err := applyOverhead(runner, "plans/quick.yaml"); err != nil {
+		return err
+	}
+	fmt.Println("\n== 7. the lab's load path, a connection per request: kernel (balancer → NodePort → kube-proxy DNAT → Pod) vs user space (balancer → Pod)")
+	if err := loadPaths(runner, cowweb, step); err != nil {
 		return err
 	}
 	if len(reportDirs) > 0 {
@@ -192,11 +202,14 @@ func costCurve(runner, cowweb string) error {
 	defer os.RemoveAll(dir)
 	ctx := context.Background()
 	start := time.Now()
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 3, Cowweb: []string{cowwebPath}})
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 3, Cowweb: []string{cowwebPath}, KubeProxyCommand: kubeProxyCommand(runner)})
 	if err != nil {
 		return err
 	}
 	up := time.Since(start)
+	for node, rss := range l.Proxies.RSS() {
+		fmt.Printf("   kube-proxy on %s: RSS %.0f MiB\n", node, float64(rss)/(1<<20))
+	}
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -614,4 +627,152 @@ func countSeries(url string) (int, error) {
 		}
 	}
 	return n, scanner.Err()
+}
+
+// kubeProxyCommand runs the nodes' kube-proxies as the runner binary does.
+func kubeProxyCommand(runner string) []string {
+	abs, err := filepath.Abs(runner)
+	if err != nil {
+		abs = runner
+	}
+	return []string{abs, proxymain.Subcommand}
+}
+
+// loadPaths measures, in one lab, the highest rate of new connections (one request each, trivial handler) the
+// lab's load path holds: through the tcp balancer, a node's NodePort and kube-proxy's DNAT to a Pod (the kernel
+// path), and through a user-space relay in the same process that dials the Pod itself and copies both ways (the
+// path the lab had before, whose proxy routed in user space).
+func loadPaths(runner, cowweb string, step time.Duration) error {
+	if os.Geteuid() != 0 {
+		fmt.Println("   skipped: the lab needs root")
+		return nil
+	}
+	cowwebPath, err := filepath.Abs(cowweb)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "rollout-lab-bench-path")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 2, Cowweb: []string{cowwebPath}, KubeProxyCommand: kubeProxyCommand(runner)})
+	if err != nil {
+		return err
+	}
+	defer l.Down()
+	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	p, err := plan.Parse("bench", []byte("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: 2\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n"))
+	if err != nil {
+		return err
+	}
+	allReady := readyAt(ctx, l.Client, "default", 2)
+	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
+		return err
+	}
+	<-allReady
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := l.Proxies.WaitProgrammed(waitCtx, "default", experiment.ReleaseName, 2); err != nil {
+		return err
+	}
+	var ingress net.IP
+	for start := time.Now(); ingress == nil; time.Sleep(50 * time.Millisecond) {
+		ingress, _ = l.Balancers.Ingress("default", experiment.ReleaseName)
+		if time.Since(start) > time.Minute {
+			return fmt.Errorf("no load balancer for the bench's Service")
+		}
+	}
+	pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var podAddrs []string
+	for _, pod := range pods.Items {
+		podAddrs = append(podAddrs, net.JoinHostPort(pod.Status.PodIP, "8080"))
+	}
+	relay, err := userSpaceRelay(podAddrs)
+	if err != nil {
+		return err
+	}
+	defer relay.Close()
+	results, err := os.MkdirTemp("", "rollout-lab-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(results)
+	paths := []struct{ name, url string }{
+		{"kernel", fmt.Sprintf("http://%s/say?m=bench", net.JoinHostPort(ingress.String(), "80"))},
+		{"user space", "http://" + relay.Addr().String() + "/say?m=bench"},
+	}
+	fmt.Printf("   %8s  %22s  %22s\n", "rate/s", "kernel thr/s (ok %)", "user space thr/s (ok %)")
+	best := map[string]int{}
+	broke := map[string]bool{}
+	for _, rate := range []int{500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000} {
+		line := fmt.Sprintf("   %8d", rate)
+		for _, path := range paths {
+			if broke[path.name] {
+				line += fmt.Sprintf("  %22s", "-")
+				continue
+			}
+			r, err := runnerStep(runner, path.url, plan.ConnectionPerUser, rate, step, results)
+			if err != nil {
+				return err
+			}
+			mark := " "
+			if !r.sustained(rate) {
+				mark, broke[path.name] = "✗", true
+			} else {
+				best[path.name] = rate
+			}
+			line += fmt.Sprintf("  %14.0f (%5.1f)%s", r.throughput, r.success*100, mark)
+		}
+		fmt.Println(line)
+		if broke["kernel"] && broke["user space"] {
+			break
+		}
+	}
+	ratio := 0.0
+	if best["user space"] > 0 {
+		ratio = float64(best["kernel"]) / float64(best["user space"])
+	}
+	fmt.Printf("   highest sustained: kernel path %d/s, user-space path %d/s, ratio %.2f\n", best["kernel"], best["user space"], ratio)
+	return nil
+}
+
+// userSpaceRelay accepts on loopback and relays each connection to the next Pod (round robin) with two copies, as
+// the lab's user-space proxy did.
+func userSpaceRelay(backends []string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	next := 0
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			backend := backends[next%len(backends)]
+			next++
+			go func() {
+				defer client.Close()
+				upstream, err := net.DialTimeout("tcp", backend, 5*time.Second)
+				if err != nil {
+					return
+				}
+				defer upstream.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(upstream, client); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(client, upstream); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return ln, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,19 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 		t.Fatalf("want 2 cowweb processes in the lab's namespaces %v, got %v", namespaces, pids)
 	}
 
+	// Every node runs its kube-proxy, healthy on the node's address as a cloud balancer asks it.
+	if len(state.NodeAddresses) != 3 {
+		t.Errorf("node addresses %v, want 3", state.NodeAddresses)
+	}
+	for name, addr := range state.NodeAddresses {
+		resp, err := http.Get("http://" + net.JoinHostPort(addr, "10256") + "/healthz")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Errorf("kube-proxy of %s: %v %v", name, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+
 	cancel() // Ctrl-C
 	select {
 	case code := <-done:
@@ -132,6 +146,9 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 	}
 	if _, err := net.InterfaceByName(cni.BridgeName(os.Getpid())); err == nil {
 		t.Errorf("bridge %s left", cni.BridgeName(os.Getpid()))
+	}
+	if routes, err := exec.Command("ip", "route", "show").Output(); err != nil || strings.Contains(string(routes), cni.BridgeName(os.Getpid())) {
+		t.Errorf("routes through the lab's bridge left: %v\n%s", err, routes)
 	}
 	if conn, err := net.DialTimeout("tcp", strings.TrimPrefix(state.Server, "https://"), time.Second); err == nil {
 		conn.Close()
