@@ -195,3 +195,65 @@ func TestMinSyncPeriodDelaysServiceOutAndEstablishedConnectionsStay(t *testing.T
 	}
 	ask("after every node's service-out of its Pod")
 }
+
+// kube-proxy's iptables mode (the article's Kubernetes 1.18 default) runs too: a Service answers from every node,
+// and a deleted Pod's service-out is read from each node's iptables rules.
+func TestIPTablesModeRoutesAndMeasuresServiceOut(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary},
+		KubeProxy: kubeproxy.Config{Mode: kubeproxy.ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.Down(); err != nil {
+			t.Error(err)
+		}
+	}()
+	events, unsubscribe := l.Agent.Events.Subscribe(10000)
+	defer unsubscribe()
+	ns := "default"
+	if _, err := l.Client.AppsV1().Deployments(ns).Create(ctx, cowwebDeployment("web", 2, 0, "graceful"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}}}
+	if svc, err = l.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pods []corev1.Pod
+	testenv.Eventually(t, "2 Pods Ready", 60*time.Second, func(ctx context.Context) (bool, error) {
+		pods, err = readyPods(ctx, l, ns, "web")
+		return len(pods) == 2, err
+	})
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := l.Proxies.WaitProgrammed(waitCtx, ns, "web", 2); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range l.Proxies.Nodes() {
+		conn, r, err := l.Proxies.DialRouted(ctx, n.Name, net.JoinHostPort(svc.Spec.ClusterIP, "80"))
+		if err != nil {
+			t.Fatalf("from %s: %v", n.Name, err)
+		}
+		if !askSay(conn) || r.PodUID == "" {
+			t.Errorf("through %s's iptables rules: route %+v", n.Name, r)
+		}
+	}
+	if err := l.Client.CoreV1().Pods(ns).Delete(ctx, pods[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	outs := map[string]bool{}
+	timeout := time.After(20 * time.Second)
+	for len(outs) < 2 {
+		select {
+		case e := <-events:
+			if e.Type == timeline.EventServiceOut && e.UID == string(pods[0].UID) {
+				outs[e.Node] = true
+			}
+		case <-timeout:
+			t.Fatalf("service-out of the deleted Pod seen on %v, want both nodes", outs)
+		}
+	}
+}

@@ -148,12 +148,54 @@ func (w *ruleWatch) routed() map[string]bool {
 	return w.current
 }
 
+// list reads the node's rules as the mode writes them: nft for nftables mode; iptables-save for iptables mode, since
+// iptables-nft's DNAT is an xtables target that nft cannot print.
 func (w *ruleWatch) list() (map[string]bool, error) {
+	if w.mode == ModeIPTables {
+		out, err := exec.Command("ip", "netns", "exec", w.ns, "iptables-save", "-t", "nat").Output()
+		if err != nil {
+			return nil, fmt.Errorf("iptables-save: %w", err)
+		}
+		return routedAddressesIPTables(out), nil
+	}
 	out, err := exec.Command("ip", "netns", "exec", w.ns, "nft", "list", "ruleset").Output()
 	if err != nil {
 		return nil, fmt.Errorf("nft list ruleset: %w", err)
 	}
 	return routedAddresses(out), nil
+}
+
+var (
+	iptablesRule = regexp.MustCompile(`^-A (\S+) `)
+	iptablesJump = regexp.MustCompile(` -j (KUBE-SEP-\S+)`)
+	iptablesDNAT = regexp.MustCompile(` -j DNAT --to-destination ([0-9.]+):\d+`)
+)
+
+// routedAddressesIPTables reads `iptables-save -t nat`: a Service chain (KUBE-SVC-…, KUBE-SVL-…) jumps to endpoint
+// chains (KUBE-SEP-…), each of which DNATs to one Pod address.
+func routedAddressesIPTables(save []byte) map[string]bool {
+	endpoint := map[string]string{}
+	var refs []string
+	for _, line := range strings.Split(string(save), "\n") {
+		m := iptablesRule.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		chain := m[1]
+		if d := iptablesDNAT.FindStringSubmatch(line); d != nil && strings.HasPrefix(chain, "KUBE-SEP-") {
+			endpoint[chain] = d[1]
+		}
+		if j := iptablesJump.FindStringSubmatch(line); j != nil && serviceChain(chain) {
+			refs = append(refs, j[1])
+		}
+	}
+	routed := map[string]bool{}
+	for _, r := range refs {
+		if ip, ok := endpoint[r]; ok {
+			routed[ip] = true
+		}
+	}
+	return routed
 }
 
 func (w *ruleWatch) stop() {
@@ -172,10 +214,9 @@ var (
 	jumpTo = regexp.MustCompile(`\b(?:goto|jump) (\S+?)[\s,}]`)
 )
 
-// routedAddresses reads `nft list ruleset`. A Service chain ("service-…", "external-…" in nftables mode;
-// "KUBE-SVC-…", "KUBE-SVL-…", "KUBE-EXT-…" in iptables mode) either DNATs to its endpoints itself (nftables mode:
-// a numgen map of address . port) or jumps to endpoint chains that each DNAT to one Pod address ("endpoint-…" with
-// session affinity, iptables' "KUBE-SEP-…"). An address is routed when some Service chain reaches it.
+// routedAddresses reads `nft list ruleset` of nftables mode. A Service chain ("service-…", "external-…") either
+// DNATs to its endpoints itself (a numgen map of address . port) or jumps to endpoint chains that each DNAT to one
+// Pod address ("endpoint-…", with session affinity). An address is routed when some Service chain reaches it.
 func routedAddresses(ruleset []byte) map[string]bool {
 	endpoint := map[string]string{} // chain → address
 	refs := map[string][]string{}   // Service chain → chains it jumps to
