@@ -107,6 +107,13 @@ load: {rate: 1, duration: 1s}
 	if ip := net.ParseIP(ingress); ip == nil || !podNetwork.Contains(ip) {
 		t.Errorf("ingress address %s is not in the lab's range %s", ingress, podNetwork)
 	}
+	// Ready Pods reach the nodes' rules at kube-proxy's next sync, up to minSyncPeriod later — on a cloud that moment
+	// hides inside the minute a new balancer takes to be provisioned; the lab's balancer is there at once.
+	waitCtx, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	if err := l.Proxies.WaitProgrammed(waitCtx, ns, "cowweb", 8); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := http.Get("http://" + ingress + ":80/say?m=balanced")
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,20 +27,9 @@ import (
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
-// freeNodePort finds a port of Kubernetes' node port range free on loopback now.
-func freeNodePort(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		port := 30000 + rand.IntN(2768)
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no free node port")
-	return 0
-}
+// someNodePort picks a port of Kubernetes' node port range; the lab's apiserver holds no other NodePort Service at
+// this point, so nothing else can have it.
+func someNodePort() int { return 30000 + rand.IntN(2768) }
 
 func TestApplyRefusesAClusterWithoutANamedContext(t *testing.T) {
 	dir := t.TempDir()
@@ -239,10 +227,12 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 
 func applyOnCluster(t *testing.T, cluster *lab.Lab, kubeconfig, namespace, dir string, workers int) {
 	t.Helper()
-	nodePort := freeNodePort(t)
-	address, from := "127.0.0.1", "this process"
+	nodePort := someNodePort()
+	// A node's address, as a user of a cluster takes one from `kubectl get nodes -o wide`: the host reaches it over the
+	// lab's node network, and so do Pods, through their node.
+	address, from := cluster.Proxies.Nodes()[0].IP.String(), "this process"
 	if workers > 0 {
-		address, from = cluster.Network.HostIP().String(), fmt.Sprintf("a Job of %d worker Pods", workers)
+		from = fmt.Sprintf("a Job of %d worker Pods", workers)
 	}
 	planText := fmt.Sprintf(`
 name: on-cluster
