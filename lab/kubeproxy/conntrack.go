@@ -286,7 +286,8 @@ func dialIn(ctx context.Context, ns string, source net.IP, dst *net.TCPAddr) (ne
 	if err := netns.Set(handle); err != nil {
 		return nil, nil, err
 	}
-	src, dialer := BoundDialer(source)
+	var src *net.TCPAddr
+	dialer := BoundDialer(source, func(a *net.TCPAddr) { src = a })
 	// The socket is created on this thread before the dial waits for the connect.
 	conn, dialErr := dialer.DialContext(ctx, "tcp", dst.String())
 	if err := netns.Set(current); err != nil {
@@ -297,14 +298,14 @@ func dialIn(ctx context.Context, ns string, source net.IP, dst *net.TCPAddr) (ne
 		}
 		return nil, nil, fmt.Errorf("return from namespace %s: %w", ns, err)
 	}
-	return conn, *src, dialErr
+	return conn, src, dialErr
 }
 
-// BoundDialer is a dialer whose socket is bound to source before the connect; *addr then holds the source address
-// and port, also when the connect fails (which is when a node's conntrack entry tells what happened).
-func BoundDialer(source net.IP) (**net.TCPAddr, *net.Dialer) {
-	addr := new(*net.TCPAddr)
-	return addr, &net.Dialer{KeepAlive: 30 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+// BoundDialer is a dialer whose socket is bound to source before the connect; bound gets the source address and
+// port before the connect starts, so a node's conntrack entry can tell where the connection went while it is still
+// waiting for an answer, and after it failed.
+func BoundDialer(source net.IP, bound func(*net.TCPAddr)) *net.Dialer {
+	return &net.Dialer{KeepAlive: 30 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
 		var bindErr error
 		err := c.Control(func(fd uintptr) {
 			ip := source.To4()
@@ -313,7 +314,7 @@ func BoundDialer(source net.IP) (**net.TCPAddr, *net.Dialer) {
 			}
 			var sa syscall.Sockaddr
 			if sa, bindErr = syscall.Getsockname(int(fd)); bindErr == nil {
-				*addr = &net.TCPAddr{IP: ip, Port: sa.(*syscall.SockaddrInet4).Port}
+				bound(&net.TCPAddr{IP: ip, Port: sa.(*syscall.SockaddrInet4).Port})
 			}
 		})
 		return errors.Join(err, bindErr)

@@ -131,7 +131,15 @@ type Balancers struct {
 
 type journalEntry struct {
 	route kubeproxy.Routed
-	at    time.Time
+	// connecting is a backend connect still waiting for an answer (a Pod whose network is gone answers nothing):
+	// the node's conntrack entry already tells where the rules sent it, so RouteOf asks it then.
+	connecting *backendConnect
+	at         time.Time
+}
+
+type backendConnect struct {
+	node     string
+	src, dst *net.TCPAddr
 }
 
 // balancer serves one Service.
@@ -318,16 +326,31 @@ func (b *Balancers) Ingress(namespace, name string) (net.IP, bool) {
 // clientAddr (the client's local address), as long as it remembers.
 func (b *Balancers) RouteOf(clientAddr string) (kubeproxy.Routed, bool) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	e, ok := b.journal[clientAddr]
+	b.mu.Unlock()
+	if c := e.connecting; c != nil {
+		// A client may give up (its own timeout) before the balancer's connect does.
+		if r, err := b.backends.RouteOf(c.node, c.src, c.dst); err == nil {
+			return r, true
+		}
+		return kubeproxy.Routed{Node: c.node}, true
+	}
 	return e.route, ok
 }
 
 func (b *Balancers) remember(clientAddr string, r kubeproxy.Routed) {
+	b.record(clientAddr, journalEntry{route: r})
+}
+
+func (b *Balancers) record(clientAddr string, e journalEntry) {
+	if clientAddr == "" {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
-	b.journal[clientAddr] = journalEntry{route: r, at: now}
+	e.at = now
+	b.journal[clientAddr] = e
 	if now.Sub(b.swept) > routeJournalTTL/4 {
 		for k, e := range b.journal {
 			if now.Sub(e.at) > routeJournalTTL {
@@ -411,27 +434,32 @@ func (b *Balancers) pickNode() (kubeproxy.Node, error) {
 }
 
 // dialBackend opens a backend connection to a node's NodePort from the host's node-network address, bound before
-// the connect so that its source port is known even when the connect fails; routed learns from the node's conntrack
-// where its rules sent the connection (for a refused one too).
-func (b *Balancers) dialBackend(ctx context.Context, mode string, nodePort int, routed func(kubeproxy.Routed)) (net.Conn, kubeproxy.Routed, error) {
+// the connect so that its source port is known even when the connect fails. The route — where the node's rules sent
+// the connection, from its conntrack entry (for a refused one too) — is remembered for client (the client
+// connection's address; "" when no client is waiting for this connection).
+func (b *Balancers) dialBackend(ctx context.Context, mode string, nodePort int, client string) (net.Conn, kubeproxy.Routed, error) {
 	b.countConnection(mode)
 	node, err := b.pickNode()
 	if err != nil {
-		routed(kubeproxy.Routed{})
+		b.remember(client, kubeproxy.Routed{})
 		return nil, kubeproxy.Routed{}, err
 	}
 	dst := &net.TCPAddr{IP: node.IP, Port: nodePort}
-	src, dialer := kubeproxy.BoundDialer(b.addresses.HostIP())
+	var src *net.TCPAddr
+	dialer := kubeproxy.BoundDialer(b.addresses.HostIP(), func(a *net.TCPAddr) {
+		src = a
+		b.record(client, journalEntry{route: kubeproxy.Routed{Node: node.Name}, connecting: &backendConnect{node: node.Name, src: a, dst: dst}})
+	})
 	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
 	defer cancel()
 	conn, err := dialer.DialContext(ctx, "tcp", dst.String())
 	r := kubeproxy.Routed{Node: node.Name}
-	if *src != nil {
-		if found, lookupErr := b.backends.RouteOf(node.Name, *src, dst); lookupErr == nil {
+	if src != nil {
+		if found, lookupErr := b.backends.RouteOf(node.Name, src, dst); lookupErr == nil {
 			r = found
 		}
 	}
-	routed(r)
+	b.remember(client, r)
 	return conn, r, err
 }
 
@@ -455,7 +483,7 @@ func (b *Balancers) serveTCP(ln net.Listener, nodePort int) {
 
 func (b *Balancers) proxyTCP(client net.Conn, nodePort int) {
 	clientAddr := client.RemoteAddr().String()
-	backend, _, err := b.dialBackend(context.Background(), TCP, nodePort, func(r kubeproxy.Routed) { b.remember(clientAddr, r) })
+	backend, _, err := b.dialBackend(context.Background(), TCP, nodePort, clientAddr)
 	if err != nil {
 		b.countFailure(TCP, err)
 		// Through a cloud's network the backend's refusal takes a round trip, so the client's connect has completed
@@ -515,12 +543,9 @@ func (b *Balancers) backendTransport() *http.Transport {
 			if err != nil {
 				return nil, fmt.Errorf("backend %q: %w", addr, err)
 			}
-			conn, r, err := b.dialBackend(ctx, HTTP, nodePort, func(r kubeproxy.Routed) {
-				// The client whose request asked for this connection (another may end up using it).
-				if client, ok := ctx.Value(clientAddrKey{}).(string); ok {
-					b.remember(client, r)
-				}
-			})
+			// The client whose request asked for this connection (another may end up using it).
+			client, _ := ctx.Value(clientAddrKey{}).(string)
+			conn, r, err := b.dialBackend(ctx, HTTP, nodePort, client)
 			if err != nil {
 				return nil, err
 			}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -159,6 +160,54 @@ func TestTCPBalancerResetsTheClientWhenTheBackendRefuses(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.metrics.BackendFailures.WithLabelValues("tcp", "refused")); got != 5 {
 		t.Errorf("backend failures refused = %v", got)
+	}
+}
+
+// hangingBackend listens with a full accept queue and never accepts, so a connect to it waits for an answer as one
+// to a Pod whose network is gone does.
+func hangingBackend(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	// The queue takes one connection; later SYNs are dropped.
+	for range 2 {
+		filler, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { filler.Close() })
+	}
+	return addr
+}
+
+// A client that gives up before the balancer's backend connect does (both wait about 5 s for a Pod that is gone)
+// still learns where the node's rules sent its connection.
+func TestRouteIsKnownWhileTheBackendConnectWaits(t *testing.T) {
+	backend := hangingBackend(t)
+	f := startBalancer(t, TCP, backend)
+	conn, err := net.Dial("tcp", f.address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("GET /say HTTP/1.1\r\nHost: x\r\n\r\n"))
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := conn.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read: %v, want the client's own timeout (the backend connect still waits)", err)
+	}
+	if r, ok := f.balancers.RouteOf(conn.LocalAddr().String()); !ok || r.PodUID != "pod-1" || r.Node != "n1" {
+		t.Errorf("route while the backend connect waits: %+v %v", r, ok)
 	}
 }
 
