@@ -38,22 +38,34 @@ type Report struct {
 type Verdict struct {
 	Behaviour string `json:"behaviour"`
 	Question  string `json:"question"`
-	OK        bool   `json:"ok"`
+	// Result is what the check concluded: pass, fail, not exercised (the run did not put the behaviour to the test,
+	// NotExercised says why), or advice (informs, never fails). OK is true for pass, and for advice that holds.
+	Result string `json:"result"`
+	OK     bool   `json:"ok"`
 	// Advice marks a verdict that informs and never fails the check.
-	Advice bool   `json:"advice,omitempty"`
-	Figure string `json:"figure"`
-	Fix    string `json:"fix,omitempty"`
+	Advice       bool   `json:"advice,omitempty"`
+	NotExercised string `json:"notExercised,omitempty"`
+	Figure       string `json:"figure"`
+	Fix          string `json:"fix,omitempty"`
 }
 
-// Mark is ✓ or ✗ (advice: ✓ or –).
+// Results of a verdict.
+const (
+	ResultPass         = "pass"
+	ResultFail         = "fail"
+	ResultNotExercised = "not exercised"
+	ResultAdvice       = "advice"
+)
+
+// Mark is ✓ (pass, or advice that holds), ✗ (fail) or – (not exercised, or advice that does not hold).
 func (v Verdict) Mark() string {
 	switch {
+	case v.Result == ResultFail:
+		return "✗"
 	case v.OK:
 		return "✓"
-	case v.Advice:
-		return "–"
 	}
-	return "✗"
+	return "–"
 }
 
 // WriteVerdicts writes the verdict table: behaviour, mark, the figures behind it and the fix for a ✗.

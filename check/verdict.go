@@ -25,27 +25,34 @@ const (
 var Behaviours = []string{KeepsAccepting, FinishesInFlight, ClosesIdle, ExitsInTime, PreStopNeeded}
 
 // Expect says what counts as failing: at most MaxErrors failed requests in a behaviour's case, an exit within
-// MaxExit of SIGTERM (0: the grace period) without SIGKILL; behaviours in Allow never fail the check.
+// MaxExit of SIGTERM (0: the grace period) without SIGKILL; behaviours in Allow never fail the check; with
+// Exercised, a behaviour the run did not put to the test fails (for CI, where a – must not pass unnoticed).
 type Expect struct {
 	MaxErrors uint64
 	MaxExit   time.Duration
 	Allow     []string
+	Exercised bool
 }
 
-// ParseExpect reads --expect KEY=VALUE flags: max-errors=N, max-exit=DURATION, allow=BEHAVIOUR[,BEHAVIOUR].
+// ParseExpect reads --expect flags: max-errors=N, max-exit=DURATION, allow=BEHAVIOUR[,BEHAVIOUR], exercised.
 func ParseExpect(flags []string) (Expect, map[string]string, error) {
 	var e Expect
 	stored := map[string]string{}
 	for _, f := range flags {
 		key, value, ok := strings.Cut(f, "=")
+		if !ok && key == keyExercised {
+			value, ok = "true", true
+		}
 		if !ok {
-			return e, nil, fmt.Errorf("--expect %q: want KEY=VALUE (max-errors=N, max-exit=DURATION, allow=BEHAVIOUR)", f)
+			return e, nil, fmt.Errorf("--expect %q: want KEY=VALUE (max-errors=N, max-exit=DURATION, allow=BEHAVIOUR) or exercised", f)
 		}
 		stored[key] = value
 	}
 	e, err := ExpectFrom(stored)
 	return e, stored, err
 }
+
+const keyExercised = "exercised"
 
 // ExpectFrom reads expectations as stored with a run (run.json's check).
 func ExpectFrom(stored map[string]string) (Expect, error) {
@@ -71,8 +78,14 @@ func ExpectFrom(stored map[string]string) (Expect, error) {
 				}
 				e.Allow = append(e.Allow, b)
 			}
+		case keyExercised:
+			b, err := strconv.ParseBool(value)
+			if err != nil {
+				return e, fmt.Errorf("--expect exercised=%s: want true or false", value)
+			}
+			e.Exercised = b
 		default:
-			return e, fmt.Errorf("--expect %s: unknown (max-errors, max-exit, allow)", key)
+			return e, fmt.Errorf("--expect %s: unknown (max-errors, max-exit, allow, exercised)", key)
 		}
 	}
 	return e, nil
@@ -80,7 +93,32 @@ func ExpectFrom(stored map[string]string) (Expect, error) {
 
 // Failed says whether any verdict fails the check.
 func Failed(verdicts []analysis.Verdict) bool {
-	return slices.ContainsFunc(verdicts, func(v analysis.Verdict) bool { return !v.OK && !v.Advice })
+	return slices.ContainsFunc(verdicts, func(v analysis.Verdict) bool { return v.Result == analysis.ResultFail })
+}
+
+// conclude sets a verdict's result from what was measured and what is expected: a behaviour not exercised is
+// neither pass nor fail unless the expectations ask for every behaviour to be exercised; an allowed failure informs.
+func conclude(v analysis.Verdict, e Expect) analysis.Verdict {
+	switch {
+	case v.NotExercised != "":
+		v.OK = false
+		v.Figure = strings.TrimPrefix(v.Figure+"; ", "; ") + "not exercised: " + v.NotExercised
+		v.Result = analysis.ResultNotExercised
+		if e.Exercised && !v.Advice {
+			v.Result = analysis.ResultFail
+			v.Figure += " (--expect exercised fails it)"
+		}
+	case v.Advice:
+		v.Result = analysis.ResultAdvice
+	case !v.OK && slices.Contains(e.Allow, v.Behaviour):
+		v.Advice, v.Result = true, analysis.ResultAdvice
+		v.Figure += " (allowed by --expect)"
+	case v.OK:
+		v.Result = analysis.ResultPass
+	default:
+		v.Result = analysis.ResultFail
+	}
+	return v
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -94,7 +132,8 @@ func median(ds []time.Duration) time.Duration {
 
 func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + " s" }
 
-// Verdicts judges each behaviour from a check's report (its runs with their timelines).
+// Verdicts judges each behaviour from a check's report (its runs with their timelines): each from its case's first
+// finished run, exits-in-time from every run, prestop-needed from the sweep.
 func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	runs := map[string]analysis.CaseRun{}
 	for _, r := range rep.Runs {
@@ -102,79 +141,93 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 			runs[r.Case] = r
 		}
 	}
-	var out []analysis.Verdict
-	allowed := func(v analysis.Verdict) analysis.Verdict {
-		if !v.OK && slices.Contains(e.Allow, v.Behaviour) {
-			v.Advice = true
-			v.Figure += " (allowed by --expect)"
-		}
-		return v
-	}
-
-	// judge fills a behaviour's verdict from its case's first finished run, or says the case did not run.
-	judge := func(v analysis.Verdict, caseName string, fill func(r analysis.CaseRun, v *analysis.Verdict)) {
+	judge := func(v analysis.Verdict, caseName string, fill func(analysis.CaseRun, *analysis.Verdict)) analysis.Verdict {
 		if r, ok := runs[caseName]; ok {
 			fill(r, &v)
 		} else {
-			v.Figure = "not run"
+			v.NotExercised = "its case (" + caseName + ") did not run"
 		}
-		out = append(out, allowed(v))
+		return conclude(v, e)
 	}
+	return []analysis.Verdict{
+		judge(analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"},
+			CaseAccept, func(r analysis.CaseRun, v *analysis.Verdict) { keepsAccepting(r, e, v) }),
+		judge(analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"},
+			CaseInFlight, func(r analysis.CaseRun, v *analysis.Verdict) { finishesInFlight(r, runs[CaseAccept], e, v) }),
+		judge(analysis.Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"},
+			CaseIdle, func(r analysis.CaseRun, v *analysis.Verdict) { closesIdle(r, e, v) }),
+		conclude(exitsInTime(rep, e), e),
+		conclude(preStopNeeded(rep), e),
+	}
+}
 
-	// Keeps accepting until out of the Service.
-	judge(analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"}, CaseAccept, func(r analysis.CaseRun, v *analysis.Verdict) {
-		var closed, letGo []time.Duration
-		for _, p := range r.Timeline.Terminations() {
-			end := p.ListenerClosed
-			if end.IsZero() {
-				end = p.Exited
-			}
-			if !end.IsZero() {
-				closed = append(closed, end.Sub(p.SIGTERM))
-			}
-			if !p.LastServiceOut.IsZero() {
-				letGo = append(letGo, p.LastServiceOut.Sub(p.SIGTERM))
-			}
+func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
+	var closed, letGo []time.Duration
+	terminations := r.Timeline.Terminations()
+	for _, p := range terminations {
+		end := p.ListenerClosed
+		if end.IsZero() {
+			end = p.Exited
 		}
-		refused := r.Attribution[analysis.PhaseBeforeServiceOut]
-		v.OK = r.Whole.Errors <= e.MaxErrors
-		v.Figure = fmt.Sprintf("%d new connection(s) failed after SIGTERM, before the proxies let go (%d errors in all); listener closed %s after SIGTERM (median), the last proxy let go %s after it",
-			refused, r.Whole.Errors, secs(median(closed)), secs(median(letGo)))
-		if !v.OK {
-			v.Fix = fmt.Sprintf("keep accepting for at least %s after SIGTERM: a preStop sleep (see %s) or a drain delay in the app before it closes its listener", secs(median(letGo)), PreStopNeeded)
+		if !end.IsZero() {
+			closed = append(closed, end.Sub(p.SIGTERM))
 		}
-	})
+		if !p.LastServiceOut.IsZero() {
+			letGo = append(letGo, p.LastServiceOut.Sub(p.SIGTERM))
+		}
+	}
+	refused := r.Attribution[analysis.PhaseBeforeServiceOut]
+	v.OK = r.Whole.Errors <= e.MaxErrors
+	v.Figure = fmt.Sprintf("%d new connection(s) failed after SIGTERM, before the proxies let go (%d errors in all); listener closed %s after SIGTERM (median), the last proxy let go %s after it",
+		refused, r.Whole.Errors, secs(median(closed)), secs(median(letGo)))
+	if len(terminations) == 0 {
+		v.NotExercised = "no Pod got SIGTERM during the load"
+	}
+	if !v.OK {
+		v.Fix = fmt.Sprintf("keep accepting for at least %s after SIGTERM: a preStop sleep (see %s) or a drain delay in the app before it closes its listener", secs(median(letGo)), PreStopNeeded)
+	}
+}
 
-	// Finishes what it started.
-	judge(analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"}, CaseInFlight, func(r analysis.CaseRun, v *analysis.Verdict) {
-		var atSIGTERM, atExit uint64
-		for _, p := range r.InFlight {
-			atSIGTERM += p.AtSIGTERM
-			atExit += p.AtExit
-		}
-		cut := r.Attribution[analysis.PhaseInFlightCut]
-		completed := atSIGTERM - min(atExit, atSIGTERM)
-		v.OK = cut <= e.MaxErrors
-		v.Figure = fmt.Sprintf("%d request(s) in flight at SIGTERM: %d completed; %d still in flight at exit; %d request(s) cut by the exit (%d errors in all)",
-			atSIGTERM, completed, atExit, cut, r.Whole.Errors)
-		if atSIGTERM == 0 {
-			v.Figure += " — nothing was in flight, so this was not exercised (a slower --path or longer requests would)"
-		}
-		if !v.OK {
-			v.Fix = "on SIGTERM stop accepting and let the requests in flight finish (Go: http.Server.Shutdown), then exit; a grace period longer than the longest request"
-		}
-	})
+// finishesInFlight is exercised only when requests were in flight at a SIGTERM: an app that exits at once passes
+// a run that had none to cut.
+func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict) {
+	var atSIGTERM, atExit uint64
+	for _, p := range r.InFlight {
+		atSIGTERM += p.AtSIGTERM
+		atExit += p.AtExit
+	}
+	cut := r.Attribution[analysis.PhaseInFlightCut]
+	completed := atSIGTERM - min(atExit, atSIGTERM)
+	v.OK = cut <= e.MaxErrors
+	v.Figure = fmt.Sprintf("%d request(s) in flight at %d SIGTERM(s): %d completed; %d still in flight at exit; %d request(s) cut by the exit (%d errors in all)",
+		atSIGTERM, len(r.InFlight), completed, atExit, cut, r.Whole.Errors)
+	if accept.Whole.P50Ms > 0 && r.Conditions.Replicas > 0 {
+		// The load was chosen by Little's law from the accept case's latency (TuneInFlight); say what it implied.
+		perPod := r.Conditions.MaxRPS * accept.Whole.P50Ms / 1000 / float64(r.Conditions.Replicas)
+		v.Figure += fmt.Sprintf("; load %.1f/s × the app's median latency %.1f ms → %.1f in flight per Pod expected (Little's law)",
+			r.Conditions.MaxRPS, accept.Whole.P50Ms, perPod)
+	}
+	if atSIGTERM == 0 {
+		v.NotExercised = "no request was in flight at any SIGTERM — the app answers too fast for the load's rate; a slower --path (a request that does real work) exercises it"
+	}
+	if !v.OK {
+		v.Fix = "on SIGTERM stop accepting and let the requests in flight finish (Go: http.Server.Shutdown), then exit; a grace period longer than the longest request"
+	}
+}
 
-	// Closes idle keep-alive connections cleanly.
-	judge(analysis.Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"}, CaseIdle, func(r analysis.CaseRun, v *analysis.Verdict) {
-		v.OK = r.Whole.Errors <= e.MaxErrors
-		v.Figure = fmt.Sprintf("%d error(s), %d of them 5xx (a balancer's 502 for a connection closed under a request)", r.Whole.Errors, r.Whole.ByClass[load.ClassHTTP5xx])
-		if !v.OK {
-			v.Fix = "on SIGTERM stop keep-alive (Go: SetKeepAlivesEnabled(false); else a Connection: close header) and keep serving until out of the Service, so each connection closes after a response, not under a request"
-		}
-	})
+func closesIdle(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
+	v.OK = r.Whole.Errors <= e.MaxErrors
+	v.Figure = fmt.Sprintf("%d error(s), %d of them 5xx (a balancer's 502 for a connection closed under a request)", r.Whole.Errors, r.Whole.ByClass[load.ClassHTTP5xx])
+	if len(r.Timeline.Terminations()) == 0 {
+		v.NotExercised = "no Pod got SIGTERM during the load"
+	}
+	if !v.OK {
+		v.Fix = "on SIGTERM stop keep-alive (Go: SetKeepAlivesEnabled(false); else a Connection: close header) and keep serving until out of the Service, so each connection closes after a response, not under a request"
+	}
+}
 
-	// Exits in time.
+// exitsInTime judges every run's terminations.
+func exitsInTime(rep analysis.Report, e Expect) analysis.Verdict {
 	v := analysis.Verdict{Behaviour: ExitsInTime, Question: "Does it exit in time?"}
 	var exits []time.Duration
 	codes := map[int]int{}
@@ -199,24 +252,26 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	if limit == 0 {
 		limit = grace
 	}
-	slowest := time.Duration(0)
-	for _, d := range exits {
-		slowest = max(slowest, d)
-	}
+	slowest := slices.Max(append(exits, 0))
 	var codeList []string
 	for _, c := range slices.Sorted(maps.Keys(codes)) {
 		codeList = append(codeList, fmt.Sprintf("%d×%d", codes[c], c))
 	}
-	v.OK = pods > 0 && killed == 0 && slowest <= limit
+	v.OK = killed == 0 && slowest <= limit
 	v.Figure = fmt.Sprintf("%d Pod(s) terminated: exit codes %s; SIGTERM → exit median %s, slowest %s (limit %s); SIGKILL needed %d time(s)",
 		pods, strings.Join(codeList, ", "), secs(median(exits)), secs(slowest), secs(limit), killed)
+	if pods == 0 {
+		v.NotExercised = "no Pod was terminated"
+	}
 	if !v.OK {
 		v.Fix = "handle SIGTERM and exit when the work is done: shorten the work, or raise terminationGracePeriodSeconds above it"
 	}
-	out = append(out, allowed(v))
+	return v
+}
 
-	// What preStop sleep it needs here.
-	v = analysis.Verdict{Behaviour: PreStopNeeded, Question: "What preStop sleep does it need here?", Advice: true, OK: true}
+// preStopNeeded is advice from the accept case and its sweep.
+func preStopNeeded(rep analysis.Report) analysis.Verdict {
+	v := analysis.Verdict{Behaviour: PreStopNeeded, Question: "What preStop sleep does it need here?", Advice: true, OK: true}
 	sweep := analysis.Report{ServiceOut: rep.ServiceOut}
 	for _, r := range rep.Runs {
 		if _, swept := sweepSleep(r.Case); r.Case == CaseAccept || swept {
@@ -226,7 +281,7 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 	s := analysis.SweepOf(sweep)
 	switch {
 	case s == nil:
-		v.Figure = "not measured"
+		v.NotExercised = "the accept case and its sweep did not run"
 	case s.SmallestClean != nil:
 		v.Figure = fmt.Sprintf("the smallest preStop sleep with no error here: %s", time.Duration(*s.SmallestClean))
 	default:
@@ -238,6 +293,5 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		v.Figure += fmt.Sprintf("; the lab's measured service-out p99 %s → recommended %s. On a cluster the proxies' delay is the cluster's: measure it there (runner check --target kubernetes) and sleep longer than its p99",
 			secs(time.Duration(*s.ServiceOutP99*float64(time.Second))), time.Duration(*s.Recommended))
 	}
-	out = append(out, v)
-	return out
+	return v
 }

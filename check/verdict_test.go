@@ -1,6 +1,7 @@
 package check
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -53,11 +54,14 @@ func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 			t.Errorf("%s: %+v, want ok=%v", behaviour, got[behaviour], ok)
 		}
 	}
-	if f := got[FinishesInFlight].Figure; f != "5 request(s) in flight at SIGTERM: 3 completed; 2 still in flight at exit; 2 request(s) cut by the exit (2 errors in all)" {
+	if f := got[FinishesInFlight].Figure; f != "5 request(s) in flight at 1 SIGTERM(s): 3 completed; 2 still in flight at exit; 2 request(s) cut by the exit (2 errors in all)" {
 		t.Errorf("in flight: %s", f)
 	}
 	if f := got[PreStopNeeded].Figure; f[:55] != "the smallest preStop sleep with no error here: 1s; the " {
 		t.Errorf("preStop: %s", f)
+	}
+	if got[FinishesInFlight].Result != analysis.ResultFail || got[FinishesInFlight].Mark() != "✗" || got[ClosesIdle].Mark() != "✓" {
+		t.Errorf("results: in flight %s %s, idle %s", got[FinishesInFlight].Result, got[FinishesInFlight].Mark(), got[ClosesIdle].Mark())
 	}
 	if !Failed(verdicts) || got[KeepsAccepting].Fix == "" {
 		t.Error("a ✗ does not fail the check, or has no fix")
@@ -74,12 +78,46 @@ func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 	}
 }
 
+// A behaviour the run did not put to the test is –, neither pass nor fail, unless --expect exercised.
+func TestNothingInFlightIsNotExercised(t *testing.T) {
+	exitsAtOnce := terminations(time.Millisecond, 2*time.Millisecond, 0, false)
+	accept := checkRun(CaseAccept, 0, 0, exitsAtOnce)
+	accept.Whole.P50Ms = 0.4
+	inFlight := checkRun(CaseInFlight, 0, 0, exitsAtOnce)
+	inFlight.Attribution = nil
+	inFlight.Conditions.MaxRPS = 300
+	inFlight.InFlight = []rundir.PodInFlight{{Pod: "old"}}
+	rep := analysis.Report{Runs: []analysis.CaseRun{accept, inFlight}}
+	v := Verdicts(rep, Expect{})[1]
+	if v.Behaviour != FinishesInFlight || v.Result != analysis.ResultNotExercised || v.Mark() != "–" || v.OK {
+		t.Fatalf("nothing in flight: %+v", v)
+	}
+	if !strings.Contains(v.Figure, "300.0/s × the app's median latency 0.4 ms → 0.0 in flight per Pod expected") || !strings.Contains(v.Figure, "slower --path") {
+		t.Errorf("figure: %s", v.Figure)
+	}
+	// The idle case did not run: – too. Neither fails the check by default.
+	if idle := Verdicts(rep, Expect{})[2]; idle.Result != analysis.ResultNotExercised || !strings.Contains(idle.Figure, "did not run") {
+		t.Errorf("idle case not run: %+v", idle)
+	}
+	if Failed(Verdicts(rep, Expect{})) {
+		t.Error("not exercised behaviours fail the check by default")
+	}
+	strict := Verdicts(rep, Expect{Exercised: true})
+	if v := strict[1]; v.Result != analysis.ResultFail || v.Mark() != "✗" || !Failed(strict) {
+		t.Errorf("--expect exercised: %+v", v)
+	}
+	var md strings.Builder
+	if err := analysis.WriteVerdicts(&md, Verdicts(rep, Expect{})); err != nil || !strings.Contains(md.String(), "| – | Does it finish what it started? |") {
+		t.Errorf("report table: %v\n%s", err, md.String())
+	}
+}
+
 func TestExpectFlags(t *testing.T) {
-	e, stored, err := ParseExpect([]string{"max-errors=3", "max-exit=5s", "allow=closes-idle"})
-	if err != nil || e.MaxErrors != 3 || e.MaxExit != 5*time.Second || len(e.Allow) != 1 || stored["max-exit"] != "5s" {
+	e, stored, err := ParseExpect([]string{"max-errors=3", "max-exit=5s", "allow=closes-idle", "exercised"})
+	if err != nil || e.MaxErrors != 3 || e.MaxExit != 5*time.Second || len(e.Allow) != 1 || stored["max-exit"] != "5s" || !e.Exercised {
 		t.Fatalf("%+v %v %v", e, stored, err)
 	}
-	for _, bad := range []string{"max-errors", "max-errors=x", "max-exit=-1s", "allow=fast", "speed=1"} {
+	for _, bad := range []string{"max-errors", "max-errors=x", "max-exit=-1s", "allow=fast", "speed=1", "exercised=maybe"} {
 		if _, _, err := ParseExpect([]string{bad}); err == nil {
 			t.Errorf("--expect %s accepted", bad)
 		}

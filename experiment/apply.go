@@ -60,6 +60,10 @@ type ApplyConfig struct {
 	LabDir string
 	// Progress, when set, sees every phase as it begins (with a zero load.Progress) and the load's progress.
 	Progress func(caseName string, run int, phase string, p load.Progress)
+	// TuneCase, when set, may change a case before its first run from the runs finished before it (runner check
+	// chooses its in-flight load from the app's latency); note says what it changed and why. The changed case is
+	// what run.json and the reports show.
+	TuneCase func(c plan.Case, finished []rundir.RunRecord) (tuned plan.Case, note string)
 }
 
 // Phases of an apply, as Progress names them.
@@ -183,7 +187,14 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 
 // runAll runs every case and repeat a resume did not find finished, and stops at the first failure or interrupt.
 func (r *caseRunner) runAll(ctx context.Context) error {
-	for _, c := range r.cfg.Plan.Cases {
+	for i, c := range r.cfg.Plan.Cases {
+		if r.cfg.TuneCase != nil {
+			var note string
+			if c, note = r.cfg.TuneCase(c, r.session.Manifest.Runs); note != "" {
+				r.cfg.Plan.Cases[i] = c
+				r.cfg.Logger.Info("load chosen", "case", c.Name, "why", note)
+			}
+		}
 		for run := 1; run <= r.cfg.Plan.Repeats && ctx.Err() == nil; run++ {
 			if r.session.Finished(load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)}) {
 				r.cfg.Logger.Info("finished before the resume: skipped", "case", c.Name, "run", run)

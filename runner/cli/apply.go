@@ -13,6 +13,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // newApplyCommand is the apply command's help, flags and progress line; the work is experiment.Apply's.
@@ -60,6 +61,8 @@ type applyFlags struct {
 	scrapeInterval                     time.Duration
 	prom                               prometheusFlags
 	cluster                            clusterFlags
+	// tuneCase is set by runner check (experiment.ApplyConfig.TuneCase).
+	tuneCase func(c plan.Case, finished []rundir.RunRecord) (plan.Case, string)
 }
 
 func (f *applyFlags) register(cmd *cobra.Command, resumable bool) {
@@ -98,8 +101,9 @@ func (f *applyFlags) run(cmd *cobra.Command, p *plan.Plan, planFile string, chec
 		Config: experiment.Config{Plan: p, PlanSource: planFile, ResultsRoot: f.resultsRoot, ScrapeInterval: f.scrapeInterval,
 			PrometheusURL: f.prom.url, PrometheusToken: token, MetricsListen: f.metricsListen,
 			Logger: slog.Default(), Provenance: provenance(nil), ResumeDir: f.resume, Check: checkExpect},
-		Connect: connect,
-		Cowweb:  cowwebCommand(self, slog.Default()),
+		Connect:  connect,
+		Cowweb:   cowwebCommand(self, slog.Default()),
+		TuneCase: f.tuneCase,
 		Progress: func(caseName string, run int, phase string, pr load.Progress) {
 			c, _ := p.Case(caseName)
 			progress.prefix = fmt.Sprintf("[%s %d/%d #%d %s] ", caseName, caseIndex(p, caseName), len(p.Cases), run, phase)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/check"
+	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // newCheckCommand runs the built-in shutdown check of any app and exits 0, 3 (a behaviour failed) or 1.
@@ -22,6 +24,7 @@ func newCheckCommand() *cobra.Command {
 	var image string
 	var expect []string
 	var printPlan bool
+	var maxRate float64
 	cmd := &cobra.Command{
 		Use:   "check [flags] -- COMMAND [ARGS...]",
 		Short: "Check whether any app survives a rolling update: a verdict per shutdown behaviour, an exit code for CI",
@@ -30,14 +33,16 @@ and judge how it shuts down, one case per behaviour:
 
   keeps-accepting     a new connection per request through a tcp load balancer, no preStop (or --prestop):
                       are new connections refused after SIGTERM, before the proxies let go of the Pod?
-  finishes-in-flight  pooled connections through an http load balancer: requests in flight at SIGTERM, completed or cut
+  finishes-in-flight  pooled connections through an http load balancer at a rate chosen by Little's law from the
+                      app's latency in the accept case (several requests in flight per Pod, at most --max-rate):
+                      requests in flight at SIGTERM, completed or cut
   closes-idle         pooled connections idle at SIGTERM: errors or 502s from a close racing a request
   exits-in-time       exit codes, SIGTERM → exit, whether SIGKILL was needed (from every case)
   prestop-needed      the smallest preStop sleep with no error here, next to the lab's measured service-out
 
 It prints a verdict table (✓/✗ with the figures behind each), writes report.md, report.html and report.json like
-apply, and exits 0 when every behaviour passed, 3 when one failed, 1 on an error. --expect max-errors=N,
-max-exit=DURATION or allow=BEHAVIOUR change what fails. --print-plan prints the plan it runs (runner apply runs it
+apply, and exits 0 when every behaviour passed or was not exercised (–), 3 when one failed, 1 on an error.
+--expect max-errors=N, max-exit=DURATION, allow=BEHAVIOUR or exercised change what fails. --print-plan prints the plan it runs (runner apply runs it
 as it is). The lab needs root.`,
 		Example: `  runner check -- ./myserver --listen :8080
   runner check --port 9000 --path /api/items --health /healthz -- /usr/local/bin/app
@@ -87,6 +92,13 @@ as it is). The lab needs root.`,
 			if err := os.WriteFile(planFile, data, 0o644); err != nil {
 				return err
 			}
+			flags.tuneCase = func(c plan.Case, finished []rundir.RunRecord) (plan.Case, string) {
+				tuned, chosen, ok := check.TuneInFlight(c, finished, maxRate)
+				if !ok {
+					return c, ""
+				}
+				return tuned, chosen.String()
+			}
 			start := time.Now()
 			result, err := flags.run(cmd, p, planFile, stored)
 			if err != nil {
@@ -112,7 +124,8 @@ as it is). The lab needs root.`,
 	f.DurationVar(&opts.Timeout, "timeout", check.DefaultTimeout, "each request's timeout")
 	f.DurationVar(&opts.PreStop, "prestop", 0, "the preStop sleep the app's Deployment has (0: none)")
 	f.StringVar(&image, "image", "", "the app as an image: IMAGE=COMMAND maps it to a local command in the lab; IMAGE alone on a cluster")
-	f.StringArrayVar(&expect, "expect", nil, "what fails the check: max-errors=N (per behaviour, default 0), max-exit=DURATION (default the grace period), allow=BEHAVIOUR[,…]")
+	f.StringArrayVar(&expect, "expect", nil, "what fails the check: max-errors=N (per behaviour, default 0), max-exit=DURATION (default the grace period), allow=BEHAVIOUR[,…], exercised (a behaviour not exercised, –, fails)")
+	f.Float64Var(&maxRate, "max-rate", check.DefaultMaxRate, "the highest arrival rate (requests/s) the in-flight case may send to put requests in flight at each SIGTERM")
 	f.BoolVar(&printPlan, "print-plan", false, "print the check's plan (a plan file for runner apply) and exit")
 	f.StringVar(&opts.Lang, "lang", "en", "the report's language (en or ja)")
 	flags.register(cmd, false)

@@ -24,6 +24,12 @@ func buildShutdownApp(t *testing.T) string {
 
 // runCheck runs `runner check` on an app and returns its exit code and verdicts by behaviour.
 func runCheck(t *testing.T, args ...string) (int, map[string]analysis.Verdict, string) {
+	code, verdicts, out, _ := runCheckReport(t, args...)
+	return code, verdicts, out
+}
+
+// runCheckReport is runCheck that also returns the report.
+func runCheckReport(t *testing.T, args ...string) (int, map[string]analysis.Verdict, string, analysis.Report) {
 	t.Helper()
 	results := t.TempDir()
 	code, out, errOut := run(t, append([]string{"check", "--results", results}, args...)...)
@@ -49,16 +55,33 @@ func runCheck(t *testing.T, args ...string) (int, map[string]analysis.Verdict, s
 			t.Errorf("%s lacks the verdicts: %v", file, err)
 		}
 	}
-	return code, verdicts, out
+	return code, verdicts, out, rep
 }
 
 func expectVerdicts(t *testing.T, app string, verdicts map[string]analysis.Verdict, want map[string]bool) {
 	t.Helper()
 	for behaviour, ok := range want {
-		if v := verdicts[behaviour]; v.OK != ok {
-			t.Errorf("%s: %s %s (%s), want ok=%v", app, v.Mark(), behaviour, v.Figure, ok)
+		result := analysis.ResultFail
+		if ok {
+			result = analysis.ResultPass
+		}
+		if v := verdicts[behaviour]; v.Result != result {
+			t.Errorf("%s: %s %s (%s), want %s", app, v.Mark(), behaviour, v.Figure, result)
 		}
 	}
+}
+
+// inFlightAtSIGTERM sums what the in-flight case's first run had in flight at its SIGTERMs.
+func inFlightAtSIGTERM(rep analysis.Report) (n uint64) {
+	for _, r := range rep.Runs {
+		if r.Case == check.CaseInFlight {
+			for _, p := range r.InFlight {
+				n += p.AtSIGTERM
+			}
+			return n
+		}
+	}
+	return 0
 }
 
 // Three apps, three reactions to SIGTERM, the verdicts the physics implies: the graceful one (keeps accepting
@@ -92,31 +115,51 @@ func TestCheckJudgesShutdownBehaviours(t *testing.T) {
 	}
 }
 
-// The upstream-compatible cowweb gets the verdicts its flags imply: graceful finishes what it started and exits on
-// its own, immediate exits at once; neither keeps accepting after SIGTERM (its listener closes then).
+// The project's cowweb at a light load (--slow --load 640: about 5 ms a request) gets the verdicts its shutdown
+// implies, with requests in flight at SIGTERM in both runs (the in-flight case's rate comes from Little's law):
+// graceful finishes them and exits on its own, immediate cuts them; neither keeps accepting after SIGTERM (its
+// listener closes then).
 func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the lab needs root")
 	}
 	bin := filepath.Join(t.TempDir(), "cowweb")
-	build := exec.Command("go", "build", "-ldflags", "-X github.com/rollout-lab/rollout-lab/cowweb/app.Flavor=upstream", "-o", bin, "../../cowweb")
-	if out, err := build.CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cowweb").CombinedOutput(); err != nil {
 		t.Fatalf("build cowweb: %v\n%s", err, out)
 	}
-	code, verdicts, _ := runCheck(t, "--path", "/say?m=check", "--health", "/health", "--", bin, "serve", "--port=8080", "--slow", "--load=640", "--shutdown-gracefully=true")
-	if code != ExitExpectationFailed {
-		t.Errorf("graceful cowweb: exit %d, want %d (it closes its listener at SIGTERM)", code, ExitExpectationFailed)
+	for _, tc := range []struct {
+		shutdown string
+		finishes bool
+	}{{"graceful", true}, {"immediate", false}} {
+		code, verdicts, _, rep := runCheckReport(t, "--path", "/say?m=check", "--health", "/health", "--", bin, "serve", "--port=8080", "--slow", "--load=640", "--shutdown="+tc.shutdown)
+		if code != ExitExpectationFailed {
+			t.Errorf("%s cowweb: exit %d, want %d (it closes its listener at SIGTERM)", tc.shutdown, code, ExitExpectationFailed)
+		}
+		expectVerdicts(t, tc.shutdown+" cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.FinishesInFlight: tc.finishes, check.ExitsInTime: true})
+		if n := inFlightAtSIGTERM(rep); n == 0 {
+			t.Errorf("%s cowweb: nothing in flight at SIGTERM: %s", tc.shutdown, verdicts[check.FinishesInFlight].Figure)
+		}
+		if v := verdicts[check.ExitsInTime]; tc.finishes && (!strings.Contains(v.Figure, "exit codes ") || strings.Contains(v.Figure, "×143")) {
+			t.Errorf("graceful cowweb exits: %s", v.Figure)
+		}
 	}
-	expectVerdicts(t, "graceful cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.FinishesInFlight: true, check.ExitsInTime: true})
-	if v := verdicts[check.ExitsInTime]; !strings.Contains(v.Figure, "exit codes ") || strings.Contains(v.Figure, "×143") {
-		t.Errorf("graceful cowweb exits: %s", v.Figure)
-	}
+}
 
-	code, verdicts, _ = runCheck(t, "--path", "/say?m=check", "--health", "/health", "--", bin, "serve", "--port=8080", "--slow", "--load=640", "--shutdown-gracefully=false")
-	if code != ExitExpectationFailed {
-		t.Errorf("immediate cowweb: exit %d, want %d", code, ExitExpectationFailed)
+// A server that exits at once on SIGTERM but answers at once (< 1 ms) leaves nothing in flight to cut at a light
+// rate: finishes-in-flight is –, not ✓; --expect exercised makes that a failure.
+func TestCheckSaysWhatItCouldNotExercise(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root")
 	}
-	expectVerdicts(t, "immediate cowweb", verdicts, map[string]bool{check.KeepsAccepting: false, check.ExitsInTime: true})
+	app := buildShutdownApp(t)
+	_, verdicts, out, rep := runCheckReport(t, "--port", "9000", "--max-rate", "20", "--expect", "exercised", "--", app, "--listen", ":9000", "--mode", "immediate", "--work", "0")
+	v := verdicts[check.FinishesInFlight]
+	if n := inFlightAtSIGTERM(rep); n == 0 && (v.NotExercised == "" || v.Result != analysis.ResultFail || !strings.Contains(out, "✗ Does it finish what it started?")) {
+		t.Errorf("nothing in flight, --expect exercised: %s %+v", v.Mark(), v)
+	}
+	if v.Result == analysis.ResultPass {
+		t.Errorf("an app that exits at once passed finishes-in-flight: %s", v.Figure)
+	}
 }
 
 func readReport(dir string) (analysis.Report, error) {
