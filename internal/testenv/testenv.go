@@ -13,12 +13,21 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
-// RequireRoot skips the test unless it runs as root: the lab's Pod network needs network namespaces and a bridge.
+// RequireRootEnv, set to 1 (as .ci/run does), makes a test that needs root fail instead of skipping when it is not:
+// CI must not pass on end-to-end tests that never ran.
+const RequireRootEnv = "ROLLOUT_LAB_REQUIRE_ROOT"
+
+// RequireRoot skips the test unless it runs as root (the lab's Pod network needs network namespaces and a bridge),
+// or fails it when RequireRootEnv is set.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the lab's Pod network needs root")
+	if os.Geteuid() == 0 {
+		return
 	}
+	if os.Getenv(RequireRootEnv) == "1" {
+		t.Fatalf("the lab needs root, and %s=1 forbids skipping", RequireRootEnv)
+	}
+	t.Skip("the lab's Pod network needs root")
 }
 
 // BuildCowweb builds the project's cowweb into dir and returns its path: tests run it as a Pod's app.

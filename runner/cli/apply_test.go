@@ -16,6 +16,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/deploy"
 	"github.com/rollout-lab/rollout-lab/embedprom"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
@@ -57,9 +58,7 @@ report: {lang: en}
 // nothing; an immediate exit after a long preStop still cuts the requests in flight on keep-alive connections that
 // stay pinned to the old Pod.
 func TestApplyShowsWhatPreStopAndGracefulShutdownBuy(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	planFile := filepath.Join(dir, "e2e.yaml")
 	if err := os.WriteFile(planFile, []byte(e2ePlan), 0o644); err != nil {
@@ -235,9 +234,7 @@ report: {lang: en}
 // the old Pods after the service-out: an immediate exit cuts what is in flight on them, and the client gets 502s —
 // each attributed to the cut through the balancer's record of the backend it used.
 func TestApplyThroughAnHTTPBalancerTurnsCutsInto502s(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	planFile := filepath.Join(dir, "e2e-http.yaml")
 	if err := os.WriteFile(planFile, []byte(e2eHTTPPlan), 0o644); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/check"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 )
 
 // buildShutdownApp builds testdata/shutdownapp, the small server with a chosen reaction to SIGTERM.
@@ -88,9 +89,7 @@ func inFlightAtSIGTERM(rep analysis.Report) (n uint64) {
 // while the proxies let go, stops keep-alive, finishes what it started, exits 0) passes; the one that dies at
 // SIGTERM refuses and cuts; the one that ignores SIGTERM needs SIGKILL.
 func TestCheckJudgesShutdownBehaviours(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	app := buildShutdownApp(t)
 
 	code, verdicts, out := runCheck(t, "--port", "9000", "--", app, "--listen", ":9000", "--mode", "graceful")
@@ -120,9 +119,7 @@ func TestCheckJudgesShutdownBehaviours(t *testing.T) {
 // graceful finishes them and exits on its own, immediate cuts them; neither keeps accepting after SIGTERM (its
 // listener closes then).
 func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	bin := filepath.Join(t.TempDir(), "cowweb")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cowweb").CombinedOutput(); err != nil {
 		t.Fatalf("build cowweb: %v\n%s", err, out)
@@ -148,9 +145,7 @@ func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
 // A server that exits at once on SIGTERM but answers at once (< 1 ms) leaves nothing in flight to cut at a light
 // rate: finishes-in-flight is –, not ✓; --expect exercised makes that a failure.
 func TestCheckSaysWhatItCouldNotExercise(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	app := buildShutdownApp(t)
 	_, verdicts, out, rep := runCheckReport(t, "--port", "9000", "--max-rate", "20", "--expect", "exercised", "--", app, "--listen", ":9000", "--mode", "immediate", "--work", "0")
 	v := verdicts[check.FinishesInFlight]

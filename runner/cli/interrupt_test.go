@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
@@ -186,9 +187,7 @@ func childProcesses(t *testing.T) []string {
 // An interrupt in any phase stops the load, uninstalls the release, stops the lab and Prometheus, and leaves a
 // readable results directory marked partial; --resume then runs only what had not finished.
 func TestApplyInterruptedInEveryPhaseLeavesNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	planFile := filepath.Join(dir, "interrupt.yaml")
 	if err := os.WriteFile(planFile, []byte(interruptPlan), 0o644); err != nil {

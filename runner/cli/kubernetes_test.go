@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/controlplane"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -74,9 +75,7 @@ func TestConfirmTakesOnlyYes(t *testing.T) {
 // admin the runner creates the namespace and removes it; as a user holding only deploy/rbac/runner.yaml's Role (the
 // requests impersonate it) it works in a namespace made for it and leaves the namespace.
 func TestApplyOnAClusterThroughTheLabsAPIServer(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/cni"
 	"github.com/rollout-lab/rollout-lab/lab/owner"
@@ -31,9 +32,7 @@ import (
 
 // Ctrl-C on `runner lab up` leaves no process, network namespace, bridge or listening port behind.
 func TestLabUpInterruptedLeavesNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
