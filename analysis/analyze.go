@@ -46,7 +46,7 @@ func ConditionsOf(c plan.Case) Conditions {
 	cond.Connection, cond.ThinkTime = c.Load.Connection, c.Load.ThinkTime
 	cond.MaxRPS = c.Load.MaxRate()
 	if !c.App.PreStop.Hook() {
-		cond.PreStopSleep, cond.PreStopAction = 0, "none"
+		cond.PreStopSleep, cond.PreStopAction = 0, plan.PreStopNone
 	}
 	return cond
 }
@@ -220,7 +220,7 @@ func Analyze(ctx context.Context, api promv1.API, s Selector, cond Conditions, o
 		opts.Now = time.Now()
 	}
 	run := CaseRun{Case: s.Case, Run: s.Run, Conditions: cond, Phases: map[string]time.Time{}}
-	phases, err := queryVector(ctx, api, PhasesQuery(s, opts.Now, 7*24*time.Hour), opts.Now)
+	phases, err := QueryVector(ctx, api, PhasesQuery(s, opts.Now, 7*24*time.Hour), opts.Now)
 	if err != nil {
 		return run, err
 	}
@@ -288,10 +288,6 @@ func minTime(a, b time.Time) time.Time {
 
 // QueryVector runs an instant query that must return a vector.
 func QueryVector(ctx context.Context, api promv1.API, q string, ts time.Time) (model.Vector, error) {
-	return queryVector(ctx, api, q, ts)
-}
-
-func queryVector(ctx context.Context, api promv1.API, q string, ts time.Time) (model.Vector, error) {
 	v, _, _, err := api.Query(ctx, q, ts)
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", CompactQuery(q), err)
@@ -304,7 +300,7 @@ func queryVector(ctx context.Context, api promv1.API, q string, ts time.Time) (m
 }
 
 func queryScalar(ctx context.Context, api promv1.API, q string, ts time.Time) (float64, error) {
-	vec, err := queryVector(ctx, api, q, ts)
+	vec, err := QueryVector(ctx, api, q, ts)
 	if err != nil || len(vec) == 0 {
 		return math.NaN(), err
 	}
@@ -314,7 +310,7 @@ func queryScalar(ctx context.Context, api promv1.API, q string, ts time.Time) (f
 func outcome(ctx context.Context, api promv1.API, s Selector, w Window, now time.Time) (Outcome, error) {
 	q := QueriesFor(s, w)
 	o := Outcome{ByClass: map[string]uint64{}, ByCode: map[string]uint64{}}
-	vec, err := queryVector(ctx, api, q.ByOutcome, now)
+	vec, err := QueryVector(ctx, api, q.ByOutcome, now)
 	if err != nil {
 		return o, err
 	}

@@ -36,19 +36,6 @@ func (a Attribution) ByPhase() map[string]uint64 {
 	return out
 }
 
-// Attribute sorts failed requests into phases from where they went (the endpoint) and when, against the Pods'
-// recorded lifecycle.
-func Attribute(failures []load.Outcome, events []timeline.Event) Attribution {
-	a := NewAttributor(0, 0)
-	for _, e := range events {
-		a.Event(e)
-	}
-	for _, f := range failures {
-		a.pending = append(a.pending, f)
-	}
-	return a.Finish().ByClass
-}
-
 // SettleTime is how long a failed request waits for its Pod's timeline before it is attributed: the events that
 // decide it (SIGTERM, the exit) reach the recorder within milliseconds in the lab and within seconds from a
 // cluster's watches. Only failures of the last SettleTime are held, so memory grows with the failure rate, not

@@ -34,7 +34,7 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.2:8080", Sent: at(500)}, // the Pod's address already gone
 		{Class: load.ClassOther, Endpoint: "198.18.0.3:8080", Sent: at(100)},   // before that Pod's SIGTERM
 	}
-	attribution := Attribute(failures, events)
+	attribution := attribute(failures, events)
 	got := attribution.ByPhase()
 	want := map[string]uint64{PhaseBeforeServiceOut: 3, PhaseInFlightCut: 2, PhaseOther: 4}
 	for phase, n := range want {
@@ -157,7 +157,7 @@ func TestAttributionFollowsThePodsUIDNotItsAddress(t *testing.T) {
 		// Routed to the old Pod after its SIGTERM; the connect timed out once the Pod was gone.
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.5:8080", Pod: "old", Sent: t0.Add(500 * time.Millisecond), Latency: 5 * time.Second},
 	}
-	if got := Attribute(failures, events); got[PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
+	if got := attribute(failures, events); got[PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v, want the timeout before-service-out (the old Pod)", got)
 	}
 }
@@ -190,4 +190,17 @@ func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
 	if cut := got.ByClass[PhaseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
 		t.Errorf("cuts %v: the in-flight-cut count should match the in-flight count at exit", got.ByClass)
 	}
+}
+
+// attribute sorts failed requests into phases from where they went (the endpoint) and when, against the Pods'
+// recorded lifecycle.
+func attribute(failures []load.Outcome, events []timeline.Event) Attribution {
+	a := NewAttributor(0, 0)
+	for _, e := range events {
+		a.Event(e)
+	}
+	for _, f := range failures {
+		a.pending = append(a.pending, f)
+	}
+	return a.Finish().ByClass
 }

@@ -116,7 +116,7 @@ func cpuUse(ctx context.Context, api promv1.API, namespace string, w Window) (*C
 		name  *string
 	}{{q.MachineBusy, &use.MachineBusy, nil}, {q.MachineWaiting, &use.MachineWaiting, nil},
 		{q.NodeThrottled, &use.NodeThrottled, &use.NodeThrottledName}, {q.PodThrottled, &use.PodThrottled, nil}} {
-		vec, err := queryVector(ctx, api, f.query, w.End)
+		vec, err := QueryVector(ctx, api, f.query, w.End)
 		if err != nil {
 			return nil, err
 		}

@@ -160,11 +160,11 @@ func (l labels) connection(c Conditions) string {
 
 func (l labels) shutdown(c Conditions) string {
 	switch c.Shutdown {
-	case "graceful":
+	case plan.ShutdownGraceful:
 		return l.on
-	case "immediate":
+	case plan.ShutdownImmediate:
 		return l.off
-	case "drain":
+	case plan.ShutdownDrain:
 		return fmt.Sprintf(l.drain, c.DrainDelay)
 	case "":
 		return "-" // not cowweb: the app's own
@@ -174,9 +174,9 @@ func (l labels) shutdown(c Conditions) string {
 
 func (l labels) preStopSleep(c Conditions) string {
 	switch {
-	case c.PreStopAction == "httpGet":
-		return "httpGet"
-	case c.PreStopAction == "none", c.PreStopSleep == 0:
+	case c.PreStopAction == plan.PreStopHTTPGet:
+		return plan.PreStopHTTPGet
+	case c.PreStopAction == plan.PreStopNone, c.PreStopSleep == 0:
 		return l.none
 	}
 	return fmt.Sprintf("%gs", c.PreStopSleep.Seconds())

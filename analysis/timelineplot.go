@@ -19,6 +19,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/rollout-lab/rollout-lab/load"
+	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
 
@@ -29,16 +30,11 @@ type RunTimeline struct {
 	Failures Failures
 }
 
-// RunDir is where a case run's own files live in a results directory.
-func RunDir(resultsDir, caseName, run string) string {
-	return filepath.Join(resultsDir, "cases", caseName, "run-"+run)
-}
-
 // LoadRunTimeline reads a case run's events.json and failures.json; nil when the run kept neither (a bare attack).
 func LoadRunTimeline(dir string) (*RunTimeline, error) {
 	var tl RunTimeline
 	found := false
-	for name, into := range map[string]any{"events.json": &tl.Events, "failures.json": &tl.Failures} {
+	for name, into := range map[string]any{rundir.EventsFile: &tl.Events, rundir.FailuresFile: &tl.Failures} {
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

@@ -487,8 +487,6 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 // URL is the base URL of the HTTP API.
 func (s *Server) URL() string { return "http://" + s.listener.Addr().String() }
 
-// Token is the bearer token the API requires.
-func (s *Server) Token() string { return s.token }
 
 // WriteToken stores the token in a file only the owner can read, for Grafana, curl and `runner report`.
 func (s *Server) WriteToken(path string) error {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -554,8 +555,8 @@ func (cr *caseRun) finalScrape(ctx context.Context) error {
 
 // writeResults writes the run's timeline (events.json) and its failed requests (failures.json).
 func (cr *caseRun) writeResults(context.Context) error {
-	eventsFile := filepath.Join(cr.session.Dir, "cases", cr.c.Name, fmt.Sprintf("run-%d", cr.run), "events.json")
-	if err := os.MkdirAll(filepath.Dir(eventsFile), 0o755); err != nil {
+	dir := rundir.RunDir(cr.session.Dir, cr.c.Name, strconv.Itoa(cr.run))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	// Events the app logged carry the app's own time and may reach the recorder a little late.
@@ -564,11 +565,11 @@ func (cr *caseRun) writeResults(context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := rundir.WriteFileAtomic(eventsFile, data, 0o644); err != nil {
+	if err := rundir.WriteFileAtomic(filepath.Join(dir, rundir.EventsFile), data, 0o644); err != nil {
 		return err
 	}
 	if data, err = json.MarshalIndent(cr.failures, "", "  "); err != nil {
 		return err
 	}
-	return rundir.WriteFileAtomic(filepath.Join(filepath.Dir(eventsFile), "failures.json"), data, 0o644)
+	return rundir.WriteFileAtomic(filepath.Join(dir, rundir.FailuresFile), data, 0o644)
 }

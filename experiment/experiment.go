@@ -402,7 +402,7 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 				MaxMs: float64(r.Summary.LatenessMax) / float64(time.Millisecond)}
 		}
 		caseRun.Interrupted = r.Summary.Stopped
-		if caseRun.Timeline, err = analysis.LoadRunTimeline(analysis.RunDir(dir, r.Labels.Case, r.Labels.Run)); err != nil {
+		if caseRun.Timeline, err = analysis.LoadRunTimeline(rundir.RunDir(dir, r.Labels.Case, r.Labels.Run)); err != nil {
 			return rep, err
 		}
 		caseRun.Expectations = analysis.CheckExpectations(c.Expect, caseRun.Whole)

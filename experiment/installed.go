@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
@@ -36,7 +37,7 @@ func InstalledFrom(manifest string) (*rundir.Installed, error) {
 		if len(d.Spec.Template.Spec.Containers) == 0 {
 			return nil, fmt.Errorf("the release's Deployment %s has no container", d.Name)
 		}
-		in := &rundir.Installed{Replicas: 1, PreStopAction: "none", Shutdown: "graceful"}
+		in := &rundir.Installed{Replicas: 1, PreStopAction: plan.PreStopNone, Shutdown: plan.ShutdownGraceful}
 		if d.Spec.Replicas != nil {
 			in.Replicas = int(*d.Spec.Replicas)
 		}
@@ -60,11 +61,11 @@ func readPreStop(in *rundir.Installed, l *corev1.Lifecycle) {
 	h := l.PreStop
 	switch {
 	case h.HTTPGet != nil:
-		in.PreStopAction = "httpGet"
+		in.PreStopAction = plan.PreStopHTTPGet
 	case h.Sleep != nil:
-		in.PreStopAction, in.PreStopSleep = "sleep", time.Duration(h.Sleep.Seconds)*time.Second
+		in.PreStopAction, in.PreStopSleep = plan.PreStopSleep, time.Duration(h.Sleep.Seconds)*time.Second
 	case h.Exec != nil:
-		in.PreStopAction = "exec"
+		in.PreStopAction = plan.PreStopExec
 		if cmd := h.Exec.Command; len(cmd) > 0 {
 			if m := sleepCommand.FindStringSubmatch(strings.TrimSpace(cmd[len(cmd)-1])); m != nil {
 				seconds, _ := strconv.Atoi(m[1])
@@ -103,7 +104,7 @@ func readArgs(in *rundir.Installed, args []string) {
 			}
 		case "--shutdown-gracefully", "-g":
 			if hasValue && value == "false" {
-				in.Shutdown = "immediate"
+				in.Shutdown = plan.ShutdownImmediate
 			}
 		case "--shutdown":
 			in.Shutdown = next()

@@ -20,8 +20,6 @@ import (
 //go:embed defaults.yaml
 var defaultsYAML []byte
 
-// DefaultsYAML is the YAML that fills what a plan leaves out.
-func DefaultsYAML() []byte { return defaultsYAML }
 
 // Plan is a plan resolved: defaults applied and every case expanded with its settings.
 type Plan struct {

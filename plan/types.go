@@ -243,14 +243,29 @@ type Image struct {
 	Command    []string `yaml:"command,omitempty" json:"command,omitempty"`
 }
 
+// Shutdown modes of cowweb (app.shutdown): what it does on SIGTERM.
+const (
+	ShutdownGraceful  = "graceful"  // stop accepting, finish what is in flight, exit 0
+	ShutdownImmediate = "immediate" // exit at once
+	ShutdownDrain     = "drain"     // keep accepting for drainDelay, then graceful
+)
+
+// PreStop actions (app.preStop.action).
+const (
+	PreStopExec    = "exec"    // sh -c "sleep N" in the container
+	PreStopSleep   = "sleep"   // the kubelet's own sleep action
+	PreStopHTTPGet = "httpGet" // a GET to the app
+	PreStopNone    = "none"    // no hook
+)
+
 // Hook says whether the container gets a preStop hook: httpGet always, exec and sleep only with a sleep longer than
 // 0, none never. The chart renders the same rule for its own values (a test holds the two together); the
 // report and the validation ask this.
 func (p PreStop) Hook() bool {
 	switch p.Action {
-	case "httpGet":
+	case PreStopHTTPGet:
 		return true
-	case "exec", "sleep":
+	case PreStopExec, PreStopSleep:
 		return p.Sleep > 0
 	}
 	return false

@@ -154,9 +154,9 @@ func (v *validator) validateApp(a *App) {
 	v.check(a.Port >= 1 && a.Port <= 65535, "app.port", "must be a port number 1-65535, got %d", a.Port)
 	v.check(a.Load >= 0, "app.load", "must not be negative, got %d", a.Load)
 	v.check(a.Delay >= 0, "app.delay", "must not be negative, got %s", a.Delay)
-	v.oneOf(a.Shutdown, "app.shutdown", "graceful", "immediate", "drain")
+	v.oneOf(a.Shutdown, "app.shutdown", ShutdownGraceful, ShutdownImmediate, ShutdownDrain)
 	if v.check(a.DrainDelay >= 0, "app.drainDelay", "must not be negative, got %s", a.DrainDelay) && a.DrainDelay > 0 {
-		v.check(a.Shutdown == "drain", "app.drainDelay", "only applies with shutdown: drain (shutdown is %s)", a.Shutdown)
+		v.check(a.Shutdown == ShutdownDrain, "app.drainDelay", "only applies with shutdown: drain (shutdown is %s)", a.Shutdown)
 	}
 	v.check(a.ShutdownTimeout >= 0, "app.shutdownTimeout", "must not be negative, got %s", a.ShutdownTimeout)
 	if req, lim := a.Resources.Requests.CPU, a.Resources.Limits.CPU; req > 0 && lim > 0 {
@@ -170,16 +170,16 @@ func (v *validator) validateApp(a *App) {
 	if a.Image.PullPolicy != "" {
 		v.oneOf(a.Image.PullPolicy, "app.image.pullPolicy", "Always", "IfNotPresent", "Never")
 	}
-	v.oneOf(a.PreStop.Action, "app.preStop.action", "exec", "sleep", "httpGet", "none")
+	v.oneOf(a.PreStop.Action, "app.preStop.action", PreStopExec, PreStopSleep, PreStopHTTPGet, PreStopNone)
 	v.wholeSeconds(a.PreStop.Sleep, "app.preStop.sleep", 0)
-	if a.PreStop.Hook() && a.PreStop.Action != "httpGet" {
+	if a.PreStop.Hook() && a.PreStop.Action != PreStopHTTPGet {
 		// The grace period counts from the deletion, the hook included: the kubelet cuts a longer hook, sends SIGTERM
 		// and kills the container 2 s later. A plan asking for that measures the cut, not the sleep it names.
 		v.check(a.PreStop.Sleep < a.TerminationGracePeriod, "app.preStop.sleep",
 			"%s is not shorter than app.terminationGracePeriod (%s): the kubelet would cut the hook at the end of the grace period, then SIGKILL 2 s after SIGTERM; lengthen the grace period or shorten the sleep",
 			a.PreStop.Sleep, a.TerminationGracePeriod)
 	}
-	if a.PreStop.Action == "httpGet" {
+	if a.PreStop.Action == PreStopHTTPGet {
 		v.check(strings.HasPrefix(a.PreStop.Path, "/"), "app.preStop.path", "must start with /, got %q", a.PreStop.Path)
 		v.check(a.PreStop.Port >= 0 && a.PreStop.Port <= 65535, "app.preStop.port", "must be a port number (0 for the app's port), got %d", a.PreStop.Port)
 	}

@@ -48,6 +48,19 @@ type PrometheusInfo struct {
 	ScrapeInterval time.Duration `json:"scrapeInterval"`
 }
 
+// A results directory keeps each case run's own files under cases/<case>/run-<n>/.
+const (
+	// EventsFile is a run's Pod lifecycle (timeline events, in time order).
+	EventsFile = "events.json"
+	// FailuresFile is a run's failed requests, kept one by one up to a bound.
+	FailuresFile = "failures.json"
+)
+
+// RunDir is where a case run's own files live in a results directory.
+func RunDir(resultsDir, caseName, run string) string {
+	return filepath.Join(resultsDir, "cases", caseName, "run-"+run)
+}
+
 // RunRecord is one run of one case as the runner saw it.
 type RunRecord struct {
 	Labels  load.Labels  `json:"labels"`

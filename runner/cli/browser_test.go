@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // reportRendersInABrowser opens a results directory's report.html in headless Chromium, as a reader would, and
@@ -155,7 +156,7 @@ func reportRendersInABrowser(t *testing.T, resultsDir string) {
 			break
 		}
 		r := rep.Runs[i]
-		kept, err := analysis.LoadRunTimeline(analysis.RunDir(resultsDir, r.Case, r.Run))
+		kept, err := analysis.LoadRunTimeline(rundir.RunDir(resultsDir, r.Case, r.Run))
 		if err != nil || kept == nil {
 			t.Fatalf("%s: %v", r.Case, err)
 		}

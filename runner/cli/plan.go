@@ -126,7 +126,7 @@ func cpuLoad(a plan.App) string {
 }
 
 func shutdown(a plan.App) string {
-	if a.Shutdown == "drain" {
+	if a.Shutdown == plan.ShutdownDrain {
 		return "drain " + a.DrainDelay.String()
 	}
 	return a.Shutdown
@@ -134,13 +134,11 @@ func shutdown(a plan.App) string {
 
 func preStop(p plan.PreStop) string {
 	switch {
-	case p.Action == "none":
-		return "none"
-	case p.Action == "httpGet":
+	case !p.Hook():
+		return plan.PreStopNone
+	case p.Action == plan.PreStopHTTPGet:
 		return "httpGet " + p.Path
-	case p.Sleep == 0:
-		return "none"
-	case p.Action == "sleep":
+	case p.Action == plan.PreStopSleep:
 		return "sleep action " + p.Sleep.String()
 	}
 	return "sh sleep " + p.Sleep.String()
