@@ -51,19 +51,19 @@ func ConditionsOf(c plan.Case) Conditions {
 	return cond
 }
 
-// Phases a failed request is attributed to: why it failed, as the article explains it.
+// Causes a failed request is attributed to: why it failed, as the article explains it.
 const (
-	// PhaseBeforeServiceOut: the connection was routed to a Pod that had already stopped listening, because its
+	// CauseBeforeServiceOut: the connection was routed to a Pod that had already stopped listening, because its
 	// SIGTERM came before the routing node's service-out.
-	PhaseBeforeServiceOut = "before-service-out"
-	// PhaseInFlightCut: the request was running on the Pod when its process ended without a graceful shutdown.
-	PhaseInFlightCut = "in-flight-cut"
-	// PhaseOther: anything else (no endpoint known, or no termination of that Pod explains it).
-	PhaseOther = "other"
+	CauseBeforeServiceOut = "before-service-out"
+	// CauseInFlightCut: the request was running on the Pod when its process ended without a graceful shutdown.
+	CauseInFlightCut = "in-flight-cut"
+	// CauseOther: anything else (no endpoint known, or no termination of that Pod explains it).
+	CauseOther = "other"
 )
 
-// AttributionPhases lists the phases in report order.
-var AttributionPhases = []string{PhaseBeforeServiceOut, PhaseInFlightCut, PhaseOther}
+// AttributionCauses lists the causes in report order.
+var AttributionCauses = []string{CauseBeforeServiceOut, CauseInFlightCut, CauseOther}
 
 // Outcome is what happened to the requests of a window.
 type Outcome struct {
@@ -170,7 +170,7 @@ type CaseRun struct {
 	Load    Window               `json:"load"`
 	Rollout *Window              `json:"rolloutWindow,omitempty"`
 	Whole   Outcome              `json:"whole"`
-	// Attribution counts the failed requests by why they failed (AttributionPhases); nil when not attributed.
+	// Attribution counts the failed requests by why they failed (AttributionCauses); nil when not attributed.
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
 	// Lateness is how far behind its schedule the attacker sent (from its summary); nil when unknown.
 	Lateness *Lateness `json:"sendLateness,omitempty"`

@@ -22,15 +22,15 @@ type podTimeline struct {
 	reached           bool // the load reached it at all
 }
 
-// Attribution is failed requests counted by phase and, within each phase, by error class.
+// Attribution is failed requests counted by cause and, within each cause, by error class.
 type Attribution map[string]map[string]uint64
 
-// ByPhase totals the classes of each phase.
-func (a Attribution) ByPhase() map[string]uint64 {
+// ByCause totals the classes of each cause.
+func (a Attribution) ByCause() map[string]uint64 {
 	out := map[string]uint64{}
-	for phase, classes := range a {
+	for cause, classes := range a {
 		for _, n := range classes {
-			out[phase] += n
+			out[cause] += n
 		}
 	}
 	return out
@@ -43,7 +43,7 @@ func (a Attribution) ByPhase() map[string]uint64 {
 const SettleTime = 10 * time.Second
 
 // FailureSampleLimit is how many failed requests a run keeps one by one (failures.json); beyond it they are only
-// counted, by phase and class.
+// counted, by cause and class.
 const FailureSampleLimit = 10000
 
 // Failure is one failed request as kept for a run's timeline.
@@ -161,14 +161,14 @@ func (a *Attributor) decide(f load.Outcome) {
 	if f.Class == load.ClassNone {
 		return
 	}
-	phase := attributeOne(f, a.pods)
-	if a.counts[phase] == nil {
-		a.counts[phase] = map[string]uint64{}
+	cause := attributeOne(f, a.pods)
+	if a.counts[cause] == nil {
+		a.counts[cause] = map[string]uint64{}
 	}
-	a.counts[phase][f.Class]++
+	a.counts[cause][f.Class]++
 	if len(a.sample.Kept) < a.sample.Limit {
 		a.sample.Kept = append(a.sample.Kept, Failure{Sent: f.Sent, LatencyMs: float64(f.Latency) / float64(time.Millisecond),
-			Class: f.Class, Cause: phase, Endpoint: f.Endpoint, Pod: f.Pod, Node: f.Node, Code: f.Code})
+			Class: f.Class, Cause: cause, Endpoint: f.Endpoint, Pod: f.Pod, Node: f.Node, Code: f.Code})
 	} else {
 		a.sample.Dropped++
 	}
@@ -253,14 +253,14 @@ func podOf(f load.Outcome, pods map[string]*podTimeline) *podTimeline {
 func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 	p := podOf(f, pods)
 	if p == nil || p.sigterm.IsZero() {
-		return PhaseOther
+		return CauseOther
 	}
 	end := f.Sent.Add(f.Latency)
 	// Running when the process exited at once: cut. (Through the http balancer a cut reaches the client as a 502.)
 	switch f.Class {
 	case load.ClassReset, load.ClassEOF, load.ClassHTTP5xx:
 		if !p.graceful && !p.exited.IsZero() && !p.exited.Before(f.Sent.Add(-cutSlack)) && !p.exited.After(end.Add(cutSlack)) {
-			return PhaseInFlightCut
+			return CauseInFlightCut
 		}
 	}
 	// Failed at or after the Pod's SIGTERM although routed there, because a node had not yet taken the Pod out of
@@ -269,7 +269,7 @@ func attributeOne(f load.Outcome, pods map[string]*podTimeline) string {
 	// (no route, timeout). The failure's time counts, not the send's: a request sent a moment before SIGTERM may
 	// reach the Pod after it.
 	if f.Class != load.ClassHTTP4xx && !end.Before(p.sigterm) {
-		return PhaseBeforeServiceOut
+		return CauseBeforeServiceOut
 	}
-	return PhaseOther
+	return CauseOther
 }

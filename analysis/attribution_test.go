@@ -35,17 +35,17 @@ func TestAttributeByEndpointAndTime(t *testing.T) {
 		{Class: load.ClassOther, Endpoint: "198.18.0.3:8080", Sent: at(100)},   // before that Pod's SIGTERM
 	}
 	attribution := attribute(failures, events)
-	got := attribution.ByPhase()
-	want := map[string]uint64{PhaseBeforeServiceOut: 3, PhaseInFlightCut: 2, PhaseOther: 4}
+	got := attribution.ByCause()
+	want := map[string]uint64{CauseBeforeServiceOut: 3, CauseInFlightCut: 2, CauseOther: 4}
 	for phase, n := range want {
 		if got[phase] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", phase, got[phase], n, got)
 		}
 	}
-	if n := attribution[PhaseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
+	if n := attribution[CauseBeforeServiceOut]; n[load.ClassRefused] != 1 || n[load.ClassTimeout] != 1 {
 		t.Errorf("before-service-out by class: %v", n)
 	}
-	if n := attribution[PhaseInFlightCut]; n[load.ClassReset] != 1 || n[load.ClassHTTP5xx] != 1 {
+	if n := attribution[CauseInFlightCut]; n[load.ClassReset] != 1 || n[load.ClassHTTP5xx] != 1 {
 		t.Errorf("in-flight-cut by class: %v", n)
 	}
 }
@@ -102,7 +102,7 @@ func TestAttributorMemoryDoesNotGrowWithFailures(t *testing.T) {
 				total += n
 			}
 		}
-		if total != tc.n || counts[PhaseOther][load.ClassRefused] != tc.n {
+		if total != tc.n || counts[CauseOther][load.ClassRefused] != tc.n {
 			t.Errorf("%d failures attributed as %v", tc.n, counts)
 		}
 		if len(sample.Kept) != FailureSampleLimit || sample.Dropped != tc.n-FailureSampleLimit {
@@ -132,11 +132,11 @@ func TestAttributorDecidesWithTheTimelineAsRecorded(t *testing.T) {
 	a.Outcome(load.Outcome{Class: load.ClassTimeout, Sent: now})
 	got := a.Finish()
 	counts, sample := got.ByClass, got.Failures
-	if counts[PhaseBeforeServiceOut][load.ClassRefused] != 1 || counts[PhaseInFlightCut][load.ClassReset] != 1 ||
-		counts[PhaseOther][load.ClassTimeout] != 1 {
+	if counts[CauseBeforeServiceOut][load.ClassRefused] != 1 || counts[CauseInFlightCut][load.ClassReset] != 1 ||
+		counts[CauseOther][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v", counts)
 	}
-	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != PhaseBeforeServiceOut || sample.Kept[1].Cause != PhaseInFlightCut {
+	if len(sample.Kept) != 2 || sample.Dropped != 1 || sample.Kept[0].Cause != CauseBeforeServiceOut || sample.Kept[1].Cause != CauseInFlightCut {
 		t.Errorf("sample %+v", sample)
 	}
 	// Each kept failure names the Pod its connection reached and the node whose proxy routed it.
@@ -157,7 +157,7 @@ func TestAttributionFollowsThePodsUIDNotItsAddress(t *testing.T) {
 		// Routed to the old Pod after its SIGTERM; the connect timed out once the Pod was gone.
 		{Class: load.ClassTimeout, Endpoint: "198.18.0.5:8080", Pod: "old", Sent: t0.Add(500 * time.Millisecond), Latency: 5 * time.Second},
 	}
-	if got := attribute(failures, events); got[PhaseBeforeServiceOut][load.ClassTimeout] != 1 {
+	if got := attribute(failures, events); got[CauseBeforeServiceOut][load.ClassTimeout] != 1 {
 		t.Errorf("attribution %v, want the timeout before-service-out (the old Pod)", got)
 	}
 }
@@ -187,7 +187,7 @@ func TestInFlightAtSIGTERMAndExitPerPod(t *testing.T) {
 	if len(got.InFlight) != 1 || got.InFlight[0] != (rundir.PodInFlight{Pod: "p1", AtSIGTERM: 1, AtExit: 2}) {
 		t.Errorf("in flight %+v, want p1 with 1 at SIGTERM and 2 at exit", got.InFlight)
 	}
-	if cut := got.ByClass[PhaseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
+	if cut := got.ByClass[CauseInFlightCut]; cut[load.ClassReset]+cut[load.ClassEOF] != 2 {
 		t.Errorf("cuts %v: the in-flight-cut count should match the in-flight count at exit", got.ByClass)
 	}
 }

@@ -84,7 +84,7 @@ type labels struct {
 	condition, preStop, graceful, replicas, cpuLoad, maxRPS, connections        string
 	perUser, pooled, loadPath, inFlightSIGTERM, inFlightExit, lateness          string
 	saturated, cpu, cpuModel                                                    string
-	total, ok, errors, errorClass, errorPhase, errorRate, mean, p50, p90, p99   string
+	total, ok, errors, errorClass, errorCause, errorRate, mean, p50, p90, p99   string
 	rolloutSeconds, rolloutErrors, rolloutErrorRate, rolloutP99, caseHeader     string
 	on, off, none, drain, partial, expectations                                 string
 	acrossRuns, runs, errorsMeanRange, errorRateMeanCI, meanMsRange, p99MsRange string
@@ -97,7 +97,7 @@ var labelsByLang = map[string]labels{
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
 		loadPath: "負荷の経路: %s。", lateness: "送信の遅れ p99 / 最大 (ms)",
 		saturated: "⚠ 飽和: %s で %s。CPU が足りず、この数値は計画どおりの実験ではありません。", cpu: "CPU: マシン使用率 / ノード容量到達 / Pod 抑制 (CFS 周期の割合)", cpuModel: "ラボの CPU: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
-		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorPhase: "エラー原因: %s", errorRate: "エラー率",
+		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorCause: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
 		rolloutP99: "ロールアウト中の p99(ms)", caseHeader: "ケース", expectations: "期待値",
@@ -111,7 +111,7 @@ var labelsByLang = map[string]labels{
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
 		loadPath: "Load path: %s.", lateness: "Send lateness p99 / max (ms)",
 		saturated: "⚠ Saturated: in %s %s. CPU ran short: these figures are not the planned experiment.", cpu: "CPU: machine busy / node at capacity / Pod throttled (share of CFS periods)", cpuModel: "Lab CPU: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
-		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorPhase: "Errors by cause: %s", errorRate: "Error rate",
+		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorCause: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
 		rolloutP99: "p99 during the rollout (ms)", caseHeader: "Case", expectations: "Expectations",
@@ -239,12 +239,12 @@ func (l labels) rows(runs []CaseRun) []row {
 		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
 	}
 	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Attribution != nil }) {
-		for _, phase := range AttributionPhases {
-			rows = append(rows, row{fmt.Sprintf(l.errorPhase, phase), func(r CaseRun) string {
+		for _, cause := range AttributionCauses {
+			rows = append(rows, row{fmt.Sprintf(l.errorCause, cause), func(r CaseRun) string {
 				if r.Attribution == nil {
 					return "-"
 				}
-				return formatCount(r.Attribution[phase])
+				return formatCount(r.Attribution[cause])
 			}})
 		}
 	}

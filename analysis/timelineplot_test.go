@@ -47,9 +47,9 @@ func fixtureTimeline(start time.Time) *RunTimeline {
 		{Time: at(4710), Type: timeline.EventContainerExited, Pod: old2, UID: "o2", Node: "lab-node-1", PodIP: "198.18.0.3", ExitCode: &killed},
 	}
 	return &RunTimeline{Events: events, Failures: Failures{Limit: FailureSampleLimit, Kept: []Failure{
-		{Sent: at(2700), LatencyMs: 0.4, Class: load.ClassRefused, Cause: PhaseBeforeServiceOut, Endpoint: "198.18.0.2:8080", Pod: "o1", Node: "lab-node-2"},
-		{Sent: at(4500), LatencyMs: 210, Class: load.ClassReset, Cause: PhaseInFlightCut, Endpoint: "198.18.0.3:8080", Node: "lab-node-1"},
-		{Sent: at(3000), LatencyMs: 5000, Class: load.ClassTimeout, Cause: PhaseOther},
+		{Sent: at(2700), LatencyMs: 0.4, Class: load.ClassRefused, Cause: CauseBeforeServiceOut, Endpoint: "198.18.0.2:8080", Pod: "o1", Node: "lab-node-2"},
+		{Sent: at(4500), LatencyMs: 210, Class: load.ClassReset, Cause: CauseInFlightCut, Endpoint: "198.18.0.3:8080", Node: "lab-node-1"},
+		{Sent: at(3000), LatencyMs: 5000, Class: load.ClassTimeout, Cause: CauseOther},
 	}}}
 }
 

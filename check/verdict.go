@@ -176,7 +176,7 @@ func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
 			letGo = append(letGo, p.LastServiceOut.Sub(p.SIGTERM))
 		}
 	}
-	refused := r.Attribution[analysis.PhaseBeforeServiceOut]
+	refused := r.Attribution[analysis.CauseBeforeServiceOut]
 	v.OK = r.Whole.Errors <= e.MaxErrors
 	v.Figure = fmt.Sprintf("%d new connection(s) failed after SIGTERM, before the proxies let go (%d errors in all); listener closed %s after SIGTERM (median), the last proxy let go %s after it",
 		refused, r.Whole.Errors, secs(median(closed)), secs(median(letGo)))
@@ -196,7 +196,7 @@ func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict)
 		atSIGTERM += p.AtSIGTERM
 		atExit += p.AtExit
 	}
-	cut := r.Attribution[analysis.PhaseInFlightCut]
+	cut := r.Attribution[analysis.CauseInFlightCut]
 	completed := atSIGTERM - min(atExit, atSIGTERM)
 	v.OK = cut <= e.MaxErrors
 	v.Figure = fmt.Sprintf("%d request(s) in flight at %d SIGTERM(s): %d completed; %d still in flight at exit; %d request(s) cut by the exit (%d errors in all)",

@@ -32,13 +32,13 @@ func checkRun(name string, errors uint64, sleep time.Duration, tl *analysis.RunT
 	return analysis.CaseRun{Case: name, Run: "1", Timeline: tl,
 		Conditions:  analysis.Conditions{AppKnown: true, PreStopSleep: plan.Duration(sleep), GracePeriod: plan.Duration(30 * time.Second), Replicas: 3},
 		Whole:       analysis.Outcome{Total: 200, Errors: errors, ByClass: map[string]uint64{load.ClassHTTP5xx: errors}},
-		Attribution: map[string]uint64{analysis.PhaseBeforeServiceOut: errors}}
+		Attribution: map[string]uint64{analysis.CauseBeforeServiceOut: errors}}
 }
 
 func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 	closesAtOnce := terminations(5*time.Millisecond, 50*time.Millisecond, 0, false)
 	inFlight := checkRun(CaseInFlight, 2, 0, closesAtOnce)
-	inFlight.Attribution = map[string]uint64{analysis.PhaseInFlightCut: 2}
+	inFlight.Attribution = map[string]uint64{analysis.CauseInFlightCut: 2}
 	inFlight.InFlight = []rundir.PodInFlight{{Pod: "old", AtSIGTERM: 5, AtExit: 2}}
 	rep := analysis.Report{Runs: []analysis.CaseRun{
 		checkRun(CaseAccept, 7, 0, closesAtOnce), inFlight, checkRun(CaseIdle, 0, 0, closesAtOnce),

@@ -540,9 +540,9 @@ func (cr *caseRun) finalScrape(ctx context.Context) error {
 		return err
 	}
 	attributed := cr.attributor.Finish()
-	attribution := attributed.ByClass.ByPhase()
-	for _, phase := range analysis.AttributionPhases {
-		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, phase).Add(float64(attribution[phase]))
+	attribution := attributed.ByClass.ByCause()
+	for _, cause := range analysis.AttributionCauses {
+		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, cause).Add(float64(attribution[cause]))
 	}
 	if err := cr.session.CompleteRun(cr.labels, RunDetails{Attribution: attribution, AttributionByClass: attributed.ByClass,
 		InFlight: attributed.InFlight, Installed: cr.installed}); err != nil {

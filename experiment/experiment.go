@@ -86,7 +86,7 @@ type Session struct {
 	Manifest *rundir.Manifest
 	Registry *prometheus.Registry
 	Metrics  *load.Metrics
-	// Attributed counts failed requests by attributed phase.
+	// Attributed counts failed requests by attributed cause.
 	Attributed *prometheus.CounterVec
 	API        promv1.API
 	prom       *embedprom.Server
@@ -253,12 +253,12 @@ func (s *Session) Finished(labels load.Labels) bool {
 	return false
 }
 
-// NewAttributedCounter counts failed requests by attributed phase, registered on reg.
+// NewAttributedCounter counts failed requests by attributed cause, registered on reg.
 func NewAttributedCounter(reg prometheus.Registerer) *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rolloutlab_errors_attributed_total",
 		Help: "Failed requests by why they failed: before-service-out, in-flight-cut, other.",
-	}, []string{"plan", "case", "run", "phase"})
+	}, []string{"plan", "case", "run", "cause"})
 	reg.MustRegister(c)
 	return c
 }

@@ -69,7 +69,7 @@ type RunRecord struct {
 	Drain time.Duration `json:"drain"`
 	// Attribution counts failed requests by why they failed (apply only).
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
-	// AttributionByClass splits each phase by error class.
+	// AttributionByClass splits each cause by error class.
 	AttributionByClass map[string]map[string]uint64 `json:"attributionByClass,omitempty"`
 	// InFlight lists the Pods that got SIGTERM during the run with their in-flight requests (apply only).
 	InFlight []PodInFlight `json:"inFlight,omitempty"`
