@@ -69,6 +69,36 @@ var SweptSleeps = []time.Duration{time.Second, 2 * time.Second}
 // It goes through the plan format like any plan file (the overrides laid over it, as apply's flags), so `runner
 // apply` runs it as it is.
 func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
+	o = o.withDefaults()
+	image, images := o.Image, o.Images
+	if len(o.Command) > 0 {
+		if image != "" {
+			return nil, nil, fmt.Errorf("give the app's command after -- or --image, not both")
+		}
+		image, images = AppImage, map[string][]string{AppImage: o.Command}
+	}
+	if image == "" {
+		return nil, nil, fmt.Errorf("no app: give its command after -- (runner check -- ./server --port 8080) or --image")
+	}
+	doc := planDocument(o, image, images)
+	doc["cases"] = checkCases(o)
+	node, err := ordered(doc, "name", "description", "lab", "app", "load", "rollout", "report", "cases")
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := yaml.Marshal(node)
+	if err != nil {
+		return nil, nil, err
+	}
+	data = append([]byte("# Written by runner check: run it with `runner apply FILE`.\n"), data...)
+	p, err := plan.ParseWith("check.yaml", data, overrides)
+	if err != nil {
+		return nil, data, fmt.Errorf("the check's plan: %w", err)
+	}
+	return p, data, nil
+}
+
+func (o Options) withDefaults() Options {
 	if o.Replicas == 0 {
 		o.Replicas = DefaultReplicas
 	}
@@ -87,16 +117,11 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 	if o.Method == "" {
 		o.Method = "GET"
 	}
-	image, images := o.Image, o.Images
-	if len(o.Command) > 0 {
-		if image != "" {
-			return nil, nil, fmt.Errorf("give the app's command after -- or --image, not both")
-		}
-		image, images = AppImage, map[string][]string{AppImage: o.Command}
-	}
-	if image == "" {
-		return nil, nil, fmt.Errorf("no app: give its command after -- (runner check -- ./server --port 8080) or --image")
-	}
+	return o
+}
+
+// planDocument is the plan's common part: the app as a Deployment of image, the load, the rollout, the report.
+func planDocument(o Options, image string, images map[string][]string) map[string]any {
 	repository, tag := image, "latest"
 	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
 		repository, tag = image[:i], image[i+1:]
@@ -110,7 +135,7 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 			"slow":                   false,
 			"image":                  map[string]any{"repository": repository, "tag": tag, "command": []string{filepath.Base(repository)}},
 			"terminationGracePeriod": o.Grace.String(),
-			"preStop":                map[string]any{"sleep": seconds(o.PreStop), "action": "sleep"},
+			"preStop":                map[string]any{"sleep": seconds(o.PreStop), "action": plan.PreStopSleep},
 			"probes": map[string]any{
 				"readiness": map[string]any{"path": o.Health, "initialDelay": "0s", "period": "1s"},
 				"liveness":  map[string]any{"enabled": false},
@@ -121,6 +146,7 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 			"duration": loadDuration.String(), "connection": plan.ConnectionPerUser},
 		"rollout": map[string]any{"at": rolloutAt.String(), "timeout": (2*o.Grace + time.Minute).String()},
 		"report":  map[string]any{"lang": "en"},
+		"lab":     map[string]any{"nodes": 2},
 	}
 	if o.Body != "" {
 		doc["load"].(map[string]any)["body"] = o.Body
@@ -129,10 +155,14 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 		doc["report"] = map[string]any{"lang": o.Lang}
 	}
 	if len(images) > 0 {
-		doc["lab"] = map[string]any{"nodes": 2, "images": images}
-	} else {
-		doc["lab"] = map[string]any{"nodes": 2}
+		doc["lab"].(map[string]any)["images"] = images
 	}
+	return doc
+}
+
+// checkCases are the cases in the order they run: accept first, whose latency sizes the in-flight case's load
+// (TuneInFlight), then the sweep of preStop sleeps longer than the app's own.
+func checkCases(o Options) []any {
 	protocol := func(p string) map[string]any {
 		return map[string]any{"service": map[string]any{"annotations": map[string]any{loadbalancer.BackendProtocolAnnotation: p}}}
 	}
@@ -152,21 +182,7 @@ func Plan(o Options, overrides plan.Overrides) (*plan.Plan, []byte, error) {
 			"description": "the accept case with a preStop sleep of " + seconds(sleep),
 			"app":         map[string]any{"values": protocol("TCP"), "preStop": map[string]any{"sleep": seconds(sleep)}}})
 	}
-	doc["cases"] = cases
-	node, err := ordered(doc, "name", "description", "lab", "app", "load", "rollout", "report", "cases")
-	if err != nil {
-		return nil, nil, err
-	}
-	data, err := yaml.Marshal(node)
-	if err != nil {
-		return nil, nil, err
-	}
-	data = append([]byte("# Written by runner check: run it with `runner apply FILE`.\n"), data...)
-	p, err := plan.ParseWith("check.yaml", data, overrides)
-	if err != nil {
-		return nil, data, fmt.Errorf("the check's plan: %w", err)
-	}
-	return p, data, nil
+	return cases
 }
 
 func describe(o Options, image string) string {

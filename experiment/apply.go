@@ -93,6 +93,30 @@ type step struct {
 	cleanup func() error
 }
 
+// runSteps runs steps in order until one fails (failed names it); undo undoes those that ran, in reverse order,
+// whatever happened, logging a cleanup that fails.
+func runSteps(ctx context.Context, steps []step, logger *slog.Logger) (undo func(), failed string, err error) {
+	var done []step
+	undo = func() {
+		for i := len(done) - 1; i >= 0; i-- {
+			if done[i].cleanup == nil {
+				continue
+			}
+			if err := done[i].cleanup(); err != nil {
+				logger.Warn("cleanup", "step", done[i].name, "err", err)
+			}
+		}
+	}
+	for _, s := range steps {
+		logger.Debug("step", "name", s.name)
+		if err := s.do(ctx); err != nil {
+			return undo, s.name, err
+		}
+		done = append(done, s)
+	}
+	return undo, "", nil
+}
+
 // Apply runs a plan on the lab: for every case and repeat, install the chart, load the Service, restart the
 // Deployment as kubectl does during the load, record the Pods' lifecycle, then write the reports. Every step undoes
 // itself, also when ctx ends (Ctrl-C): then what finished is reported and the run is marked partial. Its length is
@@ -140,24 +164,11 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 			return err
 		}},
 	}
-	var done []step
-	defer func() {
-		// Undo in reverse order, whatever happened; the reports were written by then.
-		for i := len(done) - 1; i >= 0; i-- {
-			if done[i].cleanup == nil {
-				continue
-			}
-			if cerr := done[i].cleanup(); cerr != nil {
-				cfg.Logger.Warn("cleanup", "step", done[i].name, "err", cerr)
-			}
-		}
-	}()
-	for _, s := range steps {
-		cfg.Logger.Debug("apply", "step", s.name)
-		if err := s.do(ctx); err != nil {
-			return result, fmt.Errorf("%s: %w", s.name, err)
-		}
-		done = append(done, s)
+	// Undone in reverse order, whatever happens; the reports are written by then.
+	undo, failed, err := runSteps(ctx, steps, cfg.Logger)
+	defer undo()
+	if err != nil {
+		return result, fmt.Errorf("%s: %w", failed, err)
 	}
 
 	runErr := (&caseRunner{cfg: cfg, session: session, target: target}).runAll(ctx)
@@ -408,21 +419,10 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 		{name: "final scrape", do: cr.finalScrape},
 		{name: "write the run's results", do: cr.writeResults},
 	}
-	var done []step
-	defer func() {
-		for i := len(done) - 1; i >= 0; i-- {
-			if done[i].cleanup != nil {
-				if err := done[i].cleanup(); err != nil {
-					cr.log.Warn("cleanup", "step", done[i].name, "err", err)
-				}
-			}
-		}
-	}()
-	for _, s := range steps {
-		if err := s.do(ctx); err != nil {
-			return err
-		}
-		done = append(done, s)
+	undo, _, err := runSteps(ctx, steps, cr.log)
+	defer undo()
+	if err != nil {
+		return err
 	}
 	if cr.rolloutErr != nil {
 		return fmt.Errorf("case %s run %d: rollout: %w", c.Name, run, cr.rolloutErr)

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -491,28 +490,3 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 	return WriteReports(ctx, dir, m, api, now)
 }
 
-// PlanFromFlags builds a plan for an attack given by flags, through the plan format so it gets the same defaults
-// and validation.
-func PlanFromFlags(name string, load map[string]string) (*plan.Plan, error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "name: %s\nrollout: {restart: false}\nload:\n", name)
-	for _, key := range []string{"path", "timeout", "connection", "thinkTime", "connections", "workers", "maxWorkers", "startRate", "rate", "duration"} {
-		if v, ok := load[key]; ok {
-			if key == "path" {
-				v = strconv.Quote(v)
-			}
-			fmt.Fprintf(&b, "  %s: %s\n", key, v)
-		}
-	}
-	if stages, ok := load["stages"]; ok {
-		b.WriteString("  stages:\n")
-		for _, stage := range strings.Split(stages, ",") {
-			duration, target, found := strings.Cut(strings.TrimSpace(stage), ":")
-			if !found {
-				return nil, fmt.Errorf("--stages: %q is not DURATION:TARGET (e.g. 60s:200)", stage)
-			}
-			fmt.Fprintf(&b, "    - {duration: %s, target: %s}\n", duration, target)
-		}
-	}
-	return plan.Parse("command line", []byte(b.String()))
-}

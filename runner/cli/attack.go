@@ -88,23 +88,12 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 					return errors.New("--case needs --plan")
 				}
 				flags := map[string]string{}
-				f := cmd.Flags()
-				set := func(flag, key, value string) {
-					if f.Changed(flag) {
-						flags[key] = value
+				for _, lf := range plan.LoadFlags {
+					if f := cmd.Flags().Lookup(lf.Flag); f != nil && f.Changed {
+						flags[lf.Key] = f.Value.String()
 					}
 				}
-				set("rate", "rate", fmt.Sprint(rate))
-				set("duration", "duration", duration.String())
-				set("start-rate", "startRate", fmt.Sprint(startRate))
-				set("stages", "stages", stages)
-				set("timeout", "timeout", timeout.String())
-				set("connection", "connection", connection)
-				set("think-time", "thinkTime", thinkTime.String())
-				set("connections", "connections", fmt.Sprint(connections))
-				set("workers", "workers", fmt.Sprint(workers))
-				set("max-workers", "maxWorkers", fmt.Sprint(maxWorkers))
-				if p, err = experiment.PlanFromFlags("attack", flags); err != nil {
+				if p, err = plan.FromLoadFlags("attack", flags); err != nil {
 					return err
 				}
 				caseName = plan.DefaultCaseName
@@ -118,7 +107,7 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 				return err
 			}
 			return runAttack(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), experiment.Config{
-				Plan: p, PlanSource: source, Kind: experiment.KindAttack, ResultsRoot: resultsRoot, PrometheusURL: prom.url, PrometheusToken: token,
+				Plan: p, PlanSource: source, ResultsRoot: resultsRoot, PrometheusURL: prom.url, PrometheusToken: token,
 				MetricsListen: metricsListen, ScrapeInterval: scrapeInterval, Logger: slog.Default(),
 				Provenance: provenance(map[string]string{"kind": "none", "url": url}),
 			}, c, url)
@@ -161,39 +150,22 @@ func provenance(target map[string]string) rundir.Provenance {
 }
 
 func runAttack(ctx context.Context, out, errOut io.Writer, cfg experiment.Config, c plan.Case, url string) error {
-	session, err := experiment.Start(cfg)
-	if err != nil {
+	progress := newProgressPrinter(errOut)
+	result, err := experiment.Attack(ctx, experiment.AttackConfig{Config: cfg, Case: c, URL: url, Progress: progress.print,
+		Started: func(dir string) {
+			fmt.Fprintf(errOut, "attack %s: %d requests over %s, results in %s\n", url, c.Requests, c.Load.TotalDuration(), dir)
+		}})
+	progress.done()
+	if !result.Reported {
 		return err
 	}
-	defer session.Close()
-	fmt.Fprintf(errOut, "attack %s: %d requests over %s, results in %s\n", url, c.Requests, c.Load.TotalDuration(), session.Dir)
-	progress := newProgressPrinter(errOut)
-	record, attackErr := session.Attack(ctx, c, 1, url, nil, progress.print, nil)
-	progress.done()
-	interrupted := ctx.Err() != nil
-	// The final scrape and the reports run even after Ctrl-C, so what was gathered is kept.
-	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
-	if err := session.FinalScrape(finishCtx, record.Summary.End); err != nil {
-		return errors.Join(attackErr, err)
-	}
-	rep, err := session.Finish(finishCtx, interrupted || attackErr != nil)
-	if err != nil {
-		return errors.Join(attackErr, err)
-	}
-	if err := session.Close(); err != nil {
-		return errors.Join(attackErr, err)
-	}
-	writeSummary(out, record.Summary)
-	if len(rep.Runs) == 1 {
-		w := rep.Runs[0].Whole
+	writeSummary(out, result.Summary)
+	if len(result.Report.Runs) == 1 {
+		w := result.Report.Runs[0].Whole
 		fmt.Fprintf(out, "Prometheus: %d requests, %d 2xx, error rate %.2f%%, p99 %.1f ms\n", w.Total, w.OK, w.ErrorRate*100, w.P99Ms)
 	}
-	fmt.Fprintf(out, "report: %s, %s\n", filepath.Join(session.Dir, "report.md"), filepath.Join(session.Dir, "report.html"))
-	if interrupted {
-		return errors.Join(attackErr, errors.New("interrupted: the results directory is marked partial"))
-	}
-	return attackErr
+	fmt.Fprintf(out, "report: %s, %s\n", filepath.Join(result.Dir, "report.md"), filepath.Join(result.Dir, "report.html"))
+	return err
 }
 
 func writeSummary(out io.Writer, s load.Summary) {

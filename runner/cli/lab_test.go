@@ -50,7 +50,7 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 		}
 	})
 
-	var state labState
+	var state lab.State
 	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		select {
 		case code := <-done:
@@ -58,7 +58,7 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 			t.Fatalf("lab up exited %d: %s", code, errOut.String())
 		default:
 		}
-		data, err := os.ReadFile(filepath.Join(dir, labStateFile))
+		data, err := os.ReadFile(filepath.Join(dir, lab.StateFile))
 		return err == nil && json.Unmarshal(data, &state) == nil, nil
 	})
 	if err != nil {
@@ -157,7 +157,7 @@ func TestLabUpInterruptedLeavesNothing(t *testing.T) {
 		conn.Close()
 		t.Errorf("the apiserver's port %s still listens", state.Server)
 	}
-	if _, err := os.Stat(filepath.Join(dir, labStateFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); !os.IsNotExist(err) {
 		t.Errorf("state file left: %v", err)
 	}
 }
@@ -180,8 +180,8 @@ func TestLabDownLeavesAStaleLabsProcessAlone(t *testing.T) {
 	}
 	owner.Start-- // the lab that wrote the file started earlier: same PID, another process
 	dir := t.TempDir()
-	data, _ := json.Marshal(labState{PID: owner.PID, Owner: owner, Kubeconfig: filepath.Join(dir, "kubeconfig")})
-	if err := os.WriteFile(filepath.Join(dir, labStateFile), data, 0o600); err != nil {
+	data, _ := json.Marshal(lab.State{PID: owner.PID, Owner: owner, Kubeconfig: filepath.Join(dir, "kubeconfig")})
+	if err := os.WriteFile(filepath.Join(dir, lab.StateFile), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	code, stdout, stderr := run(t, "lab", "down", "--dir", dir)
@@ -196,7 +196,7 @@ func TestLabDownLeavesAStaleLabsProcessAlone(t *testing.T) {
 		t.Fatal("lab down signalled a process that is not the lab")
 	case <-time.After(500 * time.Millisecond):
 	}
-	if _, err := os.Stat(filepath.Join(dir, labStateFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); !os.IsNotExist(err) {
 		t.Errorf("the stale lab.json stays: %v", err)
 	}
 }
