@@ -188,8 +188,8 @@ func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
 	}
 }
 
-// finishesInFlight is exercised only when requests were in flight at a SIGTERM: an app that exits at once passes
-// a run that had none to cut.
+// finishesInFlight is exercised only when requests were in flight at a SIGTERM or at the exit (or the exit cut
+// some): an app that exits at once would pass a run that had none to cut.
 func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict) {
 	var atSIGTERM, atExit uint64
 	for _, p := range r.InFlight {
@@ -207,8 +207,8 @@ func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict)
 		v.Figure += fmt.Sprintf("; load %.1f/s × the app's median latency %.1f ms → %.1f in flight per Pod expected (Little's law)",
 			r.Conditions.MaxRPS, accept.Whole.P50Ms, perPod)
 	}
-	if atSIGTERM == 0 {
-		v.NotExercised = "no request was in flight at any SIGTERM — the app answers too fast for the load's rate; a slower --path (a request that does real work) exercises it"
+	if atSIGTERM == 0 && atExit == 0 && cut == 0 {
+		v.NotExercised = "no request was in flight at any SIGTERM or exit — the app answers too fast for the load's rate; a slower --path (a request that does real work) exercises it"
 	}
 	if !v.OK {
 		v.Fix = "on SIGTERM stop accepting and let the requests in flight finish (Go: http.Server.Shutdown), then exit; a grace period longer than the longest request"

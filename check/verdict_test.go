@@ -106,6 +106,14 @@ func TestNothingInFlightIsNotExercised(t *testing.T) {
 	if v := strict[1]; v.Result != analysis.ResultFail || v.Mark() != "✗" || !Failed(strict) {
 		t.Errorf("--expect exercised: %+v", v)
 	}
+	// An exit that cut requests sent after SIGTERM exercised it, even with none in flight at SIGTERM.
+	cutLate := inFlight
+	cutLate.Attribution = map[string]uint64{analysis.CauseInFlightCut: 3}
+	cutLate.Whole.Errors = 3
+	cutLate.InFlight = []rundir.PodInFlight{{Pod: "old", AtExit: 1}}
+	if v := Verdicts(analysis.Report{Runs: []analysis.CaseRun{accept, cutLate}}, Expect{})[1]; v.Result != analysis.ResultFail || v.NotExercised != "" {
+		t.Errorf("cut at exit: %+v", v)
+	}
 	var md strings.Builder
 	if err := analysis.WriteVerdicts(&md, Verdicts(rep, Expect{})); err != nil || !strings.Contains(md.String(), "| – | Does it finish what it started? |") {
 		t.Errorf("report table: %v\n%s", err, md.String())

@@ -143,18 +143,20 @@ func TestCheckJudgesCowwebShutdownModes(t *testing.T) {
 }
 
 // A server that exits at once on SIGTERM but answers at once (< 1 ms) leaves nothing in flight to cut at a light
-// rate: finishes-in-flight is –, not ✓; --expect exercised makes that a failure.
+// rate: finishes-in-flight is –, not ✓; --expect exercised makes that a failure. (A request may still arrive in
+// the moment between SIGTERM and the exit: then it is cut, and the verdict is ✗, exercised.)
 func TestCheckSaysWhatItCouldNotExercise(t *testing.T) {
 	testenv.RequireRoot(t)
 	app := buildShutdownApp(t)
-	_, verdicts, out, rep := runCheckReport(t, "--port", "9000", "--max-rate", "20", "--expect", "exercised", "--", app, "--listen", ":9000", "--mode", "immediate", "--work", "0")
+	_, verdicts, out, _ := runCheckReport(t, "--port", "9000", "--max-rate", "20", "--expect", "exercised", "--", app, "--listen", ":9000", "--mode", "immediate", "--work", "0")
 	v := verdicts[check.FinishesInFlight]
-	if n := inFlightAtSIGTERM(rep); n == 0 && (v.NotExercised == "" || v.Result != analysis.ResultFail || !strings.Contains(out, "✗ Does it finish what it started?")) {
-		t.Errorf("nothing in flight, --expect exercised: %s %+v", v.Mark(), v)
+	if v.Result != analysis.ResultFail || !strings.Contains(out, "✗ Does it finish what it started?") {
+		t.Errorf("an app that exits at once: %s %+v", v.Mark(), v)
 	}
-	if v.Result == analysis.ResultPass {
-		t.Errorf("an app that exits at once passed finishes-in-flight: %s", v.Figure)
+	if v.NotExercised == "" && !strings.Contains(v.Figure, "cut by the exit") {
+		t.Errorf("neither exercised nor said not to be: %s", v.Figure)
 	}
+	t.Logf("finishes-in-flight: %s (not exercised: %q)", v.Figure, v.NotExercised)
 }
 
 func readReport(dir string) (analysis.Report, error) {
