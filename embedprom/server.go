@@ -487,7 +487,6 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 // URL is the base URL of the HTTP API.
 func (s *Server) URL() string { return "http://" + s.listener.Addr().String() }
 
-
 // WriteToken stores the token in a file only the owner can read, for Grafana, curl and `runner report`.
 func (s *Server) WriteToken(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

@@ -20,7 +20,6 @@ import (
 //go:embed defaults.yaml
 var defaultsYAML []byte
 
-
 // Plan is a plan resolved: defaults applied and every case expanded with its settings.
 type Plan struct {
 	Source      string     `yaml:"source" json:"source"`
