@@ -489,4 +489,3 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 	}
 	return WriteReports(ctx, dir, m, api, now)
 }
-
