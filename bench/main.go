@@ -8,9 +8,9 @@
 //  3. the CPU seconds the embedded Prometheus spends per minute of load scraping every second, and on the queries;
 //  4. the lab: start, 8 Pods Ready, stop, memory;
 //  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case;
-//  7. the lab's load path: the highest per-user connection rate through the tcp balancer → a node's NodePort →
-//     kube-proxy's DNAT → a Pod, against the same balancer's user-space relay straight to the Pod (the path the lab
-//     had before it ran kube-proxy), in one run.
+//  7. the lab's load path: the highest per-user connection rate and the machine's CPU per connection through the
+//     tcp balancer → a node's NodePort → kube-proxy's DNAT → a Pod, against user-space relays on the same hosts
+//     (balancer → node → Pod: the path the lab had before it ran kube-proxy), in one run.
 package main
 
 import (
@@ -46,6 +46,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
+	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
@@ -121,7 +122,7 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 	if err := applyOverhead(runner, "plans/quick.yaml"); err != nil {
 		return err
 	}
-	fmt.Println("\n== 7. the lab's load path, a connection per request: kernel (balancer → NodePort → kube-proxy DNAT → Pod) vs user space (balancer → Pod)")
+	fmt.Println("\n== 7. the lab's load path, a connection per request: kernel (balancer → NodePort → kube-proxy DNAT → Pod) vs user space (balancer relay → node relay → Pod)")
 	if err := loadPaths(runner, cowweb, step); err != nil {
 		return err
 	}
@@ -639,119 +640,250 @@ func kubeProxyCommand(runner string) []string {
 }
 
 // loadPaths measures, in one lab, the highest rate of new connections (one request each, trivial handler) the
-// lab's load path holds: through the tcp balancer, a node's NodePort and kube-proxy's DNAT to a Pod (the kernel
-// path), and through a user-space relay in the same process that dials the Pod itself and copies both ways (the
-// path the lab had before, whose proxy routed in user space).
+// lab's load path holds, and what each connection costs the machine: through the tcp balancer, a node's NodePort
+// and kube-proxy's DNAT to a Pod (the kernel path), and through two user-space relays — one on the load balancer's
+// host, one on each node, as the balancer and the node proxy the lab had before it ran kube-proxy, and as
+// kube-proxy's old userspace mode — that each dial the next hop and copy both ways (the user-space path). Both
+// paths enter at an address of the lab's node network from the host, leave the same hosts' namespaces and end at
+// the same Pods, so they share every limit but the one compared. Every connection leaves a TIME_WAIT for 60 s in
+// the namespace that closed it, and a namespace has ~28 000 ports per destination: before each step the bench
+// waits until the step's connections fit, so neither path meets that wall (a cluster's clients, balancers and
+// nodes are other hosts with ranges of their own).
 func loadPaths(runner, cowweb string, step time.Duration) error {
 	if os.Geteuid() != 0 {
 		fmt.Println("   skipped: the lab needs root")
 		return nil
 	}
-	cowwebPath, err := filepath.Abs(cowweb)
+	l, ingress, podAddrs, stop, err := benchLab(runner, cowweb)
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "rollout-lab-bench-path")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	ctx := context.Background()
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 2, Cowweb: []string{cowwebPath}, KubeProxyCommand: kubeProxyCommand(runner)})
-	if err != nil {
-		return err
-	}
-	defer l.Down()
-	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
-	if err != nil {
-		return err
-	}
-	p, err := plan.Parse("bench", []byte("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: 2\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n"))
-	if err != nil {
-		return err
-	}
-	allReady := readyAt(ctx, l.Client, "default", 2)
-	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
-		return err
-	}
-	<-allReady
-	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := l.Proxies.WaitProgrammed(waitCtx, "default", experiment.ReleaseName, 2); err != nil {
-		return err
-	}
-	var ingress net.IP
-	for start := time.Now(); ingress == nil; time.Sleep(50 * time.Millisecond) {
-		ingress, _ = l.Balancers.Ingress("default", experiment.ReleaseName)
-		if time.Since(start) > time.Minute {
-			return fmt.Errorf("no load balancer for the bench's Service")
+	defer stop()
+	var nodeRelays []string
+	for _, n := range l.Proxies.Nodes() {
+		ns, _ := l.Network.NodeNamespace(n.Name)
+		relay, err := userSpaceRelay(ns, n.IP, podAddrs)
+		if err != nil {
+			return err
 		}
+		defer relay.Close()
+		nodeRelays = append(nodeRelays, relay.Addr().String())
 	}
-	pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	balancerRelay, err := userSpaceRelay(l.Network.BalancerNamespace(), l.Network.BalancerIP(), nodeRelays)
 	if err != nil {
 		return err
 	}
-	var podAddrs []string
-	for _, pod := range pods.Items {
-		podAddrs = append(podAddrs, net.JoinHostPort(pod.Status.PodIP, "8080"))
-	}
-	relay, err := userSpaceRelay(podAddrs)
-	if err != nil {
-		return err
-	}
-	defer relay.Close()
+	defer balancerRelay.Close()
 	results, err := os.MkdirTemp("", "rollout-lab-bench")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(results)
-	paths := []struct{ name, url string }{
-		{"kernel", fmt.Sprintf("http://%s/say?m=bench", net.JoinHostPort(ingress.String(), "80"))},
-		{"user space", "http://" + relay.Addr().String() + "/say?m=bench"},
+	namespaces := []string{"", l.Network.BalancerNamespace()}
+	for _, n := range l.Proxies.Nodes() {
+		ns, _ := l.Network.NodeNamespace(n.Name)
+		namespaces = append(namespaces, ns)
 	}
-	fmt.Printf("   %8s  %22s  %22s\n", "rate/s", "kernel thr/s (ok %)", "user space thr/s (ok %)")
-	best := map[string]int{}
-	broke := map[string]bool{}
+	paths := []benchPath{
+		{name: "kernel", url: fmt.Sprintf("http://%s/say?m=bench", net.JoinHostPort(ingress.String(), "80"))},
+		{name: "user space", url: "http://" + balancerRelay.Addr().String() + "/say?m=bench"},
+	}
+	return pathLadder(runner, paths, namespaces, step, results)
+}
+
+type benchPath struct {
+	name, url string
+	best      int
+	// cpuPerConn is the machine's CPU time per completed request at the highest rate every path sustained.
+	cpuPerConn map[int]float64
+	broke      bool
+}
+
+// pathLadder climbs the rates on every path in turn, each step after the TIME_WAIT states of earlier ones left room.
+func pathLadder(runner string, paths []benchPath, namespaces []string, step time.Duration, results string) error {
+	fmt.Printf("   %8s", "rate/s")
+	for _, p := range paths {
+		fmt.Printf("  %36s", p.name+" thr/s (ok %) CPU ms/conn")
+	}
+	fmt.Println()
+	bothHeld := 0
 	for _, rate := range []int{500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000} {
 		line := fmt.Sprintf("   %8d", rate)
-		for _, path := range paths {
-			if broke[path.name] {
-				line += fmt.Sprintf("  %22s", "-")
+		held := true
+		for i := range paths {
+			p := &paths[i]
+			if p.broke {
+				line += fmt.Sprintf("  %36s", "-")
+				held = false
 				continue
 			}
-			r, err := runnerStep(runner, path.url, plan.ConnectionPerUser, rate, step, results)
+			if err := awaitPortRoom(namespaces, int(float64(rate)*step.Seconds()*1.2)); err != nil {
+				return err
+			}
+			busyBefore := machineBusySeconds()
+			r, err := runnerStep(runner, p.url, plan.ConnectionPerUser, rate, step, results)
 			if err != nil {
 				return err
 			}
+			perConn := (machineBusySeconds() - busyBefore) / (r.throughput * step.Seconds()) * 1000
 			mark := " "
 			if !r.sustained(rate) {
-				mark, broke[path.name] = "✗", true
+				mark, p.broke, held = "✗", true, false
 			} else {
-				best[path.name] = rate
+				p.best = rate
+				if p.cpuPerConn == nil {
+					p.cpuPerConn = map[int]float64{}
+				}
+				p.cpuPerConn[rate] = perConn
 			}
-			line += fmt.Sprintf("  %14.0f (%5.1f)%s", r.throughput, r.success*100, mark)
+			line += fmt.Sprintf("  %14.0f (%5.1f)%s %13.3f", r.throughput, r.success*100, mark, perConn)
 		}
 		fmt.Println(line)
-		if broke["kernel"] && broke["user space"] {
+		if held {
+			bothHeld = rate
+		}
+		if paths[0].broke && paths[1].broke {
 			break
 		}
 	}
+	kernel, user := paths[0], paths[1]
 	ratio := 0.0
-	if best["user space"] > 0 {
-		ratio = float64(best["kernel"]) / float64(best["user space"])
+	if user.best > 0 {
+		ratio = float64(kernel.best) / float64(user.best)
 	}
-	fmt.Printf("   highest sustained: kernel path %d/s, user-space path %d/s, ratio %.2f\n", best["kernel"], best["user space"], ratio)
+	fmt.Printf("   highest sustained: kernel path %d/s, user-space path %d/s, ratio %.2f\n", kernel.best, user.best, ratio)
+	if bothHeld > 0 {
+		fmt.Printf("   machine CPU per connection at %d/s (both held): kernel %.3f ms, user space %.3f ms, ratio %.2f\n", bothHeld,
+			kernel.cpuPerConn[bothHeld], user.cpuPerConn[bothHeld], kernel.cpuPerConn[bothHeld]/user.cpuPerConn[bothHeld])
+	}
 	return nil
 }
 
-// userSpaceRelay accepts on loopback and relays each connection to the next Pod (round robin) with two copies, as
-// the lab's user-space proxy did.
-func userSpaceRelay(backends []string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// benchLab starts a 2-node lab with 2 trivial cowweb Pods behind a LoadBalancer Service and returns it, the
+// Service's ingress address, the Pods' addresses and how to stop it all.
+func benchLab(runner, cowweb string) (*lab.Lab, net.IP, []string, func(), error) {
+	cowwebPath, err := filepath.Abs(cowweb)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	dir, err := os.MkdirTemp("", "rollout-lab-bench-path")
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	ctx := context.Background()
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: 2, Cowweb: []string{cowwebPath}, KubeProxyCommand: kubeProxyCommand(runner)})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, nil, err
+	}
+	stop := func() { l.Down(); os.RemoveAll(dir) }
+	fail := func(err error) (*lab.Lab, net.IP, []string, func(), error) { stop(); return nil, nil, nil, nil, err }
+	cfg, err := experiment.HelmConfiguration(l.Kubeconfig, "", "default", slog.New(slog.DiscardHandler))
+	if err != nil {
+		return fail(err)
+	}
+	p, err := plan.Parse("bench", []byte("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: 2\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n"))
+	if err != nil {
+		return fail(err)
+	}
+	allReady := readyAt(ctx, l.Client, "default", 2)
+	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
+		return fail(err)
+	}
+	<-allReady
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := l.Proxies.WaitProgrammed(waitCtx, "default", experiment.ReleaseName, 2); err != nil {
+		return fail(err)
+	}
+	var ingress net.IP
+	for start := time.Now(); ingress == nil; time.Sleep(50 * time.Millisecond) {
+		ingress, _ = l.Balancers.Ingress("default", experiment.ReleaseName)
+		if time.Since(start) > time.Minute {
+			return fail(fmt.Errorf("no load balancer for the bench's Service"))
+		}
+	}
+	pods, err := l.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fail(err)
+	}
+	var podAddrs []string
+	for _, pod := range pods.Items {
+		podAddrs = append(podAddrs, net.JoinHostPort(pod.Status.PodIP, "8080"))
+	}
+	return l, ingress, podAddrs, stop, nil
+}
+
+// machineBusySeconds is the CPU time all of the machine's CPUs spent not idle (/proc/stat), in seconds.
+func machineBusySeconds() float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	fields := strings.Fields(line)
+	busy := 0.0
+	for i, f := range fields[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i == 3 || i == 4 || i >= 7 { // idle, iowait; steal, guest and guest_nice are not this machine's work
+			continue
+		}
+		busy += v
+	}
+	return busy / 100 // USER_HZ
+}
+
+// awaitPortRoom waits (at most 70 s: TIME_WAIT lasts 60 s) until no namespace holds so many TIME_WAIT sockets that
+// the next step's connections could run out of source ports.
+func awaitPortRoom(namespaces []string, next int) error {
+	const ports = 28000 // net.ipv4.ip_local_port_range's default 32768–60999
+	deadline := time.Now().Add(70 * time.Second)
+	for {
+		most := 0
+		for _, ns := range namespaces {
+			tw, err := timeWaitSockets(ns)
+			if err != nil {
+				return err
+			}
+			most = max(most, tw)
+		}
+		if most+next <= ports || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// timeWaitSockets reads the namespace's TIME_WAIT count from its /proc/net/sockstat ("TCP: inuse … tw N …").
+func timeWaitSockets(ns string) (int, error) {
+	cmd := exec.Command("cat", "/proc/net/sockstat")
+	if ns != "" {
+		cmd = exec.Command("ip", "netns", "exec", ns, "cat", "/proc/net/sockstat")
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("sockstat of namespace %q: %w", ns, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		for i := 0; len(fields) > 0 && fields[0] == "TCP:" && i+1 < len(fields); i++ {
+			if fields[i] == "tw" {
+				return strconv.Atoi(fields[i+1])
+			}
+		}
+	}
+	return 0, fmt.Errorf("no TCP tw in the sockstat of namespace %q", ns)
+}
+
+// userSpaceRelay listens on ip in namespace ns and relays each connection to the next backend (round robin) with
+// two copies, as a user-space proxy does.
+func userSpaceRelay(ns string, ip net.IP, backends []string) (net.Listener, error) {
+	ln, err := nsnet.Listen(ns, "tcp", net.JoinHostPort(ip.String(), "0"))
 	if err != nil {
 		return nil, err
 	}
 	next := 0
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	go func() {
 		for {
 			client, err := ln.Accept()
@@ -762,7 +894,7 @@ func userSpaceRelay(backends []string) (net.Listener, error) {
 			next++
 			go func() {
 				defer client.Close()
-				upstream, err := net.DialTimeout("tcp", backend, 5*time.Second)
+				upstream, err := nsnet.Dial(context.Background(), ns, dialer, "tcp", backend)
 				if err != nil {
 					return
 				}

@@ -41,9 +41,13 @@ const (
 	nodeNetworkPrefix = 24
 	networkLockFile   = "/run/rollout-lab-network.lock"
 	// externalHosts are the node network's last addresses (before broadcast): LoadBalancer Services' ingress
-	// addresses, on the host's bridge, where the host and every node reach them.
+	// addresses, on the load balancer's host, where the host and every node reach them.
 	externalHosts = 15
 	firstExternal = 1<<(32-nodeNetworkPrefix) - 1 - externalHosts
+	// balancerHost is the load balancer host's own address on the node network, just below the ingress addresses.
+	balancerHost = firstExternal - 1
+	// balancerSuffix names the load balancer host's namespace (rlab-<pid>-lb) and its link (rn<pid>-lb).
+	balancerSuffix = "lb"
 	// nodeBridge is the bridge in every node's namespace that its Pods' veths join (the CNI bridge plugin's name).
 	nodeBridge = "cni0"
 )
@@ -74,6 +78,11 @@ type Network interface {
 	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and nodes reach.
 	AllocateExternal() (net.IP, error)
 	ReleaseExternal(net.IP) error
+	// BalancerNamespace is the load balancer host's network namespace: the ingress addresses live there, and the
+	// balancers listen and open their backend connections from it, as a cloud's balancer does from hosts of its own.
+	BalancerNamespace() string
+	// BalancerIP is the load balancer host's own address on the node network: its backend connections' source.
+	BalancerIP() net.IP
 }
 
 // Namespaces lists the node and Pod network namespaces of the lab run by process pid.
@@ -109,6 +118,8 @@ type NetnsNetwork struct {
 	closed  bool
 	// external holds the ingress addresses in use.
 	external map[uint32]bool
+	// balancerNS is the load balancer host's namespace, balancerVeth the host's end of its link.
+	balancerNS, balancerVeth string
 	// newPool makes a node's pool of Pod host numbers (tests shrink it).
 	newPool func() *addressPool
 }
@@ -205,6 +216,10 @@ func NewNetnsNetwork() (*NetnsNetwork, error) {
 		if err := makeBridge("", n.Bridge, fmt.Sprintf("%s/%d", gateway, nodeNetworkPrefix)); err != nil {
 			return fail(err)
 		}
+		if err := n.addBalancerHost(); err != nil {
+			_ = ipCommand("netns", "del", n.balancerNS)
+			return fail(err)
+		}
 		return n, nil
 	}
 	_ = owner.RemoveMarker(pid)
@@ -252,6 +267,35 @@ func makeBridge(ns, name, cidr string) error {
 	return nil
 }
 
+// addBalancerHost makes the load balancer's host: a namespace on the node network with an address of its own, where
+// the ingress addresses go. On a cloud the balancer runs on hosts apart from the clients and the nodes; sharing the
+// client's host would make both draw their source ports (and each closed connection's TIME_WAIT, 60 s) from one
+// range, which halves the per-connection rate the lab can hold and is nothing a cluster does.
+func (n *NetnsNetwork) addBalancerHost() error {
+	n.balancerNS = fmt.Sprintf("%s%d-%s", netnsPrefix, n.owner, balancerSuffix)
+	n.balancerVeth = "rn" + strconv.FormatInt(int64(n.owner), 36) + "-" + balancerSuffix
+	for _, args := range [][]string{
+		{"netns", "add", n.balancerNS},
+		{"link", "add", n.balancerVeth, "type", "veth", "peer", "name", "eth0", "netns", n.balancerNS},
+		{"link", "set", n.balancerVeth, "master", n.Bridge, "up"},
+		{"-n", n.balancerNS, "addr", "add", fmt.Sprintf("%s/%d", n.BalancerIP(), nodeNetworkPrefix), "dev", "eth0"},
+		{"-n", n.balancerNS, "link", "set", "eth0", "up"},
+		{"-n", n.balancerNS, "link", "set", "lo", "up"},
+		{"-n", n.balancerNS, "route", "add", "default", "via", n.Gateway.String()},
+	} {
+		if err := ipCommand(args...); err != nil {
+			return fmt.Errorf("load balancer host: %w", err)
+		}
+	}
+	return nil
+}
+
+// BalancerNamespace is the load balancer host's namespace.
+func (n *NetnsNetwork) BalancerNamespace() string { return n.balancerNS }
+
+// BalancerIP is the load balancer host's address on the node network.
+func (n *NetnsNetwork) BalancerIP() net.IP { return ipv4(n.base + balancerHost) }
+
 // ClusterCIDR is the block's upper /20: every node's Pod CIDR comes from it.
 func (n *NetnsNetwork) ClusterCIDR() string {
 	return fmt.Sprintf("%s/%d", ipv4(n.base+1<<(blockBits-1)), 32-(blockBits-1))
@@ -292,7 +336,7 @@ func (n *NetnsNetwork) NodeCommand(node string, argv []string) (*exec.Cmd, error
 
 // AddNode makes the node's namespace: eth0 on the node network, forwarding on, a bridge for its Pod CIDR, a default
 // route to the host, routes to the other nodes' Pod CIDRs through their addresses (host-gw) and theirs to it, and
-// the host's route to it.
+// the host's and the load balancer host's routes to it.
 func (n *NetnsNetwork) AddNode(name, podCIDR string) (net.IP, error) {
 	_, cidr, err := net.ParseCIDR(podCIDR)
 	if err != nil {
@@ -351,7 +395,11 @@ func (n *NetnsNetwork) AddNode(name, podCIDR string) (net.IP, error) {
 	if err := makeBridge(nn.ns, nodeBridge, fmt.Sprintf("%s/%d", nn.gateway, NodeCIDRMaskSize)); err != nil {
 		return fail(err)
 	}
-	routes := [][]string{{"route", "add", cidr.String(), "via", nn.ip.String(), "dev", n.Bridge}}
+	routes := [][]string{
+		{"route", "add", cidr.String(), "via", nn.ip.String(), "dev", n.Bridge},
+		// The balancer's answers to a Pod that called an ingress address go straight to the Pod's node.
+		{"-n", n.balancerNS, "route", "add", cidr.String(), "via", nn.ip.String()},
+	}
 	for _, o := range others {
 		routes = append(routes,
 			[]string{"-n", nn.ns, "route", "add", o.podCIDR.String(), "via", o.ip.String()},
@@ -554,6 +602,12 @@ func (n *NetnsNetwork) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := ipCommand("link", "del", n.balancerVeth); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ipCommand("netns", "del", n.balancerNS); err != nil {
+		errs = append(errs, err)
+	}
 	if err := ipCommand("link", "del", n.Bridge); err != nil {
 		errs = append(errs, err)
 	} else if err := owner.RemoveMarker(n.owner); err != nil {
@@ -565,8 +619,8 @@ func (n *NetnsNetwork) Close() error {
 	return nil
 }
 
-// AllocateExternal gives a LoadBalancer Service an ingress address: one of the node network's last, on the
-// host's bridge.
+// AllocateExternal gives a LoadBalancer Service an ingress address: one of the node network's last, on the load
+// balancer's host (the host and the nodes reach it on the node network).
 func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -575,7 +629,7 @@ func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
 			continue
 		}
 		ip := ipv4(n.base + host)
-		if err := ipCommand("addr", "add", ip.String()+"/32", "dev", n.Bridge); err != nil {
+		if err := ipCommand("-n", n.balancerNS, "addr", "add", ip.String()+"/32", "dev", "eth0"); err != nil {
 			return nil, err
 		}
 		n.external[host] = true
@@ -584,7 +638,7 @@ func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
 	return nil, fmt.Errorf("the lab's %d load balancer addresses are all in use", externalHosts)
 }
 
-// ReleaseExternal takes an ingress address off the bridge.
+// ReleaseExternal takes an ingress address off the load balancer's host.
 func (n *NetnsNetwork) ReleaseExternal(ip net.IP) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -596,5 +650,5 @@ func (n *NetnsNetwork) ReleaseExternal(ip net.IP) error {
 		return nil
 	}
 	delete(n.external, host)
-	return ipCommand("addr", "del", ip.String()+"/32", "dev", n.Bridge)
+	return ipCommand("-n", n.balancerNS, "addr", "del", ip.String()+"/32", "dev", "eth0")
 }

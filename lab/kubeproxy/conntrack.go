@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -271,34 +271,9 @@ func replyTupleSource(b []byte) (*net.TCPAddr, bool) {
 // dialIn creates the connection's socket inside namespace ns (a socket keeps the namespace it was made in), bound
 // to source (port chosen by the kernel, returned), then connects it as any other.
 func dialIn(ctx context.Context, ns string, source net.IP, dst *net.TCPAddr) (net.Conn, *net.TCPAddr, error) {
-	handle, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer handle.Close()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	current, err := netns.Get()
-	if err != nil {
-		return nil, nil, err
-	}
-	defer current.Close()
-	if err := netns.Set(handle); err != nil {
-		return nil, nil, err
-	}
 	var src *net.TCPAddr
-	dialer := BoundDialer(source, func(a *net.TCPAddr) { src = a })
-	// The socket is created on this thread before the dial waits for the connect.
-	conn, dialErr := dialer.DialContext(ctx, "tcp", dst.String())
-	if err := netns.Set(current); err != nil {
-		// A thread left in another namespace must not run other goroutines: keep it locked so it exits with us.
-		runtime.LockOSThread()
-		if conn != nil {
-			conn.Close()
-		}
-		return nil, nil, fmt.Errorf("return from namespace %s: %w", ns, err)
-	}
-	return conn, src, dialErr
+	conn, err := nsnet.Dial(ctx, ns, BoundDialer(source, func(a *net.TCPAddr) { src = a }), "tcp", dst.String())
+	return conn, src, err
 }
 
 // BoundDialer is a dialer whose socket is bound to source before the connect; bound gets the source address and

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -66,12 +67,14 @@ const backendConnectTimeout = 5 * time.Second
 // routeJournalTTL is how long the balancer remembers which backend a client connection used, for attribution.
 const routeJournalTTL = 2 * time.Minute
 
-// externalAddresses hands out and takes back ingress addresses; HostIP is the host's address on the node network,
-// the balancers' source address towards the nodes.
+// externalAddresses hands out and takes back ingress addresses on the load balancer's host: its network namespace
+// ("" for the process's own), where the balancers listen and dial from, and its address on the node network, the
+// balancers' source address towards the nodes.
 type externalAddresses interface {
 	AllocateExternal() (net.IP, error)
 	ReleaseExternal(net.IP) error
-	HostIP() net.IP
+	BalancerNamespace() string
+	BalancerIP() net.IP
 }
 
 // Backends are the nodes behind every balancer and what their kube-proxy did with a connection.
@@ -246,7 +249,7 @@ func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
 		lb.transport = b.backendTransport()
 	}
 	for _, p := range svc.Spec.Ports {
-		ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Port))))
+		ln, err := nsnet.Listen(b.addresses.BalancerNamespace(), "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Port))))
 		if err != nil {
 			b.close(lb)
 			return nil, err
@@ -386,7 +389,13 @@ func (b *Balancers) countConnection(mode string) {
 // checkHealth asks every node's kube-proxy /healthz each interval; a node that failed healthRetries checks in a row
 // gets no new connections until it answers again.
 func (b *Balancers) checkHealth() {
-	client := &http.Client{Timeout: healthTimeout}
+	dialer := &net.Dialer{}
+	client := &http.Client{Timeout: healthTimeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return nsnet.Dial(ctx, b.addresses.BalancerNamespace(), dialer, network, addr)
+		},
+	}}
 	ticker := time.NewTicker(healthInterval)
 	defer ticker.Stop()
 	for {
@@ -433,7 +442,7 @@ func (b *Balancers) pickNode() (kubeproxy.Node, error) {
 	return n, nil
 }
 
-// dialBackend opens a backend connection to a node's NodePort from the host's node-network address, bound before
+// dialBackend opens a backend connection to a node's NodePort from the balancer host's address, bound before
 // the connect so that its source port is known even when the connect fails. The route — where the node's rules sent
 // the connection, from its conntrack entry (for a refused one too) — is remembered for client (the client
 // connection's address; "" when no client is waiting for this connection).
@@ -446,13 +455,13 @@ func (b *Balancers) dialBackend(ctx context.Context, mode string, nodePort int, 
 	}
 	dst := &net.TCPAddr{IP: node.IP, Port: nodePort}
 	var src *net.TCPAddr
-	dialer := kubeproxy.BoundDialer(b.addresses.HostIP(), func(a *net.TCPAddr) {
+	dialer := kubeproxy.BoundDialer(b.addresses.BalancerIP(), func(a *net.TCPAddr) {
 		src = a
 		b.record(client, journalEntry{route: kubeproxy.Routed{Node: node.Name}, connecting: &backendConnect{node: node.Name, src: a, dst: dst}})
 	})
 	ctx, cancel := context.WithTimeout(ctx, backendConnectTimeout)
 	defer cancel()
-	conn, err := dialer.DialContext(ctx, "tcp", dst.String())
+	conn, err := nsnet.Dial(ctx, b.addresses.BalancerNamespace(), dialer, "tcp", dst.String())
 	r := kubeproxy.Routed{Node: node.Name}
 	if src != nil {
 		if found, lookupErr := b.backends.RouteOf(node.Name, src, dst); lookupErr == nil {
