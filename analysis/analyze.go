@@ -170,6 +170,8 @@ type CaseRun struct {
 	Load    Window               `json:"load"`
 	Rollout *Window              `json:"rolloutWindow,omitempty"`
 	Whole   Outcome              `json:"whole"`
+	// WarmUp is the load before the rollout began, the app's own pace to compare the run with; nil without a rollout.
+	WarmUp *Outcome `json:"warmUp,omitempty"`
 	// Attribution counts the failed requests by why they failed (AttributionCauses); nil when not attributed.
 	Attribution map[string]uint64 `json:"attribution,omitempty"`
 	// Lateness is how far behind its schedule the attacker sent (from its summary); nil when unknown.
@@ -248,6 +250,13 @@ func Analyze(ctx context.Context, api promv1.API, s Selector, cond Conditions, o
 	run.Load = Window{Start: start.Add(-opts.ScrapeInterval), End: maxTime(opts.Now, end)}
 	if run.Whole, err = outcome(ctx, api, s, run.Load, opts.Now); err != nil {
 		return run, err
+	}
+	if rolloutStart, ok := run.Phases[load.PhaseRolloutStart]; ok && rolloutStart.After(start) {
+		warmUp, err := outcome(ctx, api, s, Window{Start: run.Load.Start, End: rolloutStart}, opts.Now)
+		if err != nil {
+			return run, err
+		}
+		run.WarmUp = &warmUp
 	}
 	if rolloutStart, ok := run.Phases[load.PhaseRolloutStart]; ok {
 		rolloutEnd := end

@@ -40,10 +40,28 @@ const (
 	SaturatedThrottled   = 0.10
 )
 
-// Saturation lists why a run's figures describe a CPU-starved machine, nodes or Pods; empty when they do not.
+// An app that falls behind its arrivals shows it in its latency whatever held it up — CPU, or a lock such as the
+// reference knob's mutex-guarded random source, which collapses the Pods while the machine is only ~38% busy
+// (../shared/LAB-NOTES.md): requests queue in the Pods, so the median over the load climbs far above the warm-up's
+// (the load before the rollout, at the same rates or lower). Ten times the warm-up's median and at least 100 ms
+// more: a rollout alone moves the median by a few percent (0.81–1.05× on the seed's scaled plans), a queue by orders
+// of magnitude (30 s against ~20 ms in the collapsed reference run).
+const (
+	OverloadedMedianFactor   = 10.0
+	OverloadedMedianMarginMs = 100.0
+)
+
+// Overloaded says whether the app fell behind its arrivals (see OverloadedMedianFactor).
+func (r CaseRun) Overloaded() bool {
+	w := r.WarmUp
+	return w != nil && w.Total > 0 && r.Whole.P50Ms >= OverloadedMedianFactor*w.P50Ms && r.Whole.P50Ms-w.P50Ms >= OverloadedMedianMarginMs
+}
+
+// Saturation lists why a run's figures describe a CPU-starved machine, nodes or Pods, or an app that fell behind its
+// arrivals; empty when they do not.
 func (r CaseRun) Saturation(lang string) []string {
 	ja := lang == "ja"
-	var reasons []string
+	reasons := r.overloadReason(lang)
 	if r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness {
 		reasons = append(reasons, pick(ja, fmt.Sprintf("the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms)", r.Lateness.P99Ms, SaturatedLateness),
 			fmt.Sprintf("負荷生成側が予定より p99 %.1f ms 遅れて送信 (しきい値 %.0f ms)", r.Lateness.P99Ms, SaturatedLateness)))
@@ -63,6 +81,32 @@ func (r CaseRun) Saturation(lang string) []string {
 		}
 	}
 	return reasons
+}
+
+// overloadReason says, as a list of none or one, how the app fell behind its arrivals.
+func (r CaseRun) overloadReason(lang string) []string {
+	if !r.Overloaded() {
+		return nil
+	}
+	ja := lang == "ja"
+	return []string{pick(ja, fmt.Sprintf("the app fell behind its arrivals: median latency %s ms over the load against %s ms in the warm-up (threshold %.0f× and +%.0f ms)%s",
+		formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), OverloadedMedianFactor, OverloadedMedianMarginMs, r.inFlightNote(false)),
+		fmt.Sprintf("アプリが到着に追いつかなかった: 負荷全体の中央値レイテンシ %s ms、ウォームアップ %s ms (しきい値 %.0f 倍かつ +%.0f ms)%s",
+			formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), OverloadedMedianFactor, OverloadedMedianMarginMs, r.inFlightNote(true)))}
+}
+
+// inFlightNote names the requests the Pods held at SIGTERM, when counted: a queue shows there too.
+func (r CaseRun) inFlightNote(ja bool) string {
+	var total, most uint64
+	for _, p := range r.InFlight {
+		total += p.AtSIGTERM
+		most = max(most, p.AtSIGTERM)
+	}
+	if total == 0 {
+		return ""
+	}
+	return pick(ja, fmt.Sprintf(", %d requests in flight at SIGTERM (up to %d in one Pod)", total, most),
+		fmt.Sprintf("、SIGTERM 時の処理中リクエスト %d (Pod あたり最大 %d)", total, most))
 }
 
 // Saturated says whether the run's figures are flagged (see Saturation).

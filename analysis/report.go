@@ -96,7 +96,7 @@ var labelsByLang = map[string]labels{
 		condition: "条件", preStop: "preStop sleep", graceful: "グレースフルシャットダウン", replicas: "レプリカ数",
 		cpuLoad: "CPU 負荷 (load)", maxRPS: "最大 rps", connections: "接続", perUser: "ユーザーごと", pooled: "プール (keep-alive)",
 		loadPath: "負荷の経路: %s。", lateness: "送信の遅れ p99 / 最大 (ms)",
-		saturated: "⚠ 飽和: %s で %s。CPU が足りず、この数値は計画どおりの実験ではありません。", cpu: "CPU: マシン使用率 / ノード容量到達 / Pod 抑制 (CFS 周期の割合)", cpuModel: "ラボの CPU: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
+		saturated: "⚠ 飽和: %s で %s。この数値は計画どおりの実験ではありません。", cpu: "CPU: マシン使用率 / ノード容量到達 / Pod 抑制 (CFS 周期の割合)", cpuModel: "ラボの CPU: %s。", inFlightSIGTERM: "SIGTERM 時の処理中リクエスト (合計 / Pod 最大)", inFlightExit: "終了時の処理中リクエスト (合計 / Pod 最大)",
 		total: "総リクエスト数", ok: "2xx 系レスポンス", errors: "エラー数", errorClass: "エラー (%s)", errorCause: "エラー原因: %s", errorRate: "エラー率",
 		mean: "平均レスポンス時間(ms)", p50: "p50 レスポンス時間(ms)", p90: "p90 レスポンス時間(ms)", p99: "p99 レスポンス時間(ms)",
 		rolloutSeconds: "ロールアウト区間(s)", rolloutErrors: "ロールアウト中のエラー数", rolloutErrorRate: "ロールアウト中のエラー率",
@@ -110,7 +110,7 @@ var labelsByLang = map[string]labels{
 		condition: "Condition", preStop: "preStop sleep", graceful: "Graceful shutdown", replicas: "Replicas",
 		cpuLoad: "CPU load (load)", maxRPS: "Max rps", connections: "Connections", perUser: "per user", pooled: "pooled (keep-alive)",
 		loadPath: "Load path: %s.", lateness: "Send lateness p99 / max (ms)",
-		saturated: "⚠ Saturated: in %s %s. CPU ran short: these figures are not the planned experiment.", cpu: "CPU: machine busy / node at capacity / Pod throttled (share of CFS periods)", cpuModel: "Lab CPU: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
+		saturated: "⚠ Saturated: in %s %s. These figures are not the planned experiment.", cpu: "CPU: machine busy / node at capacity / Pod throttled (share of CFS periods)", cpuModel: "Lab CPU: %s.", inFlightSIGTERM: "In flight at SIGTERM (sum / max per Pod)", inFlightExit: "In flight at exit (sum / max per Pod)",
 		total: "Total requests", ok: "2xx responses", errors: "Errors", errorClass: "Errors (%s)", errorCause: "Errors by cause: %s", errorRate: "Error rate",
 		mean: "Mean latency (ms)", p50: "p50 latency (ms)", p90: "p90 latency (ms)", p99: "p99 latency (ms)",
 		rolloutSeconds: "Rollout window (s)", rolloutErrors: "Errors during the rollout", rolloutErrorRate: "Error rate during the rollout",
@@ -263,7 +263,7 @@ func (l labels) rows(runs []CaseRun) []row {
 	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.CPU != nil }) {
 		rows = append(rows, row{l.cpu, func(r CaseRun) string {
 			mark := ""
-			if r.Saturated() {
+			if len(r.Saturation("en")) > len(r.overloadReason("en")) { // the app's own overload is marked at its p50
 				mark = " ⚠"
 			}
 			return cpuCell(r.CPU) + mark
@@ -290,7 +290,12 @@ func (l labels) rows(runs []CaseRun) []row {
 	rows = append(rows,
 		row{l.errorRate, func(r CaseRun) string { return formatRate(r.Whole.ErrorRate) }},
 		row{l.mean, func(r CaseRun) string { return formatMs(r.Whole.MeanMs) }},
-		row{l.p50, func(r CaseRun) string { return formatMs(r.Whole.P50Ms) }},
+		row{l.p50, func(r CaseRun) string {
+			if r.Overloaded() {
+				return formatMs(r.Whole.P50Ms) + " ⚠"
+			}
+			return formatMs(r.Whole.P50Ms)
+		}},
 		row{l.p90, func(r CaseRun) string { return formatMs(r.Whole.P90Ms) }},
 		row{l.p99, func(r CaseRun) string { return formatMs(r.Whole.P99Ms) }},
 	)
