@@ -22,8 +22,11 @@ type Report struct {
 	Runs        []CaseRun `json:"runs"`
 	// LoadPath says how the load reached the Pods (the target's words: a load balancer, a node's proxy, a URL).
 	LoadPath string `json:"loadPath,omitempty"`
-	// CPUModel says what a lab node is, CPU-wise (empty on a cluster).
-	CPUModel string `json:"cpuModel,omitempty"`
+	// LoadPathJa says it in Japanese (empty: the report of a Japanese plan falls back to LoadPath).
+	LoadPathJa string `json:"loadPathJa,omitempty"`
+	// CPUModel says what a lab node is, CPU-wise (empty on a cluster); CPUModelJa in Japanese.
+	CPUModel   string `json:"cpuModel,omitempty"`
+	CPUModelJa string `json:"cpuModelJa,omitempty"`
 	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
 	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
@@ -185,6 +188,14 @@ func (l labels) preStopSleep(c Conditions) string {
 func formatCount(n uint64) string { return strconv.FormatUint(n, 10) }
 
 func formatRate(r float64) string { return strconv.FormatFloat(r*100, 'f', 2, 64) + "%" }
+
+// inLanguage is the Japanese text for a Japanese report when there is one, else the English.
+func inLanguage(lang, en, ja string) string {
+	if lang == "ja" && ja != "" {
+		return ja
+	}
+	return en
+}
 
 func formatMs(ms float64) string { return strconv.FormatFloat(ms, 'f', 1, 64) }
 
@@ -371,11 +382,11 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 		}
 		b.WriteString(" |\n")
 	}
-	if rep.LoadPath != "" {
-		fmt.Fprintf(&b, "\n"+l.loadPath+"\n", rep.LoadPath)
+	if path := inLanguage(lang, rep.LoadPath, rep.LoadPathJa); path != "" {
+		fmt.Fprintf(&b, "\n"+l.loadPath+"\n", path)
 	}
-	if rep.CPUModel != "" {
-		fmt.Fprintf(&b, "\n"+l.cpuModel+"\n", rep.CPUModel)
+	if model := inLanguage(lang, rep.CPUModel, rep.CPUModelJa); model != "" {
+		fmt.Fprintf(&b, "\n"+l.cpuModel+"\n", model)
 	}
 	for _, r := range rep.Runs {
 		if reasons := r.Saturation(lang); len(reasons) > 0 {

@@ -86,8 +86,10 @@ func fixtureReport() Report {
 		return r
 	}
 	return Report{Plan: "l640-rep8-rps200", Description: "golden fixture",
-		CPUModel: "each node has 500m CPU (capacity and allocatable), enforced by cgroup v1 CFS quota; Pods get shares from requests and quota from limits as the kubelet sets them; 500m of the machine's 2 CPUs stay with the runner and control plane",
-		LoadPath: "per-user connections → the Service's tcp load balancer (198.18.15.241:80) → a node's proxy (round robin over 3 nodes) → a Pod", Runs: []CaseRun{
+		CPUModel:   "each node has 500m CPU (capacity and allocatable), enforced by cgroup v1 CFS quota; Pods get shares from requests and quota from limits as the kubelet sets them; 500m of the machine's 2 CPUs stay with the runner and control plane",
+		CPUModelJa: "各ノードの CPU は 500m (capacity と allocatable)、cgroup v1 の CFS quota で制限",
+		LoadPath:   "per-user connections → the Service's tcp load balancer (198.18.15.241:80) → a node's proxy (round robin over 3 nodes) → a Pod",
+		LoadPathJa: "ユーザーごとの接続 → Service の tcp ロードバランサー (198.18.15.241:80) → Pod", Runs: []CaseRun{
 			run("cowweb-ru-gs", 0, "graceful", 37, 2),
 			run("cowweb-ru-gs-slp5", 5*time.Second, "graceful", 0, 0),
 			run("cowweb-ru-slp8", 8*time.Second, "immediate", 0, 11),

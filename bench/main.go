@@ -694,7 +694,7 @@ func loadPaths(runner, cowweb string, step time.Duration) error {
 type benchPath struct {
 	name, url string
 	best      int
-	// cpuPerConn is the machine's CPU time per completed request at the highest rate every path sustained.
+	// cpuPerConn is the machine's CPU time per completed request, beyond its idle use, at each sustained rate.
 	cpuPerConn map[int]float64
 	broke      bool
 }
@@ -706,6 +706,12 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 		fmt.Printf("  %36s", p.name+" thr/s (ok %) CPU ms/conn")
 	}
 	fmt.Println()
+	// What the lab and the machine spend with no load (control plane, kube-proxies, Prometheus), taken off each
+	// step so that the figure is what a connection adds.
+	idleBefore, idleStart := machineBusySeconds(), time.Now()
+	time.Sleep(5 * time.Second)
+	idlePerSecond := (machineBusySeconds() - idleBefore) / time.Since(idleStart).Seconds()
+	fmt.Printf("   (idle: the machine busy %.2f CPU-s/s, taken off each step)\n", idlePerSecond)
 	bothHeld := 0
 	for _, rate := range []int{500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000} {
 		line := fmt.Sprintf("   %8d", rate)
@@ -720,12 +726,13 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 			if err := awaitPortRoom(namespaces, int(float64(rate)*step.Seconds()*1.2)); err != nil {
 				return err
 			}
-			busyBefore := machineBusySeconds()
+			busyBefore, stepStart := machineBusySeconds(), time.Now()
 			r, err := runnerStep(runner, p.url, plan.ConnectionPerUser, rate, step, results)
 			if err != nil {
 				return err
 			}
-			perConn := (machineBusySeconds() - busyBefore) / (r.throughput * step.Seconds()) * 1000
+			elapsed := time.Since(stepStart).Seconds()
+			perConn := (machineBusySeconds() - busyBefore - idlePerSecond*elapsed) / (r.throughput * step.Seconds()) * 1000
 			mark := " "
 			if !r.sustained(rate) {
 				mark, p.broke, held = "✗", true, false

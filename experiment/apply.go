@@ -469,9 +469,10 @@ func (cr *caseRun) stopRecording() error {
 // startLoad starts the case's load and returns once it is sending (or failed to start).
 func (cr *caseRun) startLoad(ctx context.Context) error {
 	namespace := cr.cfg.Plan.Namespace()
-	url, dial := cr.target.LoadURL(cr.c, namespace, ReleaseName, servicePort)
-	// The target now knows the load's path (a load balancer, a node's proxy): the report states it.
-	cr.session.SetTargetProvenance(cr.target.Provenance())
+	path := cr.target.LoadPath(cr.c, namespace, ReleaseName, servicePort)
+	url, dial := path.URL, path.Dial
+	// The report states the way the load went (a load balancer, a node's proxy).
+	cr.session.SetLoadPath(path.Description, path.DescriptionJa)
 	var loadCtx context.Context
 	loadCtx, cr.stopLoad = context.WithCancel(ctx)
 	cr.attackDone = make(chan error, 1)

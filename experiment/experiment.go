@@ -326,6 +326,15 @@ func (s *Session) SetTargetProvenance(target map[string]string) {
 	s.Manifest.Provenance.Target = target
 }
 
+// SetLoadPath records the way the load went, in English and Japanese, with the target's provenance.
+func (s *Session) SetLoadPath(description, descriptionJa string) {
+	if s.Manifest.Provenance.Target == nil {
+		s.Manifest.Provenance.Target = map[string]string{}
+	}
+	s.Manifest.Provenance.Target["loadPath"] = description
+	s.Manifest.Provenance.Target["loadPathJa"] = descriptionJa
+}
+
 // FinalScrape waits until Prometheus holds every sample up to t.
 func (s *Session) FinalScrape(ctx context.Context, t time.Time) error {
 	if s.prom != nil {
@@ -367,7 +376,7 @@ func (s *Session) Close() error {
 // WriteReports analyses every run of a manifest and writes the reports into dir.
 func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
 	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"],
-		CPUModel: m.Provenance.Target["cpuModel"]}
+		LoadPathJa: m.Provenance.Target["loadPathJa"], CPUModel: m.Provenance.Target["cpuModel"], CPUModelJa: m.Provenance.Target["cpuModelJa"]}
 	for _, r := range m.Runs {
 		c, ok := m.Plan.Case(r.Labels.Case)
 		if !ok {

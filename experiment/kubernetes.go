@@ -21,7 +21,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/timeline"
 	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
@@ -151,12 +150,18 @@ func readyEndpoints(slices []discoveryv1.EndpointSlice) int {
 	return n
 }
 
-// LoadURL is load.url, or for in-cluster workers without one the Service's cluster DNS name.
-func (k *Kubernetes) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
+// LoadPath is load.url, or for in-cluster workers without one the Service's cluster DNS name.
+func (k *Kubernetes) LoadPath(c plan.Case, namespace, service string, port int) LoadPath {
 	if c.Load.URL == "" {
-		return fmt.Sprintf("http://%s.%s.svc:%d%s", service, namespace, port, c.Load.Path), nil
+		url := fmt.Sprintf("http://%s.%s.svc:%d%s", service, namespace, port, c.Load.Path)
+		return LoadPath{URL: url,
+			Description:   fmt.Sprintf("%s connections from in-cluster workers → %s (the cluster's DNS and Service routing)", c.Load.Connection, url),
+			DescriptionJa: fmt.Sprintf("クラスタ内ワーカーからの %s の接続 → %s (クラスタの DNS と Service のルーティング)", connectionJa(c.Load.Connection), url)}
 	}
-	return strings.TrimSuffix(c.Load.URL, "/") + c.Load.Path, nil
+	url := strings.TrimSuffix(c.Load.URL, "/") + c.Load.Path
+	return LoadPath{URL: url,
+		Description:   fmt.Sprintf("%s connections → %s (load.url; what lies behind it is the cluster's)", c.Load.Connection, url),
+		DescriptionJa: fmt.Sprintf("%s の接続 → %s (load.url。その先はクラスタの構成による)", connectionJa(c.Load.Connection), url)}
 }
 
 // Record follows the namespace's Pods, EndpointSlices and Events. A cluster has no node agent telling the runner

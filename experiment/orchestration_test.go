@@ -94,8 +94,8 @@ func (f *fakeTarget) Client() kubernetes.Interface { return f.client }
 func (f *fakeTarget) WaitServing(context.Context, string, string, int, int, plan.Case) error {
 	return nil
 }
-func (f *fakeTarget) LoadURL(c plan.Case, _, _ string, _ int) (string, load.DialFunc) {
-	return f.app.URL + c.Load.Path, nil
+func (f *fakeTarget) LoadPath(c plan.Case, _, _ string, _ int) LoadPath {
+	return LoadPath{URL: f.app.URL + c.Load.Path, Description: "straight to the fake app", DescriptionJa: "フェイクのアプリへ直接"}
 }
 func (f *fakeTarget) Record(_ context.Context, _ string, observe func(timeline.Event)) (func() []timeline.Event, error) {
 	events := []timeline.Event{{Type: timeline.EventDeletionSeen, Pod: "cowweb-old", UID: "old", Time: time.Now()}}
@@ -210,6 +210,13 @@ func TestApplyOrchestration(t *testing.T) {
 		for _, file := range []string{"report.md", "report.json", filepath.Join("cases", "first", "run-1", "events.json")} {
 			if _, err := os.Stat(filepath.Join(run.result.Dir, file)); err != nil {
 				t.Error(err)
+			}
+		}
+		// The report says the way the target sent the load, in the report's language and in the other.
+		for file, want := range map[string]string{"report.md": "負荷の経路: フェイクのアプリへ直接。", "report.en.md": "Load path: straight to the fake app."} {
+			data, err := os.ReadFile(filepath.Join(run.result.Dir, file))
+			if err != nil || !strings.Contains(string(data), want) {
+				t.Errorf("%s lacks %q (%v)", file, want, err)
 			}
 		}
 		// The restart patched the Deployment as kubectl does.

@@ -37,8 +37,8 @@ type Target interface {
 	Client() kubernetes.Interface
 	// WaitServing waits until the Service sends new connections to every one of its replicas.
 	WaitServing(ctx context.Context, namespace, service string, port, replicas int, c plan.Case) error
-	// LoadURL is where a case's load goes, and the dialer that takes it there (nil: the host's network).
-	LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc)
+	// LoadPath is where a case's load goes, the dialer that takes it there, and the way in words.
+	LoadPath(c plan.Case, namespace, service string, port int) LoadPath
 	// Record records the lifecycle of the namespace's Pods until stop, which returns the events; observe (when
 	// not nil) sees each event as it is recorded.
 	Record(ctx context.Context, namespace string, observe func(timeline.Event)) (stop func() []timeline.Event, err error)
@@ -46,14 +46,22 @@ type Target interface {
 	Close() error
 }
 
+// LoadPath is where a case's load goes and how.
+type LoadPath struct {
+	URL string
+	// Dial takes the load there; nil: the host's network.
+	Dial load.DialFunc
+	// Description and DescriptionJa say the way in words, for the report (empty when the target cannot tell).
+	Description, DescriptionJa string
+}
+
 // Connect opens a target once the session (registry, results directory) exists.
 type Connect func(ctx context.Context, session *Session) (Target, error)
 
 // labTarget is the embedded lab, started for one apply.
 type labTarget struct {
-	lab      *lab.Lab
-	loadPath string // how the last case's load went
-	tempDir  string // the lab's state when no directory was given: removed with the lab
+	lab     *lab.Lab
+	tempDir string // the lab's state when no directory was given: removed with the lab
 }
 
 // ConnectLab starts the lab the plan describes, in dir or (when empty) a temporary directory removed on Close.
@@ -89,8 +97,8 @@ func ConnectLab(dir string, cowweb []string) Connect {
 func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": controlplane.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
 		"kubeProxy": t.lab.Proxies.Config().String(), "serviceOut": "measured: each node's ruleset as kube-proxy commits it (nft monitor)",
-		"loadBalancer": t.lab.Balancers.Mode(), "loadPath": t.loadPath,
-		"cpuModel": t.lab.CPU.String(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
+		"loadBalancer": t.lab.Balancers.Mode(),
+		"cpuModel":     t.lab.CPU.String(), "cpuModelJa": t.lab.CPU.StringJa(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
 }
 
 func (t *labTarget) Helm(namespace string, logger *slog.Logger) (*action.Configuration, error) {
@@ -103,15 +111,18 @@ func (t *labTarget) WaitServing(ctx context.Context, namespace, service string, 
 	return t.lab.Proxies.WaitProgrammed(ctx, namespace, service, replicas)
 }
 
-// LoadURL sends the load to the Service's load balancer when it has one (the reference experiment's path: the
+// LoadPath sends the load to the Service's load balancer when it has one (the reference experiment's path: the
 // balancer → a node's NodePort → that node's kube-proxy rules → a Pod), else to the Service's cluster IP from inside
 // a node (round robin over the nodes), as a client on a node would. Either way each connection knows the Pod it was
 // routed to, read from the node's conntrack entry, for attribution.
-func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (string, load.DialFunc) {
+func (t *labTarget) LoadPath(c plan.Case, namespace, service string, port int) LoadPath {
 	nodes := t.lab.Proxies.Nodes()
 	if ip, ok := t.lab.Balancers.Ingress(namespace, service); ok {
-		t.loadPath = fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's NodePort (round robin over %d nodes, health-checked on kube-proxy's :10256) → the node's kube-proxy rules (%s) → a Pod",
-			c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config())
+		path := LoadPath{URL: fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), fmt.Sprint(port)), c.Load.Path),
+			Description: fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's NodePort (round robin over %d nodes, health-checked on kube-proxy's :10256) → the node's kube-proxy rules (%s) → a Pod",
+				c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config()),
+			DescriptionJa: fmt.Sprintf("%s の接続 → Service の %s ロードバランサー (%s:%d) → ノードの NodePort (%d ノードをラウンドロビン、kube-proxy の :10256 でヘルスチェック) → ノードの kube-proxy のルール (%s) → Pod",
+				connectionJa(c.Load.Connection), t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config())}
 		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, addr)
@@ -126,7 +137,8 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 			load.ReportRoute(ctx, route)
 			return load.NewRoutedConn(conn, route), nil
 		}
-		return fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), fmt.Sprint(port)), c.Load.Path), dial
+		path.Dial = dial
+		return path
 	}
 	clusterIP := service + "." + namespace
 	if svc, err := t.lab.Client.CoreV1().Services(namespace).Get(context.Background(), service, metav1.GetOptions{}); err == nil && svc.Spec.ClusterIP != "" {
@@ -143,9 +155,19 @@ func (t *labTarget) LoadURL(c plan.Case, namespace, service string, port int) (s
 		}
 		return load.NewRoutedConn(conn, route), nil
 	}
-	t.loadPath = fmt.Sprintf("%s connections from the nodes (round robin over %d) → Service %s/%s's cluster IP %s:%d → the node's kube-proxy rules (%s) → a Pod",
-		c.Load.Connection, len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config())
-	return fmt.Sprintf("http://%s%s", net.JoinHostPort(clusterIP, fmt.Sprint(port)), c.Load.Path), dial
+	return LoadPath{URL: fmt.Sprintf("http://%s%s", net.JoinHostPort(clusterIP, fmt.Sprint(port)), c.Load.Path), Dial: dial,
+		Description: fmt.Sprintf("%s connections from the nodes (round robin over %d) → Service %s/%s's cluster IP %s:%d → the node's kube-proxy rules (%s) → a Pod",
+			c.Load.Connection, len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config()),
+		DescriptionJa: fmt.Sprintf("ノードからの %s の接続 (%d ノードをラウンドロビン) → Service %s/%s の cluster IP %s:%d → ノードの kube-proxy のルール (%s) → Pod",
+			connectionJa(c.Load.Connection), len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config())}
+}
+
+// connectionJa names a connection model in Japanese.
+func connectionJa(model string) string {
+	if model == plan.ConnectionPerUser {
+		return "ユーザーごと"
+	}
+	return "プール"
 }
 
 // Record takes the node agent's and the dataplane's events, and endpoint changes from an EndpointSlice informer.

@@ -93,6 +93,16 @@ func (m CPUModel) String() string {
 		m.Cgroup, cgroups.FormatMilliCPU(m.ReservedMilli), m.MachineCPUs)
 }
 
+// StringJa describes the model in one Japanese sentence.
+func (m CPUModel) StringJa() string {
+	s := fmt.Sprintf("各ノードの CPU は %s (capacity と allocatable)", cgroups.FormatMilliCPU(m.NodeMilli))
+	if m.Cgroup == "" {
+		return s + fmt.Sprintf("、制限なし (%s): Pod はマシンの %d CPU をランナーと共有する", m.Reason, m.MachineCPUs)
+	}
+	return s + fmt.Sprintf("、cgroup %s の CFS quota で制限。Pod には kubelet と同じく requests から shares、limits から quota を設定。マシンの %d CPU のうち %s はランナーとコントロールプレーン用",
+		m.Cgroup, m.MachineCPUs, cgroups.FormatMilliCPU(m.ReservedMilli))
+}
+
 // Up starts a lab.
 func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if opts.Nodes == 0 {
