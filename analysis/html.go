@@ -3,12 +3,14 @@ package analysis
 import (
 	"bytes"
 	_ "embed"
+	"encoding/base64"
 	"fmt"
 	"html/template"
 	"io"
 	"slices"
 	"strings"
 
+	"codeberg.org/go-fonts/liberation/liberationsansregular"
 	"github.com/yuin/goldmark"
 	"github.com/yuin/goldmark/extension"
 	"gonum.org/v1/plot"
@@ -91,7 +93,16 @@ func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
 		"Timelines":  slices.ContainsFunc(figures, func(f htmlFigure) bool { return f.Kind == "timeline" }),
 		"Provenance": doc.Provenance,
 		"PlanYAML":   doc.PlanYAML,
+		"ChartFont":  chartFontFace(),
 	})
+}
+
+// chartFontFace is the CSS that gives the page the charts' typeface from its own file: without it a browser draws
+// the SVG charts' text in whatever sans serif it has, wider or narrower than the text was laid out for, and legends
+// run past their chart.
+func chartFontFace() template.CSS {
+	return template.CSS(`@font-face { font-family: "Liberation Sans"; font-style: normal; font-weight: normal; src: url(data:font/ttf;base64,` +
+		base64.StdEncoding.EncodeToString(liberationsansregular.TTF) + `) format("truetype"); }`)
 }
 
 // inlineSVG draws a chart as SVG for inclusion in HTML: without the XML prolog, scaled to its container, and with

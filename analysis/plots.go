@@ -11,7 +11,9 @@ import (
 	"strings"
 
 	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
@@ -88,11 +90,31 @@ func maxOf(series ...Points) float64 {
 	return top
 }
 
+// chartFont is the charts' typeface: a sans serif like the pages that show them (gonum's default is Liberation
+// Serif). report.html carries its file, so a browser draws the SVG charts with the metrics they were laid out in.
+var chartFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
+
+// legendPadding separates a legend's entries, so that no entry's text runs into the next one's.
+const legendPadding = 1.5 * vg.Millimeter
+
+// newPlot is plot.New with the charts' typeface on every text and the legend entries spaced.
+func newPlot() *plot.Plot {
+	p := plot.New()
+	for _, style := range []*text.Style{&p.Title.TextStyle, &p.X.Label.TextStyle, &p.Y.Label.TextStyle,
+		&p.X.Tick.Label, &p.Y.Tick.Label, &p.Legend.TextStyle} {
+		style.Font = font.From(chartFont, style.Font.Size)
+	}
+	p.Legend.Padding = legendPadding
+	return p
+}
+
 // RequestsPlot plots requests per second by outcome over the run, the rollout window shaded.
 func RequestsPlot(r CaseRun) (*plot.Plot, error) {
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("%s: requests/s by outcome", r.column())
-	p.X.Label.Text = "seconds since load start"
+	// A failure is counted when it ended: a connect that waited for a Pod already gone shows seconds after it was
+	// sent, and after the SIGTERM marks it belongs to.
+	p.X.Label.Text = "seconds since load start (requests counted when they ended)"
 	p.Y.Label.Text = "requests/s"
 	var all []Points
 	for _, class := range load.Classes {
@@ -133,7 +155,7 @@ func RequestsPlot(r CaseRun) (*plot.Plot, error) {
 
 // LatencyPlot plots p50 and p99 latency over the run, the rollout window shaded.
 func LatencyPlot(r CaseRun) (*plot.Plot, error) {
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("%s: latency", r.column())
 	p.X.Label.Text = "seconds since load start"
 	p.Y.Label.Text = "ms"
@@ -180,6 +202,9 @@ func writeFigure(w io.Writer, p *plot.Plot, width, height vg.Length, format stri
 	return err
 }
 
+// chartMargin is the blank edge of every chart.
+const chartMargin = 2 * vg.Millimeter
+
 // legendGap separates the data from the legend on its right.
 const legendGap = 6 * vg.Millimeter
 
@@ -190,6 +215,8 @@ func drawFigure(c draw.Canvas, p *plot.Plot) draw.Canvas {
 		c.SetColor(p.BackgroundColor)
 		c.Fill(c.Rectangle.Path())
 	}
+	// A margin all round: rotated axis labels otherwise reach past the figure's edge.
+	c = draw.Crop(c, chartMargin, -chartMargin, chartMargin, -chartMargin)
 	legend := p.Legend
 	p.Legend = plot.NewLegend()
 	defer func() { p.Legend = legend }()

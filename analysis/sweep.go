@@ -182,7 +182,7 @@ func writeSweepMarkdown(b *strings.Builder, s *Sweep, l labels, lang string) {
 // SweepPlot draws the error rate against the preStop sleep, with the across-runs interval when there are repeats,
 // and the recommended sleep.
 func SweepPlot(rep Report, s *Sweep) (*plot.Plot, error) {
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("%s: errors against preStop sleep", rep.Plan)
 	p.X.Label.Text = "preStop sleep (s)"
 	p.Y.Label.Text = "error rate (%)"

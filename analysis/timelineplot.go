@@ -428,7 +428,7 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 		minX, maxX = max(0, from-margin), min(tp.end, to+margin)
 	}
 
-	p := plot.New()
+	p := newPlot()
 	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", r.column())
 	p.X.Label.Text = "seconds since load start"
 	p.X.Min, p.X.Max = minX, maxX

@@ -61,3 +61,21 @@ func Eventually(t testing.TB, what string, timeout time.Duration, cond func(ctx 
 		t.Fatalf("%s: %v", what, err)
 	}
 }
+
+// RequireBrowserEnv, set (as .ci/run does), makes a test that needs Chromium fail instead of skipping without it.
+const RequireBrowserEnv = "ROLLOUT_LAB_REQUIRE_BROWSER" // also read by runner/cli's end-to-end check of report.html
+
+// Chromium is the path of Debian's chromium for tests that look at a page as a reader does; it skips the test
+// without one, or fails it when RequireBrowserEnv is set.
+func Chromium(t testing.TB) string {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err == nil {
+		return path
+	}
+	if os.Getenv(RequireBrowserEnv) != "" {
+		t.Fatalf("chromium (Debian package chromium) is needed: %v", err)
+	}
+	t.Skip("no chromium on this machine (Debian package chromium)")
+	return ""
+}
