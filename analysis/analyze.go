@@ -51,20 +51,6 @@ func ConditionsOf(c plan.Case) Conditions {
 	return cond
 }
 
-// Causes a failed request is attributed to: why it failed, as the article explains it.
-const (
-	// CauseBeforeServiceOut: the connection was routed to a Pod that had already stopped listening, because its
-	// SIGTERM came before the routing node's service-out.
-	CauseBeforeServiceOut = "before-service-out"
-	// CauseInFlightCut: the request was running on the Pod when its process ended without a graceful shutdown.
-	CauseInFlightCut = "in-flight-cut"
-	// CauseOther: anything else (no endpoint known, or no termination of that Pod explains it).
-	CauseOther = "other"
-)
-
-// AttributionCauses lists the causes in report order.
-var AttributionCauses = []string{CauseBeforeServiceOut, CauseInFlightCut, CauseOther}
-
 // Outcome is what happened to the requests of a window.
 type Outcome struct {
 	Total     uint64            `json:"total"`
@@ -95,7 +81,7 @@ func CheckExpectations(e plan.Expect, o Outcome) []Expectation {
 			OK: *e.MaxErrors >= 0 && o.Errors <= uint64(*e.MaxErrors)})
 	}
 	if e.MaxErrorRate != nil {
-		out = append(out, Expectation{Condition: fmt.Sprintf("error rate ≤ %g%%", *e.MaxErrorRate*100), Actual: formatRate(o.ErrorRate),
+		out = append(out, Expectation{Condition: fmt.Sprintf("error rate ≤ %g%%", *e.MaxErrorRate*100), Actual: strconv.FormatFloat(o.ErrorRate*100, 'f', 2, 64) + "%",
 			OK: o.ErrorRate <= *e.MaxErrorRate})
 	}
 	return out

@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
-	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 )
 
 // CPUUse is how busy the CPU was during a run's load: the machine the lab runs on, the lab's nodes (each capped at
@@ -57,69 +56,18 @@ func (r CaseRun) Overloaded() bool {
 	return w != nil && w.Total > 0 && r.Whole.P50Ms >= OverloadedMedianFactor*w.P50Ms && r.Whole.P50Ms-w.P50Ms >= OverloadedMedianMarginMs
 }
 
-// Saturation lists why a run's figures describe a CPU-starved machine, nodes or Pods, or an app that fell behind its
-// arrivals; empty when they do not.
-func (r CaseRun) Saturation(lang string) []string {
-	ja := lang == "ja"
-	reasons := r.overloadReason(lang)
-	if r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness {
-		reasons = append(reasons, pick(ja, fmt.Sprintf("the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms)", r.Lateness.P99Ms, SaturatedLateness),
-			fmt.Sprintf("負荷生成側が予定より p99 %.1f ms 遅れて送信 (しきい値 %.0f ms)", r.Lateness.P99Ms, SaturatedLateness)))
-	}
-	if c := r.CPU; c != nil {
-		if c.MachineBusy != nil && *c.MachineBusy >= SaturatedMachineBusy {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("the machine's CPUs were busy %s of the time (threshold %s)", percent(*c.MachineBusy), percent(SaturatedMachineBusy)),
-				fmt.Sprintf("マシンの CPU 使用率 %s (しきい値 %s)", percent(*c.MachineBusy), percent(SaturatedMachineBusy))))
-		}
-		if c.NodeThrottled != nil && *c.NodeThrottled >= SaturatedThrottled {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("node %s was at its CPU capacity in %s of the CFS periods (threshold %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(SaturatedThrottled)),
-				fmt.Sprintf("ノード %s が CFS 周期の %s で CPU 容量の上限に達した (しきい値 %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(SaturatedThrottled))))
-		}
-		if c.PodThrottled != nil && *c.PodThrottled >= SaturatedThrottled {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("the app's containers were throttled at their CPU limit in %s of the CFS periods (threshold %s)", percent(*c.PodThrottled), percent(SaturatedThrottled)),
-				fmt.Sprintf("アプリのコンテナが CFS 周期の %s で CPU limit により抑制された (しきい値 %s)", percent(*c.PodThrottled), percent(SaturatedThrottled))))
-		}
-	}
-	return reasons
+// Saturated says whether the run's figures describe a starved attacker, a CPU-starved machine, nodes or Pods, or
+// an app that fell behind its arrivals, rather than the plan (thresholds above and SaturatedLateness).
+func (r CaseRun) Saturated() bool {
+	return r.Overloaded() || r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness || r.CPUSaturated()
 }
 
-// overloadReason says, as a list of none or one, how the app fell behind its arrivals.
-func (r CaseRun) overloadReason(lang string) []string {
-	if !r.Overloaded() {
-		return nil
-	}
-	ja := lang == "ja"
-	return []string{pick(ja, fmt.Sprintf("the app fell behind its arrivals: median latency %s ms over the load against %s ms in the warm-up (threshold %.0f× and +%.0f ms)%s",
-		formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), OverloadedMedianFactor, OverloadedMedianMarginMs, r.inFlightNote(false)),
-		fmt.Sprintf("アプリが到着に追いつかなかった: 負荷全体の中央値レイテンシ %s ms、ウォームアップ %s ms (しきい値 %.0f 倍かつ +%.0f ms)%s",
-			formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), OverloadedMedianFactor, OverloadedMedianMarginMs, r.inFlightNote(true)))}
+// CPUSaturated says whether the machine was busy, or a node or the app's containers throttled, past the thresholds.
+func (r CaseRun) CPUSaturated() bool {
+	c := r.CPU
+	return c != nil && (c.MachineBusy != nil && *c.MachineBusy >= SaturatedMachineBusy ||
+		c.NodeThrottled != nil && *c.NodeThrottled >= SaturatedThrottled || c.PodThrottled != nil && *c.PodThrottled >= SaturatedThrottled)
 }
-
-// inFlightNote names the requests the Pods held at SIGTERM, when counted: a queue shows there too.
-func (r CaseRun) inFlightNote(ja bool) string {
-	var total, most uint64
-	for _, p := range r.InFlight {
-		total += p.AtSIGTERM
-		most = max(most, p.AtSIGTERM)
-	}
-	if total == 0 {
-		return ""
-	}
-	return pick(ja, fmt.Sprintf(", %d requests in flight at SIGTERM (up to %d in one Pod)", total, most),
-		fmt.Sprintf("、SIGTERM 時の処理中リクエスト %d (Pod あたり最大 %d)", total, most))
-}
-
-// Saturated says whether the run's figures are flagged (see Saturation).
-func (r CaseRun) Saturated() bool { return len(r.Saturation("en")) > 0 }
-
-func pick(ja bool, en, jaText string) string {
-	if ja {
-		return jaText
-	}
-	return en
-}
-
-func percent(f float64) string { return strconv.FormatFloat(math.Round(f*1000)/10, 'f', -1, 64) + "%" }
 
 // CPUQueries are the PromQL of CPUUse over a window.
 type CPUQueries struct {
@@ -137,15 +85,15 @@ func grown(series string, w Window) string {
 // CPUQueriesFor builds the queries; namespace picks the app's containers.
 func CPUQueriesFor(namespace string, w Window) CPUQueries {
 	seconds := strconv.FormatFloat(w.End.Sub(w.Start).Seconds(), 'f', -1, 64)
-	idle := grown(fmt.Sprintf(`%s{mode=~"idle|iowait"}`, cgroups.MetricMachineCPUSeconds), w)
-	all := grown(cgroups.MetricMachineCPUSeconds, w)
+	idle := grown(fmt.Sprintf(`%s{mode=~"idle|iowait"}`, wellknown.MetricMachineCPUSeconds), w)
+	all := grown(wellknown.MetricMachineCPUSeconds, w)
 	containers := fmt.Sprintf("{namespace=%s}", strconv.Quote(namespace))
 	return CPUQueries{
 		MachineBusy:    fmt.Sprintf("1 - sum(%s) / sum(%s)", idle, all),
-		MachineWaiting: fmt.Sprintf("sum(%s) / %s", grown(cgroups.MetricMachineCPUPressureWaiting, w), seconds),
+		MachineWaiting: fmt.Sprintf("sum(%s) / %s", grown(wellknown.MetricMachineCPUPressureWaiting, w), seconds),
 		NodeThrottled: fmt.Sprintf("topk(1, sum by (node) (%s) / sum by (node) (%s))",
-			grown(cgroups.MetricNodeCFSThrottled, w), grown(cgroups.MetricNodeCFSPeriods, w)),
-		PodThrottled: fmt.Sprintf("sum(%s) / sum(%s)", grown(cgroups.MetricContainerCFSThrottled+containers, w), grown(cgroups.MetricContainerCFSPeriods+containers, w)),
+			grown(wellknown.MetricNodeCFSThrottled, w), grown(wellknown.MetricNodeCFSPeriods, w)),
+		PodThrottled: fmt.Sprintf("sum(%s) / sum(%s)", grown(wellknown.MetricContainerCFSThrottled+containers, w), grown(wellknown.MetricContainerCFSPeriods+containers, w)),
 	}
 }
 
@@ -177,20 +125,4 @@ func cpuUse(ctx context.Context, api promv1.API, namespace string, w Window) (*C
 		return nil, nil
 	}
 	return &use, nil
-}
-
-// cpuCell is the report's CPU row: machine busy, the busiest node's throttling, the app's throttling.
-func cpuCell(c *CPUUse) string {
-	if c == nil {
-		return "-"
-	}
-	parts := make([]string, 0, 3)
-	for _, v := range []*float64{c.MachineBusy, c.NodeThrottled, c.PodThrottled} {
-		if v == nil {
-			parts = append(parts, "-")
-			continue
-		}
-		parts = append(parts, percent(*v))
-	}
-	return strings.Join(parts, " / ")
 }

@@ -1,5 +1,7 @@
-// Package analysis turns a run's metrics into results with PromQL, through any Prometheus HTTP API (the embedded
-// one or an external one), and writes them as Markdown, JSON, CSV and charts.
+// Package analysis turns a run's metrics into figures with PromQL, through any Prometheus HTTP API (the embedded
+// one or an external one): each case run's outcome, CPU use and saturation, the measured service-out, each Pod's
+// lifecycle from the run's timeline, and what the runs say together (the across-runs summary, the preStop sweep).
+// Writing them down is package report's; attributing failed requests as they happen is package attribution's.
 package analysis
 
 import (

@@ -1,9 +1,7 @@
 package analysis
 
 import (
-	"fmt"
 	"math"
-	"strings"
 
 	"gonum.org/v1/gonum/stat"
 	"gonum.org/v1/gonum/stat/distuv"
@@ -87,41 +85,4 @@ func confidenceInterval95(v []float64) [2]float64 {
 	t := distuv.StudentsT{Mu: 0, Sigma: 1, Nu: float64(len(v) - 1)}.Quantile(0.975)
 	half := t * sd / math.Sqrt(float64(len(v)))
 	return [2]float64{math.Max(0, mean-half), math.Min(1, mean+half)}
-}
-
-// writeSummaryMarkdown writes the across-runs table: one column per case.
-func writeSummaryMarkdown(b *strings.Builder, summaries []CaseSummary, l labels) {
-	fmt.Fprintf(b, "\n### %s\n\n| %s", l.acrossRuns, l.condition)
-	for _, s := range summaries {
-		b.WriteString(" | " + escapeCell(s.Case))
-	}
-	b.WriteString(" |\n|---" + strings.Repeat("|--:", len(summaries)) + "|\n")
-	rows := []struct {
-		label string
-		value func(CaseSummary) string
-	}{
-		{l.runs, func(s CaseSummary) string { return fmt.Sprint(s.Runs) }},
-		{l.errorsMeanRange, func(s CaseSummary) string {
-			return fmt.Sprintf("%s (%s–%s)", formatNumber(math.Round(s.Errors.Mean*10)/10), formatNumber(s.Errors.Min), formatNumber(s.Errors.Max))
-		}},
-		{l.errorRateMeanCI, func(s CaseSummary) string {
-			if s.ErrorRateCI95 == nil {
-				return formatRate(s.ErrorRate.Mean)
-			}
-			return fmt.Sprintf("%s [%s, %s]", formatRate(s.ErrorRate.Mean), formatRate(s.ErrorRateCI95[0]), formatRate(s.ErrorRateCI95[1]))
-		}},
-		{l.meanMsRange, func(s CaseSummary) string { return msRange(s.MeanMs) }},
-		{l.p99MsRange, func(s CaseSummary) string { return msRange(s.P99Ms) }},
-	}
-	for _, row := range rows {
-		b.WriteString("| " + row.label)
-		for _, s := range summaries {
-			b.WriteString(" | " + row.value(s))
-		}
-		b.WriteString(" |\n")
-	}
-}
-
-func msRange(s Spread) string {
-	return fmt.Sprintf("%s (%s–%s)", formatMs(s.Mean), formatMs(s.Min), formatMs(s.Max))
 }

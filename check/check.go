@@ -12,7 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/rollout-lab/rollout-lab/lab/loadbalancer"
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
 
@@ -164,7 +164,7 @@ func planDocument(o Options, image string, images map[string][]string) map[strin
 // (TuneInFlight), then the sweep of preStop sleeps longer than the app's own.
 func checkCases(o Options) []any {
 	protocol := func(p string) map[string]any {
-		return map[string]any{"service": map[string]any{"annotations": map[string]any{loadbalancer.BackendProtocolAnnotation: p}}}
+		return map[string]any{"service": map[string]any{"annotations": map[string]any{wellknown.BackendProtocolAnnotation: p}}}
 	}
 	cases := []any{
 		map[string]any{"name": CaseAccept, "description": "a new connection per request through a tcp balancer: does it keep accepting until it is out of the Service?",

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/load"
 )
 
@@ -92,31 +93,31 @@ func ExpectFrom(stored map[string]string) (Expect, error) {
 }
 
 // Failed says whether any verdict fails the check.
-func Failed(verdicts []analysis.Verdict) bool {
-	return slices.ContainsFunc(verdicts, func(v analysis.Verdict) bool { return v.Result == analysis.ResultFail })
+func Failed(verdicts []Verdict) bool {
+	return slices.ContainsFunc(verdicts, func(v Verdict) bool { return v.Result == ResultFail })
 }
 
 // conclude sets a verdict's result from what was measured and what is expected: a behaviour not exercised is
 // neither pass nor fail unless the expectations ask for every behaviour to be exercised; an allowed failure informs.
-func conclude(v analysis.Verdict, e Expect) analysis.Verdict {
+func conclude(v Verdict, e Expect) Verdict {
 	switch {
 	case v.NotExercised != "":
 		v.OK = false
 		v.Figure = strings.TrimPrefix(v.Figure+"; ", "; ") + "not exercised: " + v.NotExercised
-		v.Result = analysis.ResultNotExercised
+		v.Result = ResultNotExercised
 		if e.Exercised && !v.Advice {
-			v.Result = analysis.ResultFail
+			v.Result = ResultFail
 			v.Figure += " (--expect exercised fails it)"
 		}
 	case v.Advice:
-		v.Result = analysis.ResultAdvice
+		v.Result = ResultAdvice
 	case !v.OK && slices.Contains(e.Allow, v.Behaviour):
-		v.Advice, v.Result = true, analysis.ResultAdvice
+		v.Advice, v.Result = true, ResultAdvice
 		v.Figure += " (allowed by --expect)"
 	case v.OK:
-		v.Result = analysis.ResultPass
+		v.Result = ResultPass
 	default:
-		v.Result = analysis.ResultFail
+		v.Result = ResultFail
 	}
 	return v
 }
@@ -134,14 +135,14 @@ func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f',
 
 // Verdicts judges each behaviour from a check's report (its runs with their timelines): each from its case's first
 // finished run, exits-in-time from every run, prestop-needed from the sweep.
-func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
+func Verdicts(rep analysis.Report, e Expect) []Verdict {
 	runs := map[string]analysis.CaseRun{}
 	for _, r := range rep.Runs {
 		if _, seen := runs[r.Case]; !seen && !r.Interrupted {
 			runs[r.Case] = r
 		}
 	}
-	judge := func(v analysis.Verdict, caseName string, fill func(analysis.CaseRun, *analysis.Verdict)) analysis.Verdict {
+	judge := func(v Verdict, caseName string, fill func(analysis.CaseRun, *Verdict)) Verdict {
 		if r, ok := runs[caseName]; ok {
 			fill(r, &v)
 		} else {
@@ -149,19 +150,19 @@ func Verdicts(rep analysis.Report, e Expect) []analysis.Verdict {
 		}
 		return conclude(v, e)
 	}
-	return []analysis.Verdict{
-		judge(analysis.Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"},
-			CaseAccept, func(r analysis.CaseRun, v *analysis.Verdict) { keepsAccepting(r, e, v) }),
-		judge(analysis.Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"},
-			CaseInFlight, func(r analysis.CaseRun, v *analysis.Verdict) { finishesInFlight(r, runs[CaseAccept], e, v) }),
-		judge(analysis.Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"},
-			CaseIdle, func(r analysis.CaseRun, v *analysis.Verdict) { closesIdle(r, e, v) }),
+	return []Verdict{
+		judge(Verdict{Behaviour: KeepsAccepting, Question: "On SIGTERM, does it keep accepting until it is out of the Service?"},
+			CaseAccept, func(r analysis.CaseRun, v *Verdict) { keepsAccepting(r, e, v) }),
+		judge(Verdict{Behaviour: FinishesInFlight, Question: "Does it finish what it started?"},
+			CaseInFlight, func(r analysis.CaseRun, v *Verdict) { finishesInFlight(r, runs[CaseAccept], e, v) }),
+		judge(Verdict{Behaviour: ClosesIdle, Question: "Does it close idle keep-alive connections cleanly?"},
+			CaseIdle, func(r analysis.CaseRun, v *Verdict) { closesIdle(r, e, v) }),
 		conclude(exitsInTime(rep, e), e),
 		conclude(preStopNeeded(rep), e),
 	}
 }
 
-func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
+func keepsAccepting(r analysis.CaseRun, e Expect, v *Verdict) {
 	var closed, letGo []time.Duration
 	terminations := r.Timeline.Terminations()
 	for _, p := range terminations {
@@ -176,7 +177,7 @@ func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
 			letGo = append(letGo, p.LastServiceOut.Sub(p.SIGTERM))
 		}
 	}
-	refused := r.Attribution[analysis.CauseBeforeServiceOut]
+	refused := r.Attribution[attribution.CauseBeforeServiceOut]
 	v.OK = r.Whole.Errors <= e.MaxErrors
 	v.Figure = fmt.Sprintf("%d new connection(s) failed after SIGTERM, before the proxies let go (%d errors in all); listener closed %s after SIGTERM (median), the last proxy let go %s after it",
 		refused, r.Whole.Errors, secs(median(closed)), secs(median(letGo)))
@@ -190,13 +191,13 @@ func keepsAccepting(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
 
 // finishesInFlight is exercised only when requests were in flight at a SIGTERM or at the exit (or the exit cut
 // some): an app that exits at once would pass a run that had none to cut.
-func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict) {
+func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *Verdict) {
 	var atSIGTERM, atExit uint64
 	for _, p := range r.InFlight {
 		atSIGTERM += p.AtSIGTERM
 		atExit += p.AtExit
 	}
-	cut := r.Attribution[analysis.CauseInFlightCut]
+	cut := r.Attribution[attribution.CauseInFlightCut]
 	completed := atSIGTERM - min(atExit, atSIGTERM)
 	v.OK = cut <= e.MaxErrors
 	v.Figure = fmt.Sprintf("%d request(s) in flight at %d SIGTERM(s): %d completed; %d still in flight at exit; %d request(s) cut by the exit (%d errors in all)",
@@ -215,7 +216,7 @@ func finishesInFlight(r, accept analysis.CaseRun, e Expect, v *analysis.Verdict)
 	}
 }
 
-func closesIdle(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
+func closesIdle(r analysis.CaseRun, e Expect, v *Verdict) {
 	v.OK = r.Whole.Errors <= e.MaxErrors
 	v.Figure = fmt.Sprintf("%d error(s), %d of them 5xx (a balancer's 502 for a connection closed under a request)", r.Whole.Errors, r.Whole.ByClass[load.ClassHTTP5xx])
 	if len(r.Timeline.Terminations()) == 0 {
@@ -227,8 +228,8 @@ func closesIdle(r analysis.CaseRun, e Expect, v *analysis.Verdict) {
 }
 
 // exitsInTime judges every run's terminations.
-func exitsInTime(rep analysis.Report, e Expect) analysis.Verdict {
-	v := analysis.Verdict{Behaviour: ExitsInTime, Question: "Does it exit in time?"}
+func exitsInTime(rep analysis.Report, e Expect) Verdict {
+	v := Verdict{Behaviour: ExitsInTime, Question: "Does it exit in time?"}
 	var exits []time.Duration
 	codes := map[int]int{}
 	killed, pods := 0, 0
@@ -270,8 +271,8 @@ func exitsInTime(rep analysis.Report, e Expect) analysis.Verdict {
 }
 
 // preStopNeeded is advice from the accept case and its sweep.
-func preStopNeeded(rep analysis.Report) analysis.Verdict {
-	v := analysis.Verdict{Behaviour: PreStopNeeded, Question: "What preStop sleep does it need here?", Advice: true, OK: true}
+func preStopNeeded(rep analysis.Report) Verdict {
+	v := Verdict{Behaviour: PreStopNeeded, Question: "What preStop sleep does it need here?", Advice: true, OK: true}
 	sweep := analysis.Report{ServiceOut: rep.ServiceOut}
 	for _, r := range rep.Runs {
 		if _, swept := sweepSleep(r.Case); r.Case == CaseAccept || swept {

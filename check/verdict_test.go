@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -32,19 +33,19 @@ func checkRun(name string, errors uint64, sleep time.Duration, tl *analysis.RunT
 	return analysis.CaseRun{Case: name, Run: "1", Timeline: tl,
 		Conditions:  analysis.Conditions{AppKnown: true, PreStopSleep: plan.Duration(sleep), GracePeriod: plan.Duration(30 * time.Second), Replicas: 3},
 		Whole:       analysis.Outcome{Total: 200, Errors: errors, ByClass: map[string]uint64{load.ClassHTTP5xx: errors}},
-		Attribution: map[string]uint64{analysis.CauseBeforeServiceOut: errors}}
+		Attribution: map[string]uint64{attribution.CauseBeforeServiceOut: errors}}
 }
 
 func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 	closesAtOnce := terminations(5*time.Millisecond, 50*time.Millisecond, 0, false)
 	inFlight := checkRun(CaseInFlight, 2, 0, closesAtOnce)
-	inFlight.Attribution = map[string]uint64{analysis.CauseInFlightCut: 2}
+	inFlight.Attribution = map[string]uint64{attribution.CauseInFlightCut: 2}
 	inFlight.InFlight = []rundir.PodInFlight{{Pod: "old", AtSIGTERM: 5, AtExit: 2}}
 	rep := analysis.Report{Runs: []analysis.CaseRun{
 		checkRun(CaseAccept, 7, 0, closesAtOnce), inFlight, checkRun(CaseIdle, 0, 0, closesAtOnce),
 		checkRun(sweepPrefix+"1s", 0, time.Second, closesAtOnce), checkRun(sweepPrefix+"2s", 0, 2*time.Second, closesAtOnce),
 	}, ServiceOut: &analysis.ServiceOut{P99: 0.95, RecommendedPreStop: plan.Duration(2 * time.Second)}}
-	got := map[string]analysis.Verdict{}
+	got := map[string]Verdict{}
 	verdicts := Verdicts(rep, Expect{})
 	for _, v := range verdicts {
 		got[v.Behaviour] = v
@@ -60,7 +61,7 @@ func TestVerdictsOfAnAppThatClosesAtSIGTERM(t *testing.T) {
 	if f := got[PreStopNeeded].Figure; f[:55] != "the smallest preStop sleep with no error here: 1s; the " {
 		t.Errorf("preStop: %s", f)
 	}
-	if got[FinishesInFlight].Result != analysis.ResultFail || got[FinishesInFlight].Mark() != "✗" || got[ClosesIdle].Mark() != "✓" {
+	if got[FinishesInFlight].Result != ResultFail || got[FinishesInFlight].Mark() != "✗" || got[ClosesIdle].Mark() != "✓" {
 		t.Errorf("results: in flight %s %s, idle %s", got[FinishesInFlight].Result, got[FinishesInFlight].Mark(), got[ClosesIdle].Mark())
 	}
 	if !Failed(verdicts) || got[KeepsAccepting].Fix == "" {
@@ -89,33 +90,33 @@ func TestNothingInFlightIsNotExercised(t *testing.T) {
 	inFlight.InFlight = []rundir.PodInFlight{{Pod: "old"}}
 	rep := analysis.Report{Runs: []analysis.CaseRun{accept, inFlight}}
 	v := Verdicts(rep, Expect{})[1]
-	if v.Behaviour != FinishesInFlight || v.Result != analysis.ResultNotExercised || v.Mark() != "–" || v.OK {
+	if v.Behaviour != FinishesInFlight || v.Result != ResultNotExercised || v.Mark() != "–" || v.OK {
 		t.Fatalf("nothing in flight: %+v", v)
 	}
 	if !strings.Contains(v.Figure, "300.0/s × the app's median latency 0.4 ms → 0.0 in flight per Pod expected") || !strings.Contains(v.Figure, "slower --path") {
 		t.Errorf("figure: %s", v.Figure)
 	}
 	// The idle case did not run: – too. Neither fails the check by default.
-	if idle := Verdicts(rep, Expect{})[2]; idle.Result != analysis.ResultNotExercised || !strings.Contains(idle.Figure, "did not run") {
+	if idle := Verdicts(rep, Expect{})[2]; idle.Result != ResultNotExercised || !strings.Contains(idle.Figure, "did not run") {
 		t.Errorf("idle case not run: %+v", idle)
 	}
 	if Failed(Verdicts(rep, Expect{})) {
 		t.Error("not exercised behaviours fail the check by default")
 	}
 	strict := Verdicts(rep, Expect{Exercised: true})
-	if v := strict[1]; v.Result != analysis.ResultFail || v.Mark() != "✗" || !Failed(strict) {
+	if v := strict[1]; v.Result != ResultFail || v.Mark() != "✗" || !Failed(strict) {
 		t.Errorf("--expect exercised: %+v", v)
 	}
 	// An exit that cut requests sent after SIGTERM exercised it, even with none in flight at SIGTERM.
 	cutLate := inFlight
-	cutLate.Attribution = map[string]uint64{analysis.CauseInFlightCut: 3}
+	cutLate.Attribution = map[string]uint64{attribution.CauseInFlightCut: 3}
 	cutLate.Whole.Errors = 3
 	cutLate.InFlight = []rundir.PodInFlight{{Pod: "old", AtExit: 1}}
-	if v := Verdicts(analysis.Report{Runs: []analysis.CaseRun{accept, cutLate}}, Expect{})[1]; v.Result != analysis.ResultFail || v.NotExercised != "" {
+	if v := Verdicts(analysis.Report{Runs: []analysis.CaseRun{accept, cutLate}}, Expect{})[1]; v.Result != ResultFail || v.NotExercised != "" {
 		t.Errorf("cut at exit: %+v", v)
 	}
 	var md strings.Builder
-	if err := analysis.WriteVerdicts(&md, Verdicts(rep, Expect{})); err != nil || !strings.Contains(md.String(), "| – | Does it finish what it started? |") {
+	if err := WriteVerdicts(&md, Verdicts(rep, Expect{})); err != nil || !strings.Contains(md.String(), "| – | Does it finish what it started? |") {
 		t.Errorf("report table: %v\n%s", err, md.String())
 	}
 }

@@ -28,7 +28,9 @@ import (
 	"k8s.io/kubectl/pkg/polymorphichelpers"
 
 	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/charts"
+	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -83,7 +85,7 @@ type ApplyResult struct {
 	// ExpectationsFailed is true when a case's result broke one of the plan's expectations.
 	ExpectationsFailed bool
 	// Verdicts are a check's answers (Config.Check), as its reports show them.
-	Verdicts []analysis.Verdict
+	Verdicts []check.Verdict
 }
 
 // step is one part of apply, with the cleanup that undoes it (kind's create/actions style).
@@ -393,14 +395,14 @@ type caseRun struct {
 	labels     load.Labels
 	log        *slog.Logger
 	phase      atomic.Value // the current phase's name, for progress
-	attributor *analysis.Attributor
+	attributor *attribution.Attributor
 	stopRecord func() []timeline.Event
 	recorded   []timeline.Event
 	stopLoad   context.CancelFunc
 	attackDone chan error
 	rolloutErr error
 	attackErr  error
-	failures   analysis.Failures
+	failures   attribution.Failures
 	installed  *rundir.Installed
 }
 
@@ -452,7 +454,7 @@ func (cr *caseRun) install(ctx context.Context) error {
 
 // startRecording starts the timeline; each event also reaches the attributor as it is recorded.
 func (cr *caseRun) startRecording(ctx context.Context) error {
-	cr.attributor = analysis.NewAttributor(analysis.SettleTime, analysis.FailureSampleLimit)
+	cr.attributor = attribution.NewAttributor(attribution.SettleTime, attribution.FailureSampleLimit)
 	var err error
 	cr.stopRecord, err = cr.target.Record(ctx, cr.cfg.Plan.Namespace(), cr.attributor.Event)
 	return err
@@ -541,15 +543,15 @@ func (cr *caseRun) finalScrape(ctx context.Context) error {
 		return err
 	}
 	attributed := cr.attributor.Finish()
-	attribution := attributed.ByClass.ByCause()
-	for _, cause := range analysis.AttributionCauses {
-		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, cause).Add(float64(attribution[cause]))
+	byCause := attributed.ByClass.ByCause()
+	for _, cause := range attribution.Causes {
+		cr.session.Attributed.WithLabelValues(cr.labels.Plan, cr.labels.Case, cr.labels.Run, cause).Add(float64(byCause[cause]))
 	}
-	if err := cr.session.CompleteRun(cr.labels, RunDetails{Attribution: attribution, AttributionByClass: attributed.ByClass,
+	if err := cr.session.CompleteRun(cr.labels, RunDetails{Attribution: byCause, AttributionByClass: attributed.ByClass,
 		InFlight: attributed.InFlight, Installed: cr.installed}); err != nil {
 		return err
 	}
-	analysis.AnnotateInFlight(cr.recorded, attributed.InFlight)
+	attribution.AnnotateInFlight(cr.recorded, attributed.InFlight)
 	cr.failures = attributed.Failures
 	return cr.session.FinalScrape(context.WithoutCancel(ctx), time.Now())
 }

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"time"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/report"
 )
 
 // AttackConfig is a bare attack: one case's load sent to URL, no app installed, no rollout.
@@ -26,7 +26,7 @@ type AttackConfig struct {
 type AttackResult struct {
 	Dir      string
 	Summary  load.Summary
-	Report   analysis.Report
+	Report   report.Contents
 	Reported bool
 }
 

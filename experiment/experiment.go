@@ -25,6 +25,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/report"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
@@ -350,11 +351,11 @@ func (s *Session) FinalScrape(ctx context.Context, t time.Time) error {
 }
 
 // Finish marks the run complete (or partial), writes the reports and returns them.
-func (s *Session) Finish(ctx context.Context, partial bool) (analysis.Report, error) {
+func (s *Session) Finish(ctx context.Context, partial bool) (report.Contents, error) {
 	s.Manifest.Finished = time.Now().UTC()
 	s.Manifest.Partial = partial
 	if err := s.Manifest.Save(s.Dir); err != nil {
-		return analysis.Report{}, err
+		return report.Contents{}, err
 	}
 	return WriteReports(ctx, s.Dir, s.Manifest, s.API, s.Manifest.Finished)
 }
@@ -374,7 +375,25 @@ func (s *Session) Close() error {
 }
 
 // WriteReports analyses every run of a manifest and writes the reports into dir.
-func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
+func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (report.Contents, error) {
+	rep, err := analyzeRuns(ctx, dir, m, api, now)
+	if err != nil {
+		return report.Contents{Report: rep}, err
+	}
+	rep.Complete()
+	contents := report.Contents{Report: rep}
+	if m.Check != nil {
+		expect, err := check.ExpectFrom(m.Check)
+		if err != nil {
+			return contents, fmt.Errorf("run.json check: %w", err)
+		}
+		contents.Verdicts = check.Verdicts(rep, expect)
+	}
+	return contents, report.WriteAll(dir, contents, m.Plan.Report.Lang, htmlDocument(dir, m))
+}
+
+// analyzeRuns asks Prometheus for the figures of every run of a manifest, the measured service-out among them.
+func analyzeRuns(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
 	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"],
 		LoadPathJa: m.Provenance.Target["loadPathJa"], CPUModel: m.Provenance.Target["cpuModel"], CPUModelJa: m.Provenance.Target["cpuModelJa"]}
 	for _, r := range m.Runs {
@@ -436,20 +455,13 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 			return rep, err
 		}
 	}
-	if m.Check != nil {
-		expect, err := check.ExpectFrom(m.Check)
-		if err != nil {
-			return rep, fmt.Errorf("run.json check: %w", err)
-		}
-		rep.Verdicts = check.Verdicts(rep, expect)
-	}
-	return rep, analysis.WriteAll(dir, rep, m.Plan.Report.Lang, htmlDocument(dir, m))
+	return rep, nil
 }
 
 // htmlDocument is what report.html shows of a run's provenance and plan.
-func htmlDocument(dir string, m *rundir.Manifest) analysis.HTMLDocument {
+func htmlDocument(dir string, m *rundir.Manifest) report.HTMLDocument {
 	p := m.Provenance
-	doc := analysis.HTMLDocument{Provenance: [][2]string{{"tool", p.Tool + " " + p.Version}, {"Go", p.GoVersion}, {"platform", p.Platform},
+	doc := report.HTMLDocument{Provenance: [][2]string{{"tool", p.Tool + " " + p.Version}, {"Go", p.GoVersion}, {"platform", p.Platform},
 		{"started", m.Started.Format(time.RFC3339)}, {"finished", m.Finished.Format(time.RFC3339)}}}
 	if p.PlanHash != "" {
 		doc.Provenance = append(doc.Provenance, [2]string{"plan SHA-256", p.PlanHash})
@@ -464,10 +476,10 @@ func htmlDocument(dir string, m *rundir.Manifest) analysis.HTMLDocument {
 }
 
 // Regenerate rewrites every report of a results directory from its stored TSDB (or the external Prometheus it used).
-func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis.Report, error) {
+func Regenerate(ctx context.Context, dir, prometheusURL, token string) (report.Contents, error) {
 	m, err := rundir.Load(dir)
 	if err != nil {
-		return analysis.Report{}, err
+		return report.Contents{}, err
 	}
 	var api promv1.API
 	var lastSample time.Time
@@ -486,7 +498,7 @@ func Regenerate(ctx context.Context, dir, prometheusURL, token string) (analysis
 		api, err = embedprom.NewClient(m.Prometheus.URL, token)
 	}
 	if err != nil {
-		return analysis.Report{}, err
+		return report.Contents{}, err
 	}
 	now := m.Finished
 	if now.IsZero() {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
@@ -34,7 +34,7 @@ func TestMemoryDoesNotGrowWithRequests(t *testing.T) {
 		}
 		// The attributor holds every routed outcome for its settle time (rate × settle of them, whatever the run's
 		// length): a short settle keeps that bounded part small next to what this test looks for.
-		attributor := analysis.NewAttributor(200*time.Millisecond, analysis.FailureSampleLimit)
+		attributor := attribution.NewAttributor(200*time.Millisecond, attribution.FailureSampleLimit)
 		opts.Observe = attributor.Outcome
 		done := make(chan struct{})
 		var most uint64

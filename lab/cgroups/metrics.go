@@ -7,23 +7,23 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 )
 
-// Metric names of the CPU accounting: cAdvisor's for containers, the kubelet's resource metrics' for nodes,
-// kube-state-metrics' for capacity and node_exporter's for the machine's CPU pressure, so dashboards and queries
-// written for a cluster read the lab too.
+// Metric names of the CPU accounting (defined in wellknown, where the analysis reads them).
 const (
-	MetricContainerCPUUsage          = "container_cpu_usage_seconds_total"
-	MetricContainerCFSPeriods        = "container_cpu_cfs_periods_total"
-	MetricContainerCFSThrottled      = "container_cpu_cfs_throttled_periods_total"
-	MetricContainerCFSThrottledTime  = "container_cpu_cfs_throttled_seconds_total"
-	MetricNodeCPUUsage               = "node_cpu_usage_seconds_total"
-	MetricNodeCFSPeriods             = "rolloutlab_lab_node_cpu_cfs_periods_total"
-	MetricNodeCFSThrottled           = "rolloutlab_lab_node_cpu_cfs_throttled_periods_total"
-	MetricNodeCapacity               = "kube_node_status_capacity"
-	MetricMachineCPUPressureWaiting  = "node_pressure_cpu_waiting_seconds_total"
+	MetricContainerCPUUsage          = wellknown.MetricContainerCPUUsage
+	MetricContainerCFSPeriods        = wellknown.MetricContainerCFSPeriods
+	MetricContainerCFSThrottled      = wellknown.MetricContainerCFSThrottled
+	MetricContainerCFSThrottledTime  = wellknown.MetricContainerCFSThrottledTime
+	MetricNodeCPUUsage               = wellknown.MetricNodeCPUUsage
+	MetricNodeCFSPeriods             = wellknown.MetricNodeCFSPeriods
+	MetricNodeCFSThrottled           = wellknown.MetricNodeCFSThrottled
+	MetricNodeCapacity               = wellknown.MetricNodeCapacity
+	MetricMachineCPUPressureWaiting  = wellknown.MetricMachineCPUPressureWaiting
+	MetricMachineCPUSeconds          = wellknown.MetricMachineCPUSeconds
 	machineCPUPressureFile           = "/proc/pressure/cpu"
-	MetricMachineCPUSeconds          = "node_cpu_seconds_total"
 	machineStatFile                  = "/proc/stat"
 	machineCPUPressureHelpForCollect = "Time some runnable task waited for a CPU on the machine (PSI \"some\"; the lab's nodes, runner and control plane together)."
 )

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
@@ -94,10 +95,8 @@ const (
 	healthRetries  = 3
 )
 
-// BackendProtocolAnnotation chooses a Service's balancer mode, "TCP" or "HTTP", as on the reference experiment's
-// cloud (oracle/oci-cloud-controller-manager: ServiceAnnotationLoadBalancerBEProtocol, default TCP); without it
-// the lab's default mode applies.
-const BackendProtocolAnnotation = "service.beta.kubernetes.io/oci-load-balancer-backend-protocol"
+// BackendProtocolAnnotation chooses a Service's balancer mode (see wellknown); without it the lab's default applies.
+const BackendProtocolAnnotation = wellknown.BackendProtocolAnnotation
 
 // serviceMode is the balancer mode a Service asks for, or the default.
 func serviceMode(svc *corev1.Service, fallback string) string {

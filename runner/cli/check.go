@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
@@ -180,7 +179,7 @@ func appCommand(args []string) ([]string, error) {
 }
 
 // printVerdicts writes the verdict table for a terminal: mark, question, figures, and the fix under a ✗.
-func printVerdicts(w io.Writer, verdicts []analysis.Verdict) {
+func printVerdicts(w io.Writer, verdicts []check.Verdict) {
 	for _, v := range verdicts {
 		fmt.Fprintf(w, "%s %s\n    %s\n", v.Mark(), v.Question, v.Figure)
 		if v.Fix != "" && !v.OK {

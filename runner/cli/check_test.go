@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/internal/testenv"
+	"github.com/rollout-lab/rollout-lab/report"
 )
 
 // buildShutdownApp builds testdata/shutdownapp, the small server with a chosen reaction to SIGTERM.
@@ -24,13 +24,13 @@ func buildShutdownApp(t *testing.T) string {
 }
 
 // runCheck runs `runner check` on an app and returns its exit code and verdicts by behaviour.
-func runCheck(t *testing.T, args ...string) (int, map[string]analysis.Verdict, string) {
+func runCheck(t *testing.T, args ...string) (int, map[string]check.Verdict, string) {
 	code, verdicts, out, _ := runCheckReport(t, args...)
 	return code, verdicts, out
 }
 
 // runCheckReport is runCheck that also returns the report.
-func runCheckReport(t *testing.T, args ...string) (int, map[string]analysis.Verdict, string, analysis.Report) {
+func runCheckReport(t *testing.T, args ...string) (int, map[string]check.Verdict, string, report.Contents) {
 	t.Helper()
 	results := t.TempDir()
 	code, out, errOut := run(t, append([]string{"check", "--results", results}, args...)...)
@@ -43,7 +43,7 @@ func runCheckReport(t *testing.T, args ...string) (int, map[string]analysis.Verd
 	if err != nil {
 		t.Fatal(err)
 	}
-	verdicts := map[string]analysis.Verdict{}
+	verdicts := map[string]check.Verdict{}
 	for _, v := range rep.Verdicts {
 		verdicts[v.Behaviour] = v
 	}
@@ -59,12 +59,12 @@ func runCheckReport(t *testing.T, args ...string) (int, map[string]analysis.Verd
 	return code, verdicts, out, rep
 }
 
-func expectVerdicts(t *testing.T, app string, verdicts map[string]analysis.Verdict, want map[string]bool) {
+func expectVerdicts(t *testing.T, app string, verdicts map[string]check.Verdict, want map[string]bool) {
 	t.Helper()
 	for behaviour, ok := range want {
-		result := analysis.ResultFail
+		result := check.ResultFail
 		if ok {
-			result = analysis.ResultPass
+			result = check.ResultPass
 		}
 		if v := verdicts[behaviour]; v.Result != result {
 			t.Errorf("%s: %s %s (%s), want %s", app, v.Mark(), behaviour, v.Figure, result)
@@ -73,7 +73,7 @@ func expectVerdicts(t *testing.T, app string, verdicts map[string]analysis.Verdi
 }
 
 // inFlightAtSIGTERM sums what the in-flight case's first run had in flight at its SIGTERMs.
-func inFlightAtSIGTERM(rep analysis.Report) (n uint64) {
+func inFlightAtSIGTERM(rep report.Contents) (n uint64) {
 	for _, r := range rep.Runs {
 		if r.Case == check.CaseInFlight {
 			for _, p := range r.InFlight {
@@ -150,7 +150,7 @@ func TestCheckSaysWhatItCouldNotExercise(t *testing.T) {
 	app := buildShutdownApp(t)
 	_, verdicts, out, _ := runCheckReport(t, "--port", "9000", "--max-rate", "20", "--expect", "exercised", "--", app, "--listen", ":9000", "--mode", "immediate", "--work", "0")
 	v := verdicts[check.FinishesInFlight]
-	if v.Result != analysis.ResultFail || !strings.Contains(out, "✗ Does it finish what it started?") {
+	if v.Result != check.ResultFail || !strings.Contains(out, "✗ Does it finish what it started?") {
 		t.Errorf("an app that exits at once: %s %+v", v.Mark(), v)
 	}
 	if v.NotExercised == "" && !strings.Contains(v.Figure, "cut by the exit") {
@@ -159,8 +159,8 @@ func TestCheckSaysWhatItCouldNotExercise(t *testing.T) {
 	t.Logf("finishes-in-flight: %s (not exercised: %q)", v.Figure, v.NotExercised)
 }
 
-func readReport(dir string) (analysis.Report, error) {
-	var rep analysis.Report
+func readReport(dir string) (report.Contents, error) {
+	var rep report.Contents
 	data, err := os.ReadFile(filepath.Join(dir, "report.json"))
 	if err != nil {
 		return rep, err

@@ -1,4 +1,7 @@
-package analysis
+// Package report writes what the analysis of a plan's runs found: report.md in the article's layout (Japanese or
+// English, one column per case), the long layout, report.json and report.csv, report.html with every chart inline,
+// and the charts themselves (requests, latency, the Pods' timeline, the sweep) as PNG and SVG.
+package report
 
 import (
 	"encoding/csv"
@@ -9,77 +12,20 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
+	"github.com/rollout-lab/rollout-lab/check"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
-// Report is everything a run's reports are written from.
-type Report struct {
-	Plan        string    `json:"plan"`
-	Description string    `json:"description,omitempty"`
-	Partial     bool      `json:"partial"`
-	Runs        []CaseRun `json:"runs"`
-	// LoadPath says how the load reached the Pods (the target's words: a load balancer, a node's proxy, a URL).
-	LoadPath string `json:"loadPath,omitempty"`
-	// LoadPathJa says it in Japanese (empty: the report of a Japanese plan falls back to LoadPath).
-	LoadPathJa string `json:"loadPathJa,omitempty"`
-	// CPUModel says what a lab node is, CPU-wise (empty on a cluster); CPUModelJa in Japanese.
-	CPUModel   string `json:"cpuModel,omitempty"`
-	CPUModelJa string `json:"cpuModelJa,omitempty"`
-	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
-	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
-	// AcrossRuns summarizes cases that ran more than once (repeats); WriteJSON fills it.
-	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
-	// Sweep is the answer of a plan whose cases differ only in the preStop sleep; WriteJSON fills it.
-	Sweep *Sweep `json:"sweep,omitempty"`
+// Contents is what the reports say: the analysis of a plan's runs (completed: see analysis.Report.Complete) and
+// runner check's verdicts when it was a check.
+type Contents struct {
+	analysis.Report
 	// Verdicts are runner check's answers, one per behaviour (check runs only).
-	Verdicts []Verdict `json:"verdicts,omitempty"`
-}
-
-// Verdict is runner check's answer for one behaviour of an app's shutdown.
-type Verdict struct {
-	Behaviour string `json:"behaviour"`
-	Question  string `json:"question"`
-	// Result is what the check concluded: pass, fail, not exercised (the run did not put the behaviour to the test,
-	// NotExercised says why), or advice (informs, never fails). OK is true for pass, and for advice that holds.
-	Result string `json:"result"`
-	OK     bool   `json:"ok"`
-	// Advice marks a verdict that informs and never fails the check.
-	Advice       bool   `json:"advice,omitempty"`
-	NotExercised string `json:"notExercised,omitempty"`
-	Figure       string `json:"figure"`
-	Fix          string `json:"fix,omitempty"`
-}
-
-// Results of a verdict.
-const (
-	ResultPass         = "pass"
-	ResultFail         = "fail"
-	ResultNotExercised = "not exercised"
-	ResultAdvice       = "advice"
-)
-
-// Mark is ✓ (pass, or advice that holds), ✗ (fail) or – (not exercised, or advice that does not hold).
-func (v Verdict) Mark() string {
-	switch {
-	case v.Result == ResultFail:
-		return "✗"
-	case v.OK:
-		return "✓"
-	}
-	return "–"
-}
-
-// WriteVerdicts writes the verdict table: behaviour, mark, the figures behind it and the fix for a ✗.
-func WriteVerdicts(w io.Writer, verdicts []Verdict) error {
-	var b strings.Builder
-	b.WriteString("| | Behaviour | Figures | Fix |\n|:-:|---|---|---|\n")
-	for _, v := range verdicts {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", v.Mark(), escapeCell(v.Question), escapeCell(v.Figure), escapeCell(v.Fix))
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	Verdicts []check.Verdict `json:"verdicts,omitempty"`
 }
 
 // labels of the Markdown tables, by language.
@@ -137,7 +83,7 @@ func labelsFor(lang string) (labels, error) {
 }
 
 // column is one run as the tables show it.
-func (r CaseRun) column() string {
+func column(r analysis.CaseRun) string {
 	name := r.Case
 	if r.Run != "" && r.Run != "1" {
 		name += " #" + r.Run
@@ -148,7 +94,7 @@ func (r CaseRun) column() string {
 	return name
 }
 
-func (l labels) connection(c Conditions) string {
+func (l labels) connection(c analysis.Conditions) string {
 	switch c.Connection {
 	case plan.ConnectionPerUser:
 		if c.ThinkTime > 0 {
@@ -161,7 +107,7 @@ func (l labels) connection(c Conditions) string {
 	return "-"
 }
 
-func (l labels) shutdown(c Conditions) string {
+func (l labels) shutdown(c analysis.Conditions) string {
 	switch c.Shutdown {
 	case plan.ShutdownGraceful:
 		return l.on
@@ -175,7 +121,7 @@ func (l labels) shutdown(c Conditions) string {
 	return c.Shutdown
 }
 
-func (l labels) preStopSleep(c Conditions) string {
+func (l labels) preStopSleep(c analysis.Conditions) string {
 	switch {
 	case c.PreStopAction == plan.PreStopHTTPGet:
 		return plan.PreStopHTTPGet
@@ -202,7 +148,7 @@ func formatMs(ms float64) string { return strconv.FormatFloat(ms, 'f', 1, 64) }
 func formatNumber(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 // errorClassesSeen are the error classes with a count in any run, in the fixed report order.
-func errorClassesSeen(runs []CaseRun) []string {
+func errorClassesSeen(runs []analysis.CaseRun) []string {
 	var seen []string
 	for _, class := range load.ErrorClasses {
 		for _, r := range runs {
@@ -217,14 +163,14 @@ func errorClassesSeen(runs []CaseRun) []string {
 
 type row struct {
 	label  string
-	values func(CaseRun) string
+	values func(analysis.CaseRun) string
 }
 
 // rows is the article table's row list, in the article's order: long because it is a table, each entry a label
 // and how a run fills it; a row appears only when some run has its data.
-func (l labels) rows(runs []CaseRun) []row {
-	app := func(f func(CaseRun) string) func(CaseRun) string {
-		return func(r CaseRun) string {
+func (l labels) rows(runs []analysis.CaseRun) []row {
+	app := func(f func(analysis.CaseRun) string) func(analysis.CaseRun) string {
+		return func(r analysis.CaseRun) string {
 			if !r.Conditions.AppKnown {
 				return "-"
 			}
@@ -232,26 +178,26 @@ func (l labels) rows(runs []CaseRun) []row {
 		}
 	}
 	rows := []row{
-		{l.preStop, app(func(r CaseRun) string { return l.preStopSleep(r.Conditions) })},
-		{l.graceful, app(func(r CaseRun) string { return l.shutdown(r.Conditions) })},
-		{l.replicas, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) })},
-		{l.cpuLoad, app(func(r CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) })},
-		{l.maxRPS, func(r CaseRun) string { return formatNumber(r.Conditions.MaxRPS) }},
+		{l.preStop, app(func(r analysis.CaseRun) string { return l.preStopSleep(r.Conditions) })},
+		{l.graceful, app(func(r analysis.CaseRun) string { return l.shutdown(r.Conditions) })},
+		{l.replicas, app(func(r analysis.CaseRun) string { return strconv.Itoa(r.Conditions.Replicas) })},
+		{l.cpuLoad, app(func(r analysis.CaseRun) string { return strconv.Itoa(r.Conditions.CPULoad) })},
+		{l.maxRPS, func(r analysis.CaseRun) string { return formatNumber(r.Conditions.MaxRPS) }},
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Conditions.Connection != "" }) {
-		rows = append(rows, row{l.connections, func(r CaseRun) string { return l.connection(r.Conditions) }})
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.Conditions.Connection != "" }) {
+		rows = append(rows, row{l.connections, func(r analysis.CaseRun) string { return l.connection(r.Conditions) }})
 	}
 	rows = append(rows, []row{
-		{l.total, func(r CaseRun) string { return formatCount(r.Whole.Total) }},
-		{l.ok, func(r CaseRun) string { return formatCount(r.Whole.OK) }},
-		{l.errors, func(r CaseRun) string { return formatCount(r.Whole.Errors) }},
+		{l.total, func(r analysis.CaseRun) string { return formatCount(r.Whole.Total) }},
+		{l.ok, func(r analysis.CaseRun) string { return formatCount(r.Whole.OK) }},
+		{l.errors, func(r analysis.CaseRun) string { return formatCount(r.Whole.Errors) }},
 	}...)
 	for _, class := range errorClassesSeen(runs) {
-		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
+		rows = append(rows, row{fmt.Sprintf(l.errorClass, class), func(r analysis.CaseRun) string { return formatCount(r.Whole.ByClass[class]) }})
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Attribution != nil }) {
-		for _, cause := range AttributionCauses {
-			rows = append(rows, row{fmt.Sprintf(l.errorCause, cause), func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.Attribution != nil }) {
+		for _, cause := range attribution.Causes {
+			rows = append(rows, row{fmt.Sprintf(l.errorCause, cause), func(r analysis.CaseRun) string {
 				if r.Attribution == nil {
 					return "-"
 				}
@@ -259,30 +205,30 @@ func (l labels) rows(runs []CaseRun) []row {
 			}})
 		}
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.Lateness != nil }) {
-		rows = append(rows, row{l.lateness, func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.Lateness != nil }) {
+		rows = append(rows, row{l.lateness, func(r analysis.CaseRun) string {
 			if r.Lateness == nil {
 				return "-"
 			}
 			mark := ""
-			if r.Lateness.P99Ms > SaturatedLateness {
+			if r.Lateness.P99Ms > analysis.SaturatedLateness {
 				mark = " ⚠"
 			}
 			return formatMs(r.Lateness.P99Ms) + " / " + formatMs(r.Lateness.MaxMs) + mark
 		}})
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.CPU != nil }) {
-		rows = append(rows, row{l.cpu, func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.CPU != nil }) {
+		rows = append(rows, row{l.cpu, func(r analysis.CaseRun) string {
 			mark := ""
-			if len(r.Saturation("en")) > len(r.overloadReason("en")) { // the app's own overload is marked at its p50
+			if len(saturationReasons(r, "en")) > len(overloadReason(r, "en")) { // the app's own overload is marked at its p50
 				mark = " ⚠"
 			}
 			return cpuCell(r.CPU) + mark
 		}})
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.InFlight != nil }) {
-		inFlight := func(at func(rundir.PodInFlight) uint64) func(CaseRun) string {
-			return func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.InFlight != nil }) {
+		inFlight := func(at func(rundir.PodInFlight) uint64) func(analysis.CaseRun) string {
+			return func(r analysis.CaseRun) string {
 				if r.InFlight == nil {
 					return "-"
 				}
@@ -299,20 +245,20 @@ func (l labels) rows(runs []CaseRun) []row {
 			row{l.inFlightExit, inFlight(func(p rundir.PodInFlight) uint64 { return p.AtExit })})
 	}
 	rows = append(rows,
-		row{l.errorRate, func(r CaseRun) string { return formatRate(r.Whole.ErrorRate) }},
-		row{l.mean, func(r CaseRun) string { return formatMs(r.Whole.MeanMs) }},
-		row{l.p50, func(r CaseRun) string {
+		row{l.errorRate, func(r analysis.CaseRun) string { return formatRate(r.Whole.ErrorRate) }},
+		row{l.mean, func(r analysis.CaseRun) string { return formatMs(r.Whole.MeanMs) }},
+		row{l.p50, func(r analysis.CaseRun) string {
 			if r.Overloaded() {
 				return formatMs(r.Whole.P50Ms) + " ⚠"
 			}
 			return formatMs(r.Whole.P50Ms)
 		}},
-		row{l.p90, func(r CaseRun) string { return formatMs(r.Whole.P90Ms) }},
-		row{l.p99, func(r CaseRun) string { return formatMs(r.Whole.P99Ms) }},
+		row{l.p90, func(r analysis.CaseRun) string { return formatMs(r.Whole.P90Ms) }},
+		row{l.p99, func(r analysis.CaseRun) string { return formatMs(r.Whole.P99Ms) }},
 	)
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return r.During != nil }) {
-		during := func(f func(CaseRun) string) func(CaseRun) string {
-			return func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.During != nil }) {
+		during := func(f func(analysis.CaseRun) string) func(analysis.CaseRun) string {
+			return func(r analysis.CaseRun) string {
 				if r.During == nil {
 					return "-"
 				}
@@ -320,16 +266,16 @@ func (l labels) rows(runs []CaseRun) []row {
 			}
 		}
 		rows = append(rows,
-			row{l.rolloutSeconds, during(func(r CaseRun) string {
+			row{l.rolloutSeconds, during(func(r analysis.CaseRun) string {
 				return strconv.FormatFloat(r.Rollout.End.Sub(r.Rollout.Start).Seconds(), 'f', 1, 64)
 			})},
-			row{l.rolloutErrors, during(func(r CaseRun) string { return formatCount(r.During.Errors) })},
-			row{l.rolloutErrorRate, during(func(r CaseRun) string { return formatRate(r.During.ErrorRate) })},
-			row{l.rolloutP99, during(func(r CaseRun) string { return formatMs(r.During.P99Ms) })},
+			row{l.rolloutErrors, during(func(r analysis.CaseRun) string { return formatCount(r.During.Errors) })},
+			row{l.rolloutErrorRate, during(func(r analysis.CaseRun) string { return formatRate(r.During.ErrorRate) })},
+			row{l.rolloutP99, during(func(r analysis.CaseRun) string { return formatMs(r.During.P99Ms) })},
 		)
 	}
-	if slices.ContainsFunc(runs, func(r CaseRun) bool { return len(r.Expectations) > 0 }) {
-		rows = append(rows, row{l.expectations, func(r CaseRun) string {
+	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return len(r.Expectations) > 0 }) {
+		rows = append(rows, row{l.expectations, func(r analysis.CaseRun) string {
 			if len(r.Expectations) == 0 {
 				return "-"
 			}
@@ -350,7 +296,7 @@ func (l labels) rows(runs []CaseRun) []row {
 func escapeCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
 // WriteMarkdown writes the article layout: one column per case run, conditions then outcomes.
-func WriteMarkdown(w io.Writer, rep Report, lang string) error {
+func WriteMarkdown(w io.Writer, rep Contents, lang string) error {
 	l, err := labelsFor(lang)
 	if err != nil {
 		return err
@@ -365,14 +311,14 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 	}
 	if len(rep.Verdicts) > 0 {
 		b.WriteString("### Verdicts\n\n")
-		if err := WriteVerdicts(&b, rep.Verdicts); err != nil {
+		if err := check.WriteVerdicts(&b, rep.Verdicts); err != nil {
 			return err
 		}
 		b.WriteString("\n")
 	}
 	b.WriteString("| " + l.condition)
 	for _, r := range rep.Runs {
-		b.WriteString(" | " + escapeCell(r.column()))
+		b.WriteString(" | " + escapeCell(column(r)))
 	}
 	b.WriteString(" |\n|---" + strings.Repeat("|--:", len(rep.Runs)) + "|\n")
 	for _, row := range l.rows(rep.Runs) {
@@ -389,21 +335,21 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 		fmt.Fprintf(&b, "\n"+l.cpuModel+"\n", model)
 	}
 	for _, r := range rep.Runs {
-		if reasons := r.Saturation(lang); len(reasons) > 0 {
+		if reasons := saturationReasons(r, lang); len(reasons) > 0 {
 			sep := "; "
 			if lang == "ja" {
 				sep = "、"
 			}
-			fmt.Fprintf(&b, "\n"+l.saturated+"\n", r.column(), strings.Join(reasons, sep))
+			fmt.Fprintf(&b, "\n"+l.saturated+"\n", column(r), strings.Join(reasons, sep))
 		}
 	}
 	if rep.ServiceOut != nil {
-		fmt.Fprintf(&b, "\n%s\n", rep.ServiceOut.sentence(lang))
+		fmt.Fprintf(&b, "\n%s\n", serviceOutSentence(rep.ServiceOut, lang))
 	}
-	if summaries := Summarize(rep.Runs); summaries != nil {
+	if summaries := rep.AcrossRuns; summaries != nil {
 		writeSummaryMarkdown(&b, summaries, l)
 	}
-	if sweep := SweepOf(rep); sweep != nil {
+	if sweep := rep.Sweep; sweep != nil {
 		writeSweepMarkdown(&b, sweep, l, lang)
 	}
 	_, err = io.WriteString(w, b.String())
@@ -411,7 +357,7 @@ func WriteMarkdown(w io.Writer, rep Report, lang string) error {
 }
 
 // WriteMarkdownLong writes one row per case run, for plans with many cases.
-func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
+func WriteMarkdownLong(w io.Writer, rep Contents, lang string) error {
 	l, err := labelsFor(lang)
 	if err != nil {
 		return err
@@ -424,7 +370,7 @@ func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
 	}
 	b.WriteString(" |\n|---" + strings.Repeat("|--:", len(rows)) + "|\n")
 	for _, r := range rep.Runs {
-		b.WriteString("| " + escapeCell(r.column()))
+		b.WriteString("| " + escapeCell(column(r)))
 		for _, row := range rows {
 			b.WriteString(" | " + row.values(r))
 		}
@@ -435,16 +381,14 @@ func WriteMarkdownLong(w io.Writer, rep Report, lang string) error {
 }
 
 // WriteJSON writes the whole report, series included.
-func WriteJSON(w io.Writer, rep Report) error {
-	rep.AcrossRuns = Summarize(rep.Runs)
-	rep.Sweep = SweepOf(rep)
+func WriteJSON(w io.Writer, rep Contents) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
 }
 
 // WriteCSV writes one row per case run with every count and latency, machine-readable (English column names).
-func WriteCSV(w io.Writer, rep Report) error {
+func WriteCSV(w io.Writer, rep Contents) error {
 	cw := csv.NewWriter(w)
 	header := []string{"plan", "case", "run", "prestop_sleep_seconds", "prestop_action", "shutdown", "replicas", "cpu_load", "max_rps",
 		"planned", "total", "ok_2xx", "errors"}

@@ -1,14 +1,9 @@
-package analysis
+package report
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"image/color"
-	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,166 +13,15 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/load"
-	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
-
-// RunTimeline is what a case run's results directory keeps of it one by one: the Pods' lifecycle (events.json)
-// and the failed requests (failures.json, bounded by FailureSampleLimit).
-type RunTimeline struct {
-	Events   []timeline.Event
-	Failures Failures
-}
-
-// LoadRunTimeline reads a case run's events.json and failures.json; nil when the run kept neither (a bare attack).
-func LoadRunTimeline(dir string) (*RunTimeline, error) {
-	var tl RunTimeline
-	found := false
-	for name, into := range map[string]any{rundir.EventsFile: &tl.Events, rundir.FailuresFile: &tl.Failures} {
-		data, err := os.ReadFile(filepath.Join(dir, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal(data, into); err != nil {
-			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
-		}
-		found = true
-	}
-	if !found {
-		return nil, nil
-	}
-	return &tl, nil
-}
-
-// podRow is one Pod's line on the timeline chart.
-type podRow struct {
-	uid, name, node, ip string
-	old                 bool // serving before the rollout began (its creation is not in the run's timeline)
-	first               time.Time
-	created, ready      time.Time
-	deletion            time.Time
-	preStop, sigterm    time.Time
-	exited              time.Time
-	exitCode            *int
-	marks               []timelineMark
-}
-
-type timelineMark struct {
-	event  string
-	at     time.Time
-	detail string
-}
 
 // noEndpointRow is the row of failed requests that reached no Pod (refused by the balancer, a timeout before any
 // connection).
 const noEndpointRow = "no endpoint"
-
-// markedEvents are drawn as marks on their Pod's row, in this order in the legend.
-var markedEvents = []string{timeline.EventEndpointNotReady, timeline.EventServiceOut, timeline.EventSIGTERM,
-	timeline.EventListenerClosed, timeline.EventSIGKILL, timeline.EventContainerExited}
-
-// podRows builds the rows from a run's events: the Pods serving before the rollout first, then the new ones, each
-// group in the order its Pods appeared.
-func podRows(events []timeline.Event, rolloutStart time.Time) []*podRow {
-	byUID := map[string]*podRow{}
-	var rows []*podRow
-	for _, e := range events {
-		if e.UID == "" {
-			continue
-		}
-		r := byUID[e.UID]
-		if r == nil {
-			r = &podRow{uid: e.UID, name: e.Pod, node: e.Node, first: e.Time}
-			byUID[e.UID] = r
-			rows = append(rows, r)
-		}
-		if e.PodIP != "" {
-			r.ip = e.PodIP
-		}
-		setOnce := func(t *time.Time) {
-			if t.IsZero() {
-				*t = e.Time
-			}
-		}
-		switch e.Type {
-		case timeline.EventPodCreated:
-			setOnce(&r.created)
-		case timeline.EventPodReady:
-			setOnce(&r.ready)
-		case timeline.EventDeletionSeen, timeline.EventKilling:
-			setOnce(&r.deletion)
-		case timeline.EventPreStopStart:
-			setOnce(&r.preStop)
-		case timeline.EventSIGTERM:
-			setOnce(&r.sigterm)
-		case timeline.EventContainerExited:
-			if r.exited.IsZero() {
-				r.exited, r.exitCode = e.Time, e.ExitCode
-			}
-		}
-		if slices.Contains(markedEvents, e.Type) {
-			detail := e.Node
-			if e.Type == timeline.EventContainerExited && e.ExitCode != nil {
-				detail = fmt.Sprintf("code %d", *e.ExitCode)
-			}
-			r.marks = append(r.marks, timelineMark{event: e.Type, at: e.Time, detail: detail})
-		}
-	}
-	for _, r := range rows {
-		r.old = r.created.IsZero() || (!rolloutStart.IsZero() && r.created.Before(rolloutStart))
-	}
-	slices.SortStableFunc(rows, func(a, b *podRow) int {
-		if a.old != b.old {
-			if a.old {
-				return -1
-			}
-			return 1
-		}
-		return a.first.Compare(b.first)
-	})
-	return rows
-}
-
-// PodTermination is how one Pod ended, as its run's timeline tells it.
-type PodTermination struct {
-	SIGTERM, ListenerClosed, LastServiceOut, Exited time.Time
-	ExitCode                                        *int
-	Killed                                          bool // SIGKILL was sent
-}
-
-// Terminations lists the Pods of a run that got SIGTERM, old ones first, each in the order it appeared.
-func (tl *RunTimeline) Terminations() []PodTermination {
-	if tl == nil {
-		return nil
-	}
-	var out []PodTermination
-	for _, r := range podRows(tl.Events, time.Time{}) {
-		if r.sigterm.IsZero() {
-			continue
-		}
-		t := PodTermination{SIGTERM: r.sigterm, Exited: r.exited, ExitCode: r.exitCode}
-		for _, m := range r.marks {
-			switch m.event {
-			case timeline.EventListenerClosed:
-				if t.ListenerClosed.IsZero() {
-					t.ListenerClosed = m.at
-				}
-			case timeline.EventServiceOut:
-				if m.at.After(t.LastServiceOut) {
-					t.LastServiceOut = m.at
-				}
-			case timeline.EventSIGKILL:
-				t.Killed = true
-			}
-		}
-		out = append(out, t)
-	}
-	return out
-}
 
 // shortPodName keeps what tells a Deployment's Pods apart: the ReplicaSet hash and the Pod's suffix.
 func shortPodName(name string) string {
@@ -225,14 +69,14 @@ type Hotspot struct {
 
 // timelinePlotter draws a run's rows (phase bars, marks, failure dots) and collects the hotspots it drew.
 type timelinePlotter struct {
-	rows     []*podRow
-	failures []Failure
+	rows     []*analysis.PodLifecycle
+	failures []attribution.Failure
 	start    time.Time // load start: x = 0
 	end      float64   // the chart's right edge, in seconds
 	overview bool
 	hotspots []Hotspot
 	// failureRow maps a failure to its row: the Pod it reached, by UID or address, else the no-endpoint row.
-	failureRow func(Failure) int
+	failureRow func(attribution.Failure) int
 	noEndpoint int // the no-endpoint row's index, or -1
 }
 
@@ -260,33 +104,33 @@ func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
 	left := p.X.Min
 	for i, r := range tp.rows {
 		serveFrom, serveTo := left, tp.end
-		if !r.created.IsZero() {
+		if !r.Created.IsZero() {
 			readyAt := tp.end
-			if !r.ready.IsZero() {
-				readyAt = tp.x(r.ready)
+			if !r.Ready.IsZero() {
+				readyAt = tp.x(r.Ready)
 			}
-			bar(i, tp.x(r.created), readyAt, "starting")
+			bar(i, tp.x(r.Created), readyAt, "starting")
 			serveFrom = readyAt
 		}
-		for _, t := range []time.Time{r.exited, r.sigterm, r.preStop, r.deletion} {
+		for _, t := range []time.Time{r.Exited, r.SIGTERM, r.PreStop, r.Deletion} {
 			if !t.IsZero() {
 				serveTo = min(serveTo, tp.x(t))
 			}
 		}
 		bar(i, serveFrom, serveTo, "serving")
 		exit := tp.end
-		if !r.exited.IsZero() {
-			exit = tp.x(r.exited)
+		if !r.Exited.IsZero() {
+			exit = tp.x(r.Exited)
 		}
-		if !r.preStop.IsZero() {
+		if !r.PreStop.IsZero() {
 			to := exit
-			if !r.sigterm.IsZero() {
-				to = tp.x(r.sigterm)
+			if !r.SIGTERM.IsZero() {
+				to = tp.x(r.SIGTERM)
 			}
-			bar(i, tp.x(r.preStop), to, "preStop")
+			bar(i, tp.x(r.PreStop), to, "preStop")
 		}
-		if !r.sigterm.IsZero() {
-			bar(i, tp.x(r.sigterm), exit, "after SIGTERM")
+		if !r.SIGTERM.IsZero() {
+			bar(i, tp.x(r.SIGTERM), exit, "after SIGTERM")
 		}
 	}
 	radius := vg.Points(3.5)
@@ -294,24 +138,24 @@ func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
 		radius = vg.Points(2.2)
 	}
 	for i, r := range tp.rows {
-		for _, m := range r.marks {
-			x := tp.x(m.at)
+		for _, m := range r.Marks {
+			x := tp.x(m.At)
 			if x < p.X.Min || x > p.X.Max {
 				continue
 			}
-			sty := markStyles[m.event]
+			sty := markStyles[m.Event]
 			sty.Radius = radius
 			at := vg.Point{X: xf(x), Y: yf(tp.y(i))}
 			c.DrawGlyph(sty, at)
-			if m.event == timeline.EventContainerExited && r.exitCode != nil && *r.exitCode != 0 {
+			if m.Event == timeline.EventContainerExited && r.ExitCode != nil && *r.ExitCode != 0 {
 				label := p.Y.Tick.Label
 				label.Font.Size = vg.Points(7)
 				label.XAlign, label.YAlign = draw.XLeft, draw.YCenter
-				c.FillText(label, vg.Point{X: at.X + radius*1.5, Y: at.Y}, strconv.Itoa(*r.exitCode))
+				c.FillText(label, vg.Point{X: at.X + radius*1.5, Y: at.Y}, strconv.Itoa(*r.ExitCode))
 			}
-			text := fmt.Sprintf("%s %s at %.3f s", shortPodName(r.name), m.event, x)
-			if m.detail != "" {
-				text += " (" + m.detail + ")"
+			text := fmt.Sprintf("%s %s at %.3f s", shortPodName(r.Name), m.Event, x)
+			if m.Detail != "" {
+				text += " (" + m.Detail + ")"
 			}
 			tp.hotspots = append(tp.hotspots, Hotspot{X: x, Y: tp.y(i), Kind: "mark", Radius: radius, Text: text})
 		}
@@ -328,7 +172,7 @@ func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
 		c.DrawGlyph(draw.GlyphStyle{Shape: draw.CircleGlyph{}, Radius: dot, Color: classColors[f.Class]}, vg.Point{X: xf(failedAt), Y: yf(y)})
 		pod := noEndpointRow
 		if row != tp.noEndpoint {
-			pod = tp.rows[row].name
+			pod = tp.rows[row].Name
 		}
 		text := fmt.Sprintf("failed at %.3f s (sent %.3f s, %.1f ms): %s, cause %s, Pod %s", failedAt, tp.x(f.Sent), f.LatencyMs, f.Class, f.Cause, pod)
 		if f.Node != "" {
@@ -352,29 +196,29 @@ type timelineChart struct {
 // TimelinePlot draws one row per Pod of a run (phases as bars; endpoint removal, each node's service-out, SIGTERM,
 // listener closed, SIGKILL and exit as marks) and every kept failed request as a dot on the row of the Pod it
 // reached, coloured by class; time in seconds since the load started, the rollout start marked.
-func TimelinePlot(r CaseRun) (*timelineChart, error) {
+func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 	tl := r.Timeline
 	if tl == nil {
-		return nil, fmt.Errorf("%s: no timeline kept", r.column())
+		return nil, fmt.Errorf("%s: no timeline kept", column(r))
 	}
 	start, ok := r.Phases[load.PhaseLoadStart]
 	if !ok {
-		return nil, fmt.Errorf("%s: no load start", r.column())
+		return nil, fmt.Errorf("%s: no load start", column(r))
 	}
 	var rolloutStart time.Time
 	if r.Rollout != nil {
 		rolloutStart = r.Rollout.Start
 	}
-	rows := podRows(tl.Events, rolloutStart)
+	rows := analysis.Lifecycles(tl.Events, rolloutStart)
 	tp := &timelinePlotter{rows: rows, failures: tl.Failures.Kept, start: start, noEndpoint: -1}
 	byUID, byIP := map[string]int{}, map[string]int{}
 	for i, row := range rows {
-		byUID[row.uid] = i
-		if row.ip != "" {
-			byIP[row.ip] = i
+		byUID[row.UID] = i
+		if row.IP != "" {
+			byIP[row.IP] = i
 		}
 	}
-	tp.failureRow = func(f Failure) int {
+	tp.failureRow = func(f attribution.Failure) int {
 		if i, ok := byUID[f.Pod]; ok && f.Pod != "" {
 			return i
 		}
@@ -402,8 +246,8 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 	}
 	tp.end = max(end.Sub(start).Seconds(), 1)
 	for _, row := range rows {
-		if !row.exited.IsZero() {
-			tp.end = max(tp.end, tp.x(row.exited))
+		if !row.Exited.IsZero() {
+			tp.end = max(tp.end, tp.x(row.Exited))
 		}
 	}
 	// The story is the rollout: from a little before its first event to a little after its last event or failure,
@@ -429,15 +273,15 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 	}
 
 	p := newPlot()
-	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", r.column())
+	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", column(r))
 	p.X.Label.Text = "seconds since load start"
 	p.X.Min, p.X.Max = minX, maxX
 	p.X.Tick.Marker = secondsTicker{}
 	p.Y.Min, p.Y.Max = -float64(nRows)+0.5, 0.5
 	names := make([]string, 0, nRows)
 	for _, row := range rows {
-		label := shortPodName(row.name)
-		if row.old {
+		label := shortPodName(row.Name)
+		if row.Old {
 			label = "old " + label
 		} else {
 			label = "new " + label
@@ -467,11 +311,11 @@ func TimelinePlot(r CaseRun) (*timelineChart, error) {
 	for _, phase := range phaseOrder {
 		p.Legend.Add(phase, boxThumb{phaseColors[phase]})
 	}
-	for _, event := range markedEvents {
+	for _, event := range analysis.MarkedEvents {
 		p.Legend.Add(event, glyphThumb{markStyles[event]})
 	}
 	for _, class := range load.ErrorClasses {
-		if slices.ContainsFunc(tl.Failures.Kept, func(f Failure) bool { return f.Class == class }) {
+		if slices.ContainsFunc(tl.Failures.Kept, func(f attribution.Failure) bool { return f.Class == class }) {
 			p.Legend.Add("failed: "+class, glyphThumb{draw.GlyphStyle{Shape: draw.CircleGlyph{}, Color: classColors[class]}})
 		}
 	}

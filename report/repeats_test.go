@@ -1,15 +1,17 @@
-package analysis
+package report
 
 import (
 	"bytes"
 	"math"
 	"testing"
+
+	"github.com/rollout-lab/rollout-lab/analysis"
 )
 
 // repeatedReport is the fixture's first two cases run three times each, with different error counts per run.
-func repeatedReport() Report {
+func repeatedReport() Contents {
 	base := fixtureReport()
-	var runs []CaseRun
+	var runs []analysis.CaseRun
 	for i, errs := range []uint64{30, 39, 48} {
 		for _, r := range base.Runs[:2] {
 			r.Run = string(rune('1' + i))
@@ -22,16 +24,16 @@ func repeatedReport() Report {
 		}
 	}
 	base.Runs = runs
-	return base
+	return completed(base.Report)
 }
 
 func TestSummarizeGivesMeanRangeAndStudentsInterval(t *testing.T) {
-	s := Summarize(repeatedReport().Runs)
+	s := analysis.Summarize(repeatedReport().Runs)
 	if len(s) != 2 || s[0].Case != "cowweb-ru-gs" || s[0].Runs != 3 || s[1].Runs != 3 {
 		t.Fatalf("summaries %+v", s)
 	}
 	gs := s[0]
-	if gs.Errors != (Spread{Mean: 39, Min: 30, Max: 48}) || gs.P99Ms != (Spread{Mean: 50, Min: 40, Max: 60}) {
+	if gs.Errors != (analysis.Spread{Mean: 39, Min: 30, Max: 48}) || gs.P99Ms != (analysis.Spread{Mean: 50, Min: 40, Max: 60}) {
 		t.Errorf("errors %+v p99 %+v", gs.Errors, gs.P99Ms)
 	}
 	// Rates 30, 39, 48 of 24060: sd = 9/24060, t(0.975, 2) = 4.3027, half width = 4.3027·sd/√3.
@@ -42,7 +44,7 @@ func TestSummarizeGivesMeanRangeAndStudentsInterval(t *testing.T) {
 	if slp := s[1]; slp.ErrorRateCI95 == nil || *slp.ErrorRateCI95 != [2]float64{0, 0} || slp.Errors.Max != 0 {
 		t.Errorf("no errors in any run: %+v", slp)
 	}
-	if Summarize(fixtureReport().Runs) != nil {
+	if analysis.Summarize(fixtureReport().Runs) != nil {
 		t.Error("single runs summarized")
 	}
 }

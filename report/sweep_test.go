@@ -1,4 +1,4 @@
-package analysis
+package report
 
 import (
 	"bytes"
@@ -8,14 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/plan"
 )
 
 // sweepFixture is a preStop sweep of 0, 2 and 4 s, three runs each: errors fall with the sleep and vanish at 4 s;
 // the measured service-out p99 (0.95 s) recommends 2 s.
-func sweepFixture() Report {
+func sweepFixture() Contents {
 	base := fixtureReport().Runs[1] // graceful, no errors
-	var runs []CaseRun
+	var runs []analysis.CaseRun
 	for _, sleep := range []time.Duration{0, 2 * time.Second, 4 * time.Second} {
 		for run, errs := range map[time.Duration][]uint64{0: {40, 52, 47}, 2 * time.Second: {3, 0, 1}, 4 * time.Second: {0, 0, 0}}[sleep] {
 			r := base
@@ -29,12 +30,12 @@ func sweepFixture() Report {
 			runs = append(runs, r)
 		}
 	}
-	return Report{Plan: "sweep-prestop", Runs: runs, ServiceOut: &ServiceOut{Metric: "m", Count: 72, P50: 0.5, P99: 0.95, RecommendedPreStop: plan.Duration(2 * time.Second)}}
+	return completed(analysis.Report{Plan: "sweep-prestop", Runs: runs, ServiceOut: &analysis.ServiceOut{Metric: "m", Count: 72, P50: 0.5, P99: 0.95, RecommendedPreStop: plan.Duration(2 * time.Second)}})
 }
 
 func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 	rep := sweepFixture()
-	s := SweepOf(rep)
+	s := analysis.SweepOf(rep.Report)
 	if s == nil || len(s.Points) != 3 || s.SmallestClean == nil || *s.SmallestClean != plan.Duration(4*time.Second) || s.Agrees == nil || *s.Agrees {
 		t.Fatalf("sweep %+v", s)
 	}
@@ -42,7 +43,7 @@ func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 		t.Errorf("0 s: %+v", p)
 	}
 	want := "The smallest preStop sleep with zero errors in every run is 4s (3 run(s) per sleep). The measured service-out p99 is 0.95s and the recommended sleep 2s: they disagree (a sleep of 2s, at least the recommendation, still had errors)."
-	if got := s.sentence("en"); got != want {
+	if got := sweepSentence(s, "en"); got != want {
 		t.Errorf("sentence:\n%s\nwant\n%s", got, want)
 	}
 	var md bytes.Buffer
@@ -56,7 +57,7 @@ func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 	if err := WriteJSON(&js, rep); err != nil {
 		t.Fatal(err)
 	}
-	var back Report
+	var back Contents
 	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Sweep == nil || *back.Sweep.SmallestClean != plan.Duration(4*time.Second) {
 		t.Errorf("report.json sweep: %v %+v", err, back.Sweep)
 	}
@@ -97,17 +98,17 @@ func TestSweepAnswersTheSmallestCleanSleep(t *testing.T) {
 				r.Runs[i].Whole.Errors = c.errorsAt4s
 			}
 		}
-		s := SweepOf(r)
+		s := analysis.SweepOf(r.Report)
 		agrees := "nil"
 		if s.Agrees != nil {
 			agrees = fmt.Sprint(*s.Agrees)
 		}
-		if agrees != c.agrees || !strings.Contains(s.sentence("en"), c.says) || s.sentence("ja") == "" {
-			t.Errorf("recommended %s, %d errors at 4 s: agrees %s, %q", c.recommended, c.errorsAt4s, agrees, s.sentence("en"))
+		if agrees != c.agrees || !strings.Contains(sweepSentence(s, "en"), c.says) || sweepSentence(s, "ja") == "" {
+			t.Errorf("recommended %s, %d errors at 4 s: agrees %s, %q", c.recommended, c.errorsAt4s, agrees, sweepSentence(s, "en"))
 		}
 	}
 	// A plan whose cases differ in more than the sleep is no sweep.
-	if SweepOf(fixtureReport()) != nil {
+	if analysis.SweepOf(fixtureReport().Report) != nil {
 		t.Error("the reference fixture (graceful and immediate) taken for a sweep")
 	}
 }

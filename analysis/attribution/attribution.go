@@ -1,4 +1,6 @@
-package analysis
+// Package attribution decides, as a run goes, why each failed request failed — from the Pod its connection reached
+// and that Pod's timeline (SIGTERM, exit, graceful or not) — and keeps a bounded sample of them.
+package attribution
 
 import (
 	"net"
@@ -9,6 +11,20 @@ import (
 	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
+
+// Causes a failed request is attributed to: why it failed, as the article explains it.
+const (
+	// CauseBeforeServiceOut: the connection was routed to a Pod that had already stopped listening, because its
+	// SIGTERM came before the routing node's service-out.
+	CauseBeforeServiceOut = "before-service-out"
+	// CauseInFlightCut: the request was running on the Pod when its process ended without a graceful shutdown.
+	CauseInFlightCut = "in-flight-cut"
+	// CauseOther: anything else (no endpoint known, or no termination of that Pod explains it).
+	CauseOther = "other"
+)
+
+// Causes lists the causes in report order.
+var Causes = []string{CauseBeforeServiceOut, CauseInFlightCut, CauseOther}
 
 // cutSlack absorbs the gap between the agent's record of an exit and the client seeing its connection end.
 const cutSlack = 100 * time.Millisecond

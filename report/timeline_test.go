@@ -1,4 +1,4 @@
-package analysis
+package report
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
+	"github.com/rollout-lab/rollout-lab/analysis/attribution"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/timeline"
 	"gonum.org/v1/plot/vg"
@@ -17,7 +19,7 @@ import (
 
 // fixtureTimeline is a rollout of two Pods into two, as the lab records it: the old Pods' creation is before the
 // run, the new ones start during it; three failed requests, one that reached no Pod.
-func fixtureTimeline(start time.Time) *RunTimeline {
+func fixtureTimeline(start time.Time) *analysis.RunTimeline {
 	at := func(ms int) time.Time { return start.Add(time.Duration(ms) * time.Millisecond) }
 	zero, killed := 0, 137
 	ev := func(ms int, typ, pod, uid, node, ip string) timeline.Event {
@@ -46,10 +48,10 @@ func fixtureTimeline(start time.Time) *RunTimeline {
 		ev(4700, timeline.EventSIGKILL, old2, "o2", "lab-node-1", "198.18.0.3"),
 		{Time: at(4710), Type: timeline.EventContainerExited, Pod: old2, UID: "o2", Node: "lab-node-1", PodIP: "198.18.0.3", ExitCode: &killed},
 	}
-	return &RunTimeline{Events: events, Failures: Failures{Limit: FailureSampleLimit, Kept: []Failure{
-		{Sent: at(2700), LatencyMs: 0.4, Class: load.ClassRefused, Cause: CauseBeforeServiceOut, Endpoint: "198.18.0.2:8080", Pod: "o1", Node: "lab-node-2"},
-		{Sent: at(4500), LatencyMs: 210, Class: load.ClassReset, Cause: CauseInFlightCut, Endpoint: "198.18.0.3:8080", Node: "lab-node-1"},
-		{Sent: at(3000), LatencyMs: 5000, Class: load.ClassTimeout, Cause: CauseOther},
+	return &analysis.RunTimeline{Events: events, Failures: attribution.Failures{Limit: attribution.FailureSampleLimit, Kept: []attribution.Failure{
+		{Sent: at(2700), LatencyMs: 0.4, Class: load.ClassRefused, Cause: attribution.CauseBeforeServiceOut, Endpoint: "198.18.0.2:8080", Pod: "o1", Node: "lab-node-2"},
+		{Sent: at(4500), LatencyMs: 210, Class: load.ClassReset, Cause: attribution.CauseInFlightCut, Endpoint: "198.18.0.3:8080", Node: "lab-node-1"},
+		{Sent: at(3000), LatencyMs: 5000, Class: load.ClassTimeout, Cause: attribution.CauseOther},
 	}}}
 }
 
@@ -63,7 +65,7 @@ func TestTimelineChart(t *testing.T) {
 	}
 	var rows []string
 	for _, row := range chart.plotter.rows {
-		rows = append(rows, shortPodName(row.name))
+		rows = append(rows, shortPodName(row.Name))
 	}
 	// Old Pods first, then the new ones, each in the order they appeared; the failure that reached no Pod has a row.
 	if got := strings.Join(rows, ","); got != "6d4b-aaaaa,6d4b-bbbbb,7f9c-ccccc,7f9c-ddddd" || chart.plotter.noEndpoint != 4 {
@@ -153,7 +155,7 @@ func TestTimelineOverviewForManyPods(t *testing.T) {
 	rep := fixtureReport()
 	r := rep.Runs[0]
 	start := r.Phases[load.PhaseLoadStart]
-	tl := &RunTimeline{}
+	tl := &analysis.RunTimeline{}
 	for i := range 100 {
 		uid := fmt.Sprintf("pod-%03d", i)
 		created := start.Add(time.Duration(i) * 30 * time.Millisecond)

@@ -1,4 +1,4 @@
-package analysis
+package report
 
 import (
 	"bytes"
@@ -45,7 +45,7 @@ func TestReportHTMLOnAScreen(t *testing.T) {
 	browser := testenv.Chromium(t)
 	article := fixtureReport()
 	article.Runs[0].Timeline = fixtureTimeline(article.Runs[0].Phases[load.PhaseLoadStart])
-	for name, rep := range map[string]Report{"article": article, "sweep": sweepFixture()} {
+	for name, rep := range map[string]Contents{"article": article, "sweep": sweepFixture()} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			page := filepath.Join(dir, "report.html")

@@ -1,4 +1,4 @@
-package analysis
+package report
 
 import (
 	"bytes"
@@ -45,7 +45,7 @@ type htmlFigure struct {
 // with the Markdown report's tables and sentences, the plan and its provenance, and every chart as inline SVG; the
 // timeline's failure dots and lifecycle marks carry their details as SVG titles, which browsers show on hover
 // without any JavaScript.
-func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
+func WriteHTML(w io.Writer, rep Contents, lang string, doc HTMLDocument) error {
 	var md bytes.Buffer
 	if err := WriteMarkdown(&md, rep, lang); err != nil {
 		return err
@@ -70,7 +70,7 @@ func WriteHTML(w io.Writer, rep Report, lang string, doc HTMLDocument) error {
 		}
 		f := htmlFigure{ID: "sweep", Caption: c.plot.Title.Text, SVG: svg, Kind: c.kind}
 		if c.run >= 0 {
-			f.ID, f.Run = fmt.Sprintf("%s-%d", c.kind, c.run), rep.Runs[c.run].column()
+			f.ID, f.Run = fmt.Sprintf("%s-%d", c.kind, c.run), column(rep.Runs[c.run])
 		}
 		if c.timeline != nil {
 			for _, h := range c.timeline.hotspots {

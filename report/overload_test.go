@@ -1,23 +1,24 @@
-package analysis
+package report
 
 import (
 	"bytes"
 	"strings"
 	"testing"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/rundir"
 )
 
 // A run whose app fell behind its arrivals is flagged whatever held it up: here the machine was far from busy and
 // no node or Pod was throttled, as when the reference knob's locked random source stalls the Pods.
 func TestSaturationNamesAnOverloadedApp(t *testing.T) {
-	quiet := func(p50, warmUpP50 float64) CaseRun {
+	quiet := func(p50, warmUpP50 float64) analysis.CaseRun {
 		r := fixtureReport().Runs[0]
-		r.Lateness = &Lateness{P99Ms: 1, MaxMs: 2}
+		r.Lateness = &analysis.Lateness{P99Ms: 1, MaxMs: 2}
 		busy, none := 0.378, 0.0
-		r.CPU = &CPUUse{MachineBusy: &busy, NodeThrottled: &none, NodeThrottledName: "lab-node-1"}
+		r.CPU = &analysis.CPUUse{MachineBusy: &busy, NodeThrottled: &none, NodeThrottledName: "lab-node-1"}
 		r.Whole.P50Ms = p50
-		r.WarmUp = &Outcome{Total: 3000, OK: 3000, P50Ms: warmUpP50}
+		r.WarmUp = &analysis.Outcome{Total: 3000, OK: 3000, P50Ms: warmUpP50}
 		r.InFlight = []rundir.PodInFlight{{Pod: "a", AtSIGTERM: 2000}, {Pod: "b", AtSIGTERM: 781}}
 		return r
 	}
@@ -37,7 +38,7 @@ func TestSaturationNamesAnOverloadedApp(t *testing.T) {
 			if got := r.Overloaded(); got != tc.wantOverloaded {
 				t.Fatalf("Overloaded() = %v, want %v", got, tc.wantOverloaded)
 			}
-			reasons := strings.Join(r.Saturation("en"), "; ")
+			reasons := strings.Join(saturationReasons(r, "en"), "; ")
 			if !tc.wantOverloaded {
 				if reasons != "" {
 					t.Fatalf("flagged: %s", reasons)
@@ -49,11 +50,11 @@ func TestSaturationNamesAnOverloadedApp(t *testing.T) {
 					t.Errorf("reasons %q lack %q", reasons, want)
 				}
 			}
-			if ja := strings.Join(r.Saturation("ja"), "、"); !strings.Contains(ja, "アプリが到着に追いつかなかった") || !strings.Contains(ja, "SIGTERM 時の処理中リクエスト 2781") {
+			if ja := strings.Join(saturationReasons(r, "ja"), "、"); !strings.Contains(ja, "アプリが到着に追いつかなかった") || !strings.Contains(ja, "SIGTERM 時の処理中リクエスト 2781") {
 				t.Errorf("Japanese reasons %q do not name the overload", ja)
 			}
 			rep := fixtureReport()
-			rep.Runs = []CaseRun{r}
+			rep.Runs = []analysis.CaseRun{r}
 			var b bytes.Buffer
 			if err := WriteMarkdown(&b, rep, "en"); err != nil {
 				t.Fatal(err)

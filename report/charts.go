@@ -1,4 +1,4 @@
-package analysis
+package report
 
 import (
 	"fmt"
@@ -17,6 +17,7 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
+	"github.com/rollout-lab/rollout-lab/analysis"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/rundir"
 	"github.com/rollout-lab/rollout-lab/timeline"
@@ -47,7 +48,7 @@ var classColors = map[string]color.RGBA{
 }
 
 // points pairs x and y, leaving out steps without a value.
-func points(xs []float64, ys Points) plotter.XYs {
+func points(xs []float64, ys analysis.Points) plotter.XYs {
 	var out plotter.XYs
 	for i, y := range ys {
 		if i < len(xs) && !math.IsNaN(y) && !math.IsInf(y, 0) {
@@ -58,7 +59,7 @@ func points(xs []float64, ys Points) plotter.XYs {
 }
 
 // shadeRollout greys the rollout window behind the lines.
-func shadeRollout(p *plot.Plot, r CaseRun, top float64) error {
+func shadeRollout(p *plot.Plot, r analysis.CaseRun, top float64) error {
 	if r.Rollout == nil {
 		return nil
 	}
@@ -78,7 +79,7 @@ func shadeRollout(p *plot.Plot, r CaseRun, top float64) error {
 	return nil
 }
 
-func maxOf(series ...Points) float64 {
+func maxOf(series ...analysis.Points) float64 {
 	top := 0.0
 	for _, s := range series {
 		for _, v := range s {
@@ -109,14 +110,14 @@ func newPlot() *plot.Plot {
 }
 
 // RequestsPlot plots requests per second by outcome over the run, the rollout window shaded.
-func RequestsPlot(r CaseRun) (*plot.Plot, error) {
+func RequestsPlot(r analysis.CaseRun) (*plot.Plot, error) {
 	p := newPlot()
-	p.Title.Text = fmt.Sprintf("%s: requests/s by outcome", r.column())
+	p.Title.Text = fmt.Sprintf("%s: requests/s by outcome", column(r))
 	// A failure is counted when it ended: a connect that waited for a Pod already gone shows seconds after it was
 	// sent, and after the SIGTERM marks it belongs to.
 	p.X.Label.Text = "seconds since load start (requests counted when they ended)"
 	p.Y.Label.Text = "requests/s"
-	var all []Points
+	var all []analysis.Points
 	for _, class := range load.Classes {
 		all = append(all, r.Series.RateByClass[class])
 	}
@@ -154,9 +155,9 @@ func RequestsPlot(r CaseRun) (*plot.Plot, error) {
 }
 
 // LatencyPlot plots p50 and p99 latency over the run, the rollout window shaded.
-func LatencyPlot(r CaseRun) (*plot.Plot, error) {
+func LatencyPlot(r analysis.CaseRun) (*plot.Plot, error) {
 	p := newPlot()
-	p.Title.Text = fmt.Sprintf("%s: latency", r.column())
+	p.Title.Text = fmt.Sprintf("%s: latency", column(r))
 	p.X.Label.Text = "seconds since load start"
 	p.Y.Label.Text = "ms"
 	top := maxOf(r.Series.P50Ms, r.Series.P99Ms) * 1.05
@@ -165,7 +166,7 @@ func LatencyPlot(r CaseRun) (*plot.Plot, error) {
 	}
 	for _, q := range []struct {
 		name   string
-		values Points
+		values analysis.Points
 		color  color.RGBA
 		dashes []vg.Length
 	}{{"p50", r.Series.P50Ms, color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, nil}, {"p99", r.Series.P99Ms, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, []vg.Length{vg.Points(4), vg.Points(2)}}} {
@@ -316,7 +317,7 @@ func (m edgeMarks) Thumbnail(c *draw.Canvas) { c.DrawGlyph(m.style, c.Center()) 
 
 // addLifecycleMarks marks every SIGTERM (top edge) and every node's service-out (bottom edge) of a run's Pods on a
 // chart of its load.
-func addLifecycleMarks(p *plot.Plot, r CaseRun) {
+func addLifecycleMarks(p *plot.Plot, r analysis.CaseRun) {
 	start, ok := r.Phases[load.PhaseLoadStart]
 	if r.Timeline == nil || !ok {
 		return
@@ -349,11 +350,11 @@ func addLifecycleMarks(p *plot.Plot, r CaseRun) {
 
 // chartFileName makes a file name of a run's labels, which come from a results directory that may be anyone's:
 // only letters, digits, '.', '_' and '-' stay, and it never starts with a dot, so it cannot leave the directory.
-func chartFileName(r CaseRun, kind, format string) string {
+func chartFileName(r analysis.CaseRun, kind, format string) string {
 	return chartBaseName(r, kind) + "." + format
 }
 
-func chartBaseName(r CaseRun, kind string) string {
+func chartBaseName(r analysis.CaseRun, kind string) string {
 	name := safeFileName(r.Case)
 	if r.Run != "" && r.Run != "1" {
 		name += "-run" + safeFileName(r.Run)
@@ -388,9 +389,9 @@ type reportChart struct {
 // reportCharts builds every chart of a report, in the report's order: the sweep's answer when the report is a
 // sweep, then per case run its requests and latency, and its timeline when it kept one. The chart files and
 // report.html draw these same plots.
-func reportCharts(rep Report) ([]reportChart, error) {
+func reportCharts(rep Contents) ([]reportChart, error) {
 	var charts []reportChart
-	if sweep := SweepOf(rep); sweep != nil {
+	if sweep := rep.Sweep; sweep != nil {
 		p, err := SweepPlot(rep, sweep)
 		if err != nil {
 			return nil, err
@@ -400,11 +401,11 @@ func reportCharts(rep Report) ([]reportChart, error) {
 	for i, r := range rep.Runs {
 		for _, c := range []struct {
 			kind  string
-			build func(CaseRun) (*plot.Plot, error)
+			build func(analysis.CaseRun) (*plot.Plot, error)
 		}{{"requests", RequestsPlot}, {"latency", LatencyPlot}} {
 			p, err := c.build(r)
 			if err != nil {
-				return nil, fmt.Errorf("%s chart of %s: %w", c.kind, r.column(), err)
+				return nil, fmt.Errorf("%s chart of %s: %w", c.kind, column(r), err)
 			}
 			charts = append(charts, reportChart{kind: c.kind, run: i, base: chartBaseName(r, c.kind), plot: p, height: chartHeight})
 		}
@@ -420,7 +421,7 @@ func reportCharts(rep Report) ([]reportChart, error) {
 }
 
 // WritePlots writes every chart of the report (reportCharts) into dir, in every format, and returns the files.
-func WritePlots(dir string, rep Report) ([]string, error) {
+func WritePlots(dir string, rep Contents) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -442,20 +443,20 @@ func WritePlots(dir string, rep Report) ([]string, error) {
 }
 
 // writeChartLinks lists every run's charts (PNG) in report.md, the timeline first.
-func writeChartLinks(w io.Writer, rep Report) error {
+func writeChartLinks(w io.Writer, rep Contents) error {
 	var b strings.Builder
 	b.WriteString("\n## Charts\n")
-	if SweepOf(rep) != nil {
+	if rep.Sweep != nil {
 		fmt.Fprintf(&b, "\n![errors against preStop sleep](charts/%s.png)\n", SweepChartName)
 	}
 	for _, r := range rep.Runs {
-		fmt.Fprintf(&b, "\n### %s\n\n", r.column())
+		fmt.Fprintf(&b, "\n### %s\n\n", column(r))
 		kinds := []string{"requests", "latency"}
 		if r.Timeline != nil {
 			kinds = append([]string{"timeline"}, kinds...)
 		}
 		for _, kind := range kinds {
-			fmt.Fprintf(&b, "![%s %s](charts/%s)\n", r.column(), kind, chartFileName(r, kind, "png"))
+			fmt.Fprintf(&b, "![%s %s](charts/%s)\n", column(r), kind, chartFileName(r, kind, "png"))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -464,7 +465,7 @@ func writeChartLinks(w io.Writer, rep Report) error {
 
 // WriteAll writes report.md (article layout, the plan's language, then the long layout and the charts), the other
 // language's tables, report.json, report.csv, report.html and charts/ into dir.
-func WriteAll(dir string, rep Report, lang string, doc HTMLDocument) error {
+func WriteAll(dir string, rep Contents, lang string, doc HTMLDocument) error {
 	if _, err := labelsFor(lang); err != nil {
 		return err
 	}
