@@ -687,6 +687,8 @@ func loadPaths(runner, cowweb string, step time.Duration) error {
 	paths := []benchPath{
 		{name: "kernel", url: fmt.Sprintf("http://%s/say?m=bench", net.JoinHostPort(ingress.String(), "80"))},
 		{name: "user space", url: "http://" + balancerRelay.Addr().String() + "/say?m=bench"},
+		// No path at all: the host straight to one Pod. What the other two cost beyond it is what their path adds.
+		{name: "direct to a Pod", url: "http://" + podAddrs[0] + "/say?m=bench"},
 	}
 	return pathLadder(runner, paths, namespaces, step, results)
 }
@@ -699,11 +701,12 @@ type benchPath struct {
 	broke      bool
 }
 
-// pathLadder climbs the rates on every path in turn, each step after the TIME_WAIT states of earlier ones left room.
+// pathLadder climbs the rates on every path in turn, each step after the TIME_WAIT states of earlier ones left room,
+// and prints what each path costs the machine per connection beyond a connection straight to a Pod.
 func pathLadder(runner string, paths []benchPath, namespaces []string, step time.Duration, results string) error {
 	fmt.Printf("   %8s", "rate/s")
 	for _, p := range paths {
-		fmt.Printf("  %36s", p.name+" thr/s (ok %) CPU ms/conn")
+		fmt.Printf("  %36s", p.name+": thr/s (ok %) CPU ms/conn")
 	}
 	fmt.Println()
 	// What the lab and the machine spend with no load (control plane, kube-proxies, Prometheus), taken off each
@@ -712,7 +715,7 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 	time.Sleep(5 * time.Second)
 	idlePerSecond := (machineBusySeconds() - idleBefore) / time.Since(idleStart).Seconds()
 	fmt.Printf("   (idle: the machine busy %.2f CPU-s/s, taken off each step)\n", idlePerSecond)
-	bothHeld := 0
+	allHeld := 0
 	for _, rate := range []int{500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000} {
 		line := fmt.Sprintf("   %8d", rate)
 		held := true
@@ -747,21 +750,22 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 		}
 		fmt.Println(line)
 		if held {
-			bothHeld = rate
+			allHeld = rate
 		}
-		if paths[0].broke && paths[1].broke {
+		if paths[0].broke && paths[1].broke && paths[2].broke {
 			break
 		}
 	}
-	kernel, user := paths[0], paths[1]
+	kernel, user, direct := paths[0], paths[1], paths[2]
 	ratio := 0.0
 	if user.best > 0 {
 		ratio = float64(kernel.best) / float64(user.best)
 	}
-	fmt.Printf("   highest sustained: kernel path %d/s, user-space path %d/s, ratio %.2f\n", kernel.best, user.best, ratio)
-	if bothHeld > 0 {
-		fmt.Printf("   machine CPU per connection at %d/s (both held): kernel %.3f ms, user space %.3f ms, ratio %.2f\n", bothHeld,
-			kernel.cpuPerConn[bothHeld], user.cpuPerConn[bothHeld], kernel.cpuPerConn[bothHeld]/user.cpuPerConn[bothHeld])
+	fmt.Printf("   highest sustained: kernel path %d/s, user-space path %d/s, ratio %.2f (direct to a Pod %d/s)\n", kernel.best, user.best, ratio, direct.best)
+	if allHeld > 0 {
+		k, u, d := kernel.cpuPerConn[allHeld], user.cpuPerConn[allHeld], direct.cpuPerConn[allHeld]
+		fmt.Printf("   machine CPU per connection at %d/s (all held): kernel %.3f ms, user space %.3f ms, direct %.3f ms\n", allHeld, k, u, d)
+		fmt.Printf("   what the path adds per connection: kernel %.3f ms, user space %.3f ms, ratio %.2f\n", k-d, u-d, (k-d)/(u-d))
 	}
 	return nil
 }

@@ -148,7 +148,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		}, cleanup: func() error { return session.Close() }},
 		{name: "connect to the target", do: func(ctx context.Context) error {
 			var err error
-			if target, err = cfg.Connect(ctx, session); err == nil {
+			if target, err = cfg.Connect(ctx, session.TargetInputs()); err == nil {
 				session.SetTargetProvenance(target.Provenance())
 			}
 			return err

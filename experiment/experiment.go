@@ -188,6 +188,11 @@ func Start(cfg Config) (_ *Session, err error) {
 // KubeProxyJob is the scrape job of the lab nodes' kube-proxies (their :10249).
 const KubeProxyJob = "kube-proxy"
 
+// TargetInputs are what the session gives a target to open with.
+func (s *Session) TargetInputs() TargetInputs {
+	return TargetInputs{Plan: s.cfg.Plan, Registry: s.Registry, Dir: s.Dir, Logger: s.logger, ScrapeKubeProxies: s.scrapeKubeProxies}
+}
+
 // scrapeKubeProxies has the embedded Prometheus scrape every node's kube-proxy, labelled by node.
 func (s *Session) scrapeKubeProxies(nodes []kubeproxy.Node) error {
 	if s.prom == nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"github.com/rollout-lab/rollout-lab/timeline/clusterwatch"
 )
 
 // RunnerImage is the project's image (cmd runner); in-cluster workers run it unless the plan names another.
@@ -42,7 +43,7 @@ func WorkerJob(p *plan.Plan, c plan.Case, run int, url, version string) (*batchv
 	if image == "" {
 		image = RunnerImage + ":" + version
 	}
-	labels := map[string]string{"app.kubernetes.io/name": "rollout-lab-worker", "app.kubernetes.io/part-of": "rollout-lab",
+	labels := map[string]string{"app.kubernetes.io/name": clusterwatch.WorkerLabel, "app.kubernetes.io/part-of": "rollout-lab",
 		"rollout-lab/case": c.Name, "rollout-lab/run": strconv.Itoa(run)}
 	// Long enough for the load, its timeout and the linger; then the Job gives up.
 	deadline := int64((c.Load.TotalDuration() + c.Load.Timeout.D() + 5*time.Minute).Seconds())

@@ -8,17 +8,13 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/plan"
@@ -88,9 +84,9 @@ func OpenKubernetes(ctx context.Context, kubeconfig, kubeContext string) (*Kuber
 
 // Connect records the cluster's events into the session's results and metrics.
 func (k *Kubernetes) Connect() Connect {
-	return func(_ context.Context, s *Session) (Target, error) {
+	return func(_ context.Context, in TargetInputs) (Target, error) {
 		var err error
-		k.recorder, err = timeline.NewRecorder(filepath.Join(s.Dir, "cluster-events.jsonl"), timeline.NewMetrics(s.Registry))
+		k.recorder, err = timeline.NewRecorder(filepath.Join(in.Dir, "cluster-events.jsonl"), timeline.NewMetrics(in.Registry))
 		return k, err
 	}
 }
@@ -173,112 +169,13 @@ func (k *Kubernetes) Record(ctx context.Context, namespace string, observe func(
 			return clusterwatch.WatchEndpointSlices(ctx, k.client, namespace, record)
 		},
 		func(ctx context.Context, record func(timeline.Event)) error {
-			return watchPods(ctx, k.client, namespace, record)
+			return clusterwatch.WatchPods(ctx, k.client, namespace, record)
 		})
 }
 
 func (k *Kubernetes) Close() error {
 	if k.recorder != nil {
 		return k.recorder.Close()
-	}
-	return nil
-}
-
-// isWorker tells the runner's own load Pods from the app's.
-func isWorker(p *corev1.Pod) bool { return p.Labels["app.kubernetes.io/name"] == "rollout-lab-worker" }
-
-// podSeen is what watchPods last saw of a Pod.
-type podSeen struct {
-	ready, deleting bool
-	exited          map[string]bool
-}
-
-// watchPods turns Pod changes and the kubelet's Events into timeline events: two informers and their handlers,
-// which share the state of what was already recorded.
-func watchPods(ctx context.Context, client kubernetes.Interface, namespace string, record func(timeline.Event)) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
-	var mu sync.Mutex
-	seen := map[string]*podSeen{}
-	event := func(p *corev1.Pod, eventType string) timeline.Event {
-		return timeline.Event{Type: eventType, Namespace: p.Namespace, Pod: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, PodIP: p.Status.PodIP}
-	}
-	observe := func(p *corev1.Pod, initial bool) {
-		if isWorker(p) {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		s, known := seen[string(p.UID)]
-		if !known {
-			s = &podSeen{exited: map[string]bool{}}
-			seen[string(p.UID)] = s
-			if !initial {
-				record(event(p, timeline.EventPodCreated))
-			}
-		}
-		ready := false
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady {
-				ready = c.Status == corev1.ConditionTrue
-			}
-		}
-		switch {
-		case ready && !s.ready && !initial:
-			record(event(p, timeline.EventPodReady))
-		case !ready && s.ready && p.DeletionTimestamp == nil:
-			record(event(p, timeline.EventPodNotReady))
-		}
-		s.ready = ready
-		if p.DeletionTimestamp != nil && !s.deleting {
-			s.deleting = true
-			record(event(p, timeline.EventDeletionSeen))
-		}
-		for _, cs := range p.Status.ContainerStatuses {
-			if t := cs.State.Terminated; t != nil && !s.exited[cs.Name] {
-				s.exited[cs.Name] = true
-				e := event(p, timeline.EventContainerExited)
-				code := int(t.ExitCode)
-				e.Container, e.ExitCode, e.Message = cs.Name, &code, t.Reason
-				record(e)
-			}
-		}
-	}
-	pods := factory.Core().V1().Pods().Informer()
-	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
-		AddFunc:    func(obj any, initial bool) { observe(obj.(*corev1.Pod), initial) },
-		UpdateFunc: func(_, obj any) { observe(obj.(*corev1.Pod), false) },
-		DeleteFunc: func(obj any) {
-			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = tombstone.Obj
-			}
-			if p, ok := obj.(*corev1.Pod); ok && !isWorker(p) {
-				mu.Lock()
-				delete(seen, string(p.UID))
-				mu.Unlock()
-				record(event(p, timeline.EventPodRemoved))
-			}
-		},
-	}); err != nil {
-		return err
-	}
-	kubeEvents := factory.Core().V1().Events().Informer()
-	if _, err := kubeEvents.AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
-		AddFunc: func(obj any, initial bool) {
-			e, ok := obj.(*corev1.Event)
-			if !ok || initial || e.InvolvedObject.Kind != "Pod" || e.Reason != "Killing" {
-				return
-			}
-			record(timeline.Event{Type: timeline.EventKilling, Namespace: e.Namespace, Pod: e.InvolvedObject.Name, UID: string(e.InvolvedObject.UID),
-				Message: e.Message})
-		},
-	}); err != nil {
-		return err
-	}
-	factory.Start(ctx.Done())
-	syncCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if !cache.WaitForCacheSync(syncCtx.Done(), pods.HasSynced, kubeEvents.HasSynced) {
-		return fmt.Errorf("watch Pods and Events in %s: not synced", namespace)
 	}
 	return nil
 }

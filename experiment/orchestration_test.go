@@ -159,7 +159,7 @@ func applyFake(t *testing.T, target *fakeTarget, resultsRoot, resumeDir, interru
 	run.result, run.err = Apply(ctx, ApplyConfig{
 		Config: Config{Plan: p, PlanSource: planFile, ResultsRoot: resultsRoot, ScrapeInterval: 200 * time.Millisecond,
 			MetricsListen: "127.0.0.1:0", ResumeDir: resumeDir},
-		Connect: func(context.Context, *Session) (Target, error) { return target, nil },
+		Connect: func(context.Context, TargetInputs) (Target, error) { return target, nil },
 		Progress: func(caseName string, _ int, phase string, pr load.Progress) {
 			if pr.Planned != 0 {
 				return

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 	"github.com/rollout-lab/rollout-lab/lab/controlplane"
@@ -55,8 +56,20 @@ type LoadPath struct {
 	Description, DescriptionJa string
 }
 
-// Connect opens a target once the session (registry, results directory) exists.
-type Connect func(ctx context.Context, session *Session) (Target, error)
+// TargetInputs are what a target is opened from, as kind's providers are: explicit values, not the session.
+type TargetInputs struct {
+	Plan *plan.Plan
+	// Registry takes the target's metrics (the lab's, a cluster's recorded events), served with the load's.
+	Registry prometheus.Registerer
+	// Dir is the results directory.
+	Dir    string
+	Logger *slog.Logger
+	// ScrapeKubeProxies has the nodes' kube-proxies scraped with the run (nil: nothing scrapes them).
+	ScrapeKubeProxies func([]kubeproxy.Node) error
+}
+
+// Connect opens a target.
+type Connect func(ctx context.Context, in TargetInputs) (Target, error)
 
 // labTarget is the embedded lab, started for one apply.
 type labTarget struct {
@@ -66,8 +79,8 @@ type labTarget struct {
 
 // ConnectLab starts the lab the plan describes, in dir or (when empty) a temporary directory removed on Close.
 func ConnectLab(dir string, cowweb []string) Connect {
-	return func(ctx context.Context, s *Session) (Target, error) {
-		p := s.cfg.Plan
+	return func(ctx context.Context, in TargetInputs) (Target, error) {
+		p := in.Plan
 		proxy := kubeproxy.Config{Mode: p.Lab.KubeProxy.Mode, MinSyncPeriod: p.Lab.KubeProxy.MinSyncPeriod.D(), SyncPeriod: p.Lab.KubeProxy.SyncPeriod.D()}
 		t := &labTarget{}
 		if dir == "" {
@@ -82,10 +95,10 @@ func ConnectLab(dir string, cowweb []string) Connect {
 			KubeProxy:    proxy,
 			LoadBalancer: &loadbalancer.Options{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
 			NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU),
-			Metrics: lab.NewMetrics(s.Registry), Logger: s.logger.With("component", "lab")})
+			Metrics: lab.NewMetrics(in.Registry), Logger: in.Logger.With("component", "lab")})
 		t.lab = l
-		if err == nil {
-			err = s.scrapeKubeProxies(l.Proxies.Nodes())
+		if err == nil && in.ScrapeKubeProxies != nil {
+			err = in.ScrapeKubeProxies(l.Proxies.Nodes())
 		}
 		if err != nil {
 			return nil, errors.Join(err, t.Close())
