@@ -108,63 +108,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 	if isNull(n) {
 		return
 	}
-	switch v.Type() {
-	case retiredType:
-		d.errorAt(n, path, "%s", retiredFields[path])
-		return
-	case durationType:
-		d.decodeDuration(n, v, path)
-		return
-	case milliCPUType:
-		milli, err := parseMilliCPU(n)
-		if err != nil {
-			d.errorAt(n, path, "%v", err)
-			return
-		}
-		v.SetInt(milli)
-		return
-	case quantityType:
-		if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") {
-			d.errorAt(n, path, "want a quantity such as 256Mi, got %s", describe(n))
-			return
-		}
-		if _, err := resource.ParseQuantity(n.Value); err != nil {
-			d.errorAt(n, path, "want a quantity such as 256Mi, got %q", n.Value)
-			return
-		}
-		v.SetString(n.Value)
-		return
-	case intOrPercentType:
-		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
-			d.errorAt(n, path, "want an integer or a percentage such as 25%%, got %s", describe(n))
-			return
-		}
-		v.SetString(n.Value)
-		return
-	case imagesType:
-		if n.Kind != yaml.MappingNode {
-			d.errorAt(n, path, "want a mapping of image to command, got %s", describe(n))
-			return
-		}
-		m := map[string][]string{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			var argv []string
-			d.decode(n.Content[i+1], reflect.ValueOf(&argv).Elem(), join(path, n.Content[i].Value), loc)
-			m[n.Content[i].Value] = argv
-		}
-		v.Set(reflect.ValueOf(m))
-		return
-	case rawValuesType:
-		if n.Kind != yaml.MappingNode {
-			d.errorAt(n, path, "want a mapping of Helm values, got %s", describe(n))
-			return
-		}
-		var m map[string]any
-		if err := n.Decode(&m); err != nil {
-			d.errorAt(n, path, "%v", err)
-			return
-		}
-		v.Set(reflect.ValueOf(m))
+	if d.decodeSpecial(n, v, path, loc) {
 		return
 	}
 	switch v.Kind() {
@@ -185,6 +129,79 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 			d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), loc)
 		}
 		v.Set(s)
+	default:
+		d.decodeScalar(n, v, path)
+	}
+}
+
+// decodeSpecial decodes the project's own value types (durations, CPU, quantities, images, raw Helm values, retired
+// fields) and says whether v was one.
+func (d *decoder) decodeSpecial(n *yaml.Node, v reflect.Value, path string, loc located) bool {
+	switch v.Type() {
+	case retiredType:
+		d.errorAt(n, path, "%s", retiredFields[path])
+		return true
+	case durationType:
+		d.decodeDuration(n, v, path)
+		return true
+	case milliCPUType:
+		milli, err := parseMilliCPU(n)
+		if err != nil {
+			d.errorAt(n, path, "%v", err)
+			return true
+		}
+		v.SetInt(milli)
+		return true
+	case quantityType:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") {
+			d.errorAt(n, path, "want a quantity such as 256Mi, got %s", describe(n))
+			return true
+		}
+		if _, err := resource.ParseQuantity(n.Value); err != nil {
+			d.errorAt(n, path, "want a quantity such as 256Mi, got %q", n.Value)
+			return true
+		}
+		v.SetString(n.Value)
+		return true
+	case intOrPercentType:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
+			d.errorAt(n, path, "want an integer or a percentage such as 25%%, got %s", describe(n))
+			return true
+		}
+		v.SetString(n.Value)
+		return true
+	case imagesType:
+		if n.Kind != yaml.MappingNode {
+			d.errorAt(n, path, "want a mapping of image to command, got %s", describe(n))
+			return true
+		}
+		m := map[string][]string{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			var argv []string
+			d.decode(n.Content[i+1], reflect.ValueOf(&argv).Elem(), join(path, n.Content[i].Value), loc)
+			m[n.Content[i].Value] = argv
+		}
+		v.Set(reflect.ValueOf(m))
+		return true
+	case rawValuesType:
+		if n.Kind != yaml.MappingNode {
+			d.errorAt(n, path, "want a mapping of Helm values, got %s", describe(n))
+			return true
+		}
+		var m map[string]any
+		if err := n.Decode(&m); err != nil {
+			d.errorAt(n, path, "%v", err)
+			return true
+		}
+		v.Set(reflect.ValueOf(m))
+		return true
+	}
+	return false
+}
+
+// decodeScalar decodes a string, an integer, a number or a boolean, each only from YAML of its own kind.
+func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
+	switch v.Kind() {
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 			d.errorAt(n, path, "want a string, got %s", describe(n))

@@ -86,11 +86,19 @@ func (tp *timelinePlotter) x(t time.Time) float64 { return t.Sub(tp.start).Secon
 func (tp *timelinePlotter) y(row int) float64 { return -float64(row) }
 
 func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
-	xf, yf := p.Transforms(&c)
 	half := 0.32
+	radius := vg.Points(3.5)
 	if tp.overview {
-		half = 0.42
+		half, radius = 0.42, vg.Points(2.2)
 	}
+	tp.drawPhases(c, p, half)
+	tp.drawMarks(c, p, radius)
+	tp.drawFailures(c, p, half, radius*0.7)
+}
+
+// drawPhases draws each Pod's phases as bars: starting, serving, preStop, after SIGTERM until its exit.
+func (tp *timelinePlotter) drawPhases(c draw.Canvas, p *plot.Plot, half float64) {
+	xf, yf := p.Transforms(&c)
 	bar := func(row int, from, to float64, phase string) {
 		from, to = max(from, p.X.Min), min(to, p.X.Max)
 		if to <= from {
@@ -133,10 +141,11 @@ func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
 			bar(i, tp.x(r.SIGTERM), exit, "after SIGTERM")
 		}
 	}
-	radius := vg.Points(3.5)
-	if tp.overview {
-		radius = vg.Points(2.2)
-	}
+}
+
+// drawMarks draws each Pod's lifecycle marks (a non-zero exit code beside its exit) with a hotspot for each.
+func (tp *timelinePlotter) drawMarks(c draw.Canvas, p *plot.Plot, radius vg.Length) {
+	xf, yf := p.Transforms(&c)
 	for i, r := range tp.rows {
 		for _, m := range r.Marks {
 			x := tp.x(m.At)
@@ -160,7 +169,11 @@ func (tp *timelinePlotter) Plot(c draw.Canvas, p *plot.Plot) {
 			tp.hotspots = append(tp.hotspots, Hotspot{X: x, Y: tp.y(i), Kind: "mark", Radius: radius, Text: text})
 		}
 	}
-	dot := radius * 0.7
+}
+
+// drawFailures draws each kept failure as a dot on its Pod's row when it failed, with a hotspot for each.
+func (tp *timelinePlotter) drawFailures(c draw.Canvas, p *plot.Plot, half float64, dot vg.Length) {
+	xf, yf := p.Transforms(&c)
 	for k, f := range tp.failures {
 		row := tp.failureRow(f)
 		failedAt := tp.x(f.Sent) + f.LatencyMs/1000
@@ -209,6 +222,41 @@ func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 	if r.Rollout != nil {
 		rolloutStart = r.Rollout.Start
 	}
+	tp := newTimelinePlotter(tl, start, rolloutStart)
+	nRows := len(tp.rows)
+	if tp.noEndpoint >= 0 {
+		nRows++
+	}
+	tp.overview = nRows > TimelineOverviewRows
+	end, ok := r.Phases[load.PhaseLoadEnd]
+	if !ok {
+		end = r.Load.End
+	}
+	minX, maxX := tp.xRange(tl, end, rolloutStart)
+
+	p := newPlot()
+	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", column(r))
+	p.X.Label.Text = "seconds since load start"
+	p.X.Min, p.X.Max = minX, maxX
+	p.X.Tick.Marker = secondsTicker{}
+	p.Y.Min, p.Y.Max = -float64(nRows)+0.5, 0.5
+	p.Y.Tick.Marker = tp.rowTicks(nRows)
+	if !rolloutStart.IsZero() {
+		addVerticalLine(p, rolloutStart.Sub(start).Seconds(), "rollout start")
+	}
+	p.Add(tp)
+	addTimelineLegend(p, tl.Failures.Kept)
+	rowHeight := 0.55 * vg.Centimeter
+	if tp.overview {
+		rowHeight = 0.22 * vg.Centimeter
+	}
+	height := max(chartHeight, vg.Length(nRows)*rowHeight+4*vg.Centimeter)
+	return &timelineChart{plot: p, plotter: tp, height: height}, nil
+}
+
+// newTimelinePlotter lays out the run's Pods as rows and finds each kept failure's row: the Pod it reached, by
+// UID or else by address, or a last row for the failures that reached no Pod.
+func newTimelinePlotter(tl *analysis.RunTimeline, start, rolloutStart time.Time) *timelinePlotter {
 	rows := analysis.Lifecycles(tl.Events, rolloutStart)
 	tp := &timelinePlotter{rows: rows, failures: tl.Failures.Kept, start: start, noEndpoint: -1}
 	byUID, byIP := map[string]int{}, map[string]int{}
@@ -235,23 +283,19 @@ func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 			break
 		}
 	}
-	nRows := len(rows)
-	if tp.noEndpoint >= 0 {
-		nRows++
-	}
-	tp.overview = nRows > TimelineOverviewRows
-	end, ok := r.Phases[load.PhaseLoadEnd]
-	if !ok {
-		end = r.Load.End
-	}
-	tp.end = max(end.Sub(start).Seconds(), 1)
-	for _, row := range rows {
+	return tp
+}
+
+// xRange sets the chart's right edge (the load's end, or a later exit or failure) and returns the span shown: the
+// story is the rollout, from a little before its first event to a little after its last event or failure, so that
+// what happens within a second of a Pod's SIGTERM has room.
+func (tp *timelinePlotter) xRange(tl *analysis.RunTimeline, end, rolloutStart time.Time) (minX, maxX float64) {
+	tp.end = max(end.Sub(tp.start).Seconds(), 1)
+	for _, row := range tp.rows {
 		if !row.Exited.IsZero() {
 			tp.end = max(tp.end, tp.x(row.Exited))
 		}
 	}
-	// The story is the rollout: from a little before its first event to a little after its last event or failure,
-	// so that what happens within a second of a Pod's SIGTERM has room.
 	from, to := math.Inf(1), math.Inf(-1)
 	if !rolloutStart.IsZero() {
 		from = tp.x(rolloutStart)
@@ -267,19 +311,16 @@ func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 		from, to = min(from, tp.x(f.Sent)), max(to, failed)
 	}
 	const margin = 2.0
-	minX, maxX := 0.0, tp.end
-	if !math.IsInf(from, 0) && !math.IsInf(to, 0) {
-		minX, maxX = max(0, from-margin), min(tp.end, to+margin)
+	if math.IsInf(from, 0) || math.IsInf(to, 0) {
+		return 0, tp.end
 	}
+	return max(0, from-margin), min(tp.end, to+margin)
+}
 
-	p := newPlot()
-	p.Title.Text = fmt.Sprintf("%s: Pods and failed requests", column(r))
-	p.X.Label.Text = "seconds since load start"
-	p.X.Min, p.X.Max = minX, maxX
-	p.X.Tick.Marker = secondsTicker{}
-	p.Y.Min, p.Y.Max = -float64(nRows)+0.5, 0.5
+// rowTicks names the rows (old and new Pods, the no-endpoint row); an overview names only every few.
+func (tp *timelinePlotter) rowTicks(nRows int) plot.ConstantTicks {
 	names := make([]string, 0, nRows)
-	for _, row := range rows {
+	for _, row := range tp.rows {
 		label := shortPodName(row.Name)
 		if row.Old {
 			label = "old " + label
@@ -303,11 +344,11 @@ func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 		}
 		ticks = append(ticks, tick)
 	}
-	p.Y.Tick.Marker = plot.ConstantTicks(ticks)
-	if !rolloutStart.IsZero() {
-		addVerticalLine(p, rolloutStart.Sub(start).Seconds(), "rollout start")
-	}
-	p.Add(tp)
+	return plot.ConstantTicks(ticks)
+}
+
+// addTimelineLegend names the phases, the marks and the failure classes the run kept.
+func addTimelineLegend(p *plot.Plot, kept []attribution.Failure) {
 	for _, phase := range phaseOrder {
 		p.Legend.Add(phase, boxThumb{phaseColors[phase]})
 	}
@@ -315,16 +356,10 @@ func TimelinePlot(r analysis.CaseRun) (*timelineChart, error) {
 		p.Legend.Add(event, glyphThumb{markStyles[event]})
 	}
 	for _, class := range load.ErrorClasses {
-		if slices.ContainsFunc(tl.Failures.Kept, func(f attribution.Failure) bool { return f.Class == class }) {
+		if slices.ContainsFunc(kept, func(f attribution.Failure) bool { return f.Class == class }) {
 			p.Legend.Add("failed: "+class, glyphThumb{draw.GlyphStyle{Shape: draw.CircleGlyph{}, Color: classColors[class]}})
 		}
 	}
-	rowHeight := 0.55 * vg.Centimeter
-	if tp.overview {
-		rowHeight = 0.22 * vg.Centimeter
-	}
-	height := max(chartHeight, vg.Length(nRows)*rowHeight+4*vg.Centimeter)
-	return &timelineChart{plot: p, plotter: tp, height: height}, nil
 }
 
 // boxThumb is a legend entry's filled box.
