@@ -225,39 +225,7 @@ func costCurve(runner, cowweb string) error {
 	const readinessDelay = time.Second
 	fmt.Println("   replicas  all Ready after helm install (floor 1 s)  rollout restart → complete (floor)  lab RSS   Pods' RSS (per Pod)")
 	for _, replicas := range []int{8, 50, 100} {
-		p, err := plan.Parse("bench", []byte(fmt.Sprintf("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: %d\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n", replicas)))
-		if err != nil {
-			return err
-		}
-		installStart := time.Now()
-		// Helm's --wait polls every 2 s; a watch of its own times the moment the last Pod turned Ready.
-		allReady := readyAt(ctx, l.Client, "default", replicas)
-		if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
-			return err
-		}
-		ready := (<-allReady).Sub(installStart)
-		pods, podRSS, err := podsRSS(ctx, l, "default")
-		if err != nil {
-			return err
-		}
-		restartStart := time.Now()
-		if err := experiment.RestartDeployment(ctx, l.Client, "default", experiment.ReleaseName); err != nil {
-			return err
-		}
-		if err := experiment.WaitRolledOut(ctx, l.Client, "default", experiment.ReleaseName, 10*time.Minute); err != nil {
-			return err
-		}
-		rollout := time.Since(restartStart)
-		// maxSurge 25 % (rounded up) and maxUnavailable 25 % (rounded down): each wave replaces that many Pods and
-		// waits one readiness delay.
-		perWave := (replicas+3)/4 + replicas/4
-		floor := time.Duration((replicas+perWave-1)/perWave) * readinessDelay
-		fmt.Printf("   %8d  %10s (+%s)                %10s (floor %s)              %5.0f MiB  %6.0f MiB (%.1f MiB, %d Pods)\n", replicas,
-			ready.Round(time.Millisecond), (ready - readinessDelay).Round(time.Millisecond), rollout.Round(time.Millisecond), floor,
-			rssMiB(os.Getpid()), podRSS, podRSS/float64(max(pods, 1)), pods)
-		uninstall := action.NewUninstall(cfg)
-		uninstall.Wait, uninstall.Timeout = true, 5*time.Minute
-		if _, err := uninstall.Run(experiment.ReleaseName); err != nil {
+		if err := rollOver(ctx, l, cfg, replicas, readinessDelay); err != nil {
 			return err
 		}
 	}
@@ -269,6 +237,47 @@ func costCurve(runner, cowweb string) error {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	fmt.Printf("   stop: %s; peak RSS of the lab's process: %d MiB\n", time.Since(stopStart).Round(time.Millisecond), ru.Maxrss/1024)
+	return nil
+}
+
+// rollOver installs cowweb with replicas Pods, times them Ready and a rollout restart through to its end, prints
+// the figures with the lab's and the Pods' memory, and uninstalls it.
+func rollOver(ctx context.Context, l *lab.Lab, cfg *action.Configuration, replicas int, readinessDelay time.Duration) error {
+	p, err := plan.Parse("bench", []byte(fmt.Sprintf("name: bench\nload: {rate: 1, duration: 1s}\napp:\n  replicas: %d\n  slow: false\n  probes: {readiness: {initialDelay: 1s}, liveness: {initialDelay: 1s}}\n  values: {service: {type: ClusterIP}}\n", replicas)))
+	if err != nil {
+		return err
+	}
+	installStart := time.Now()
+	// Helm's --wait polls every 2 s; a watch of its own times the moment the last Pod turned Ready.
+	allReady := readyAt(ctx, l.Client, "default", replicas)
+	if _, err := experiment.InstallCowweb(ctx, cfg, "default", charts.CowwebValues(p.Cases[0].App)); err != nil {
+		return err
+	}
+	ready := (<-allReady).Sub(installStart)
+	pods, podRSS, err := podsRSS(ctx, l, "default")
+	if err != nil {
+		return err
+	}
+	restartStart := time.Now()
+	if err := experiment.RestartDeployment(ctx, l.Client, "default", experiment.ReleaseName); err != nil {
+		return err
+	}
+	if err := experiment.WaitRolledOut(ctx, l.Client, "default", experiment.ReleaseName, 10*time.Minute); err != nil {
+		return err
+	}
+	rollout := time.Since(restartStart)
+	// maxSurge 25 % (rounded up) and maxUnavailable 25 % (rounded down): each wave replaces that many Pods and
+	// waits one readiness delay.
+	perWave := (replicas+3)/4 + replicas/4
+	floor := time.Duration((replicas+perWave-1)/perWave) * readinessDelay
+	fmt.Printf("   %8d  %10s (+%s)                %10s (floor %s)              %5.0f MiB  %6.0f MiB (%.1f MiB, %d Pods)\n", replicas,
+		ready.Round(time.Millisecond), (ready - readinessDelay).Round(time.Millisecond), rollout.Round(time.Millisecond), floor,
+		rssMiB(os.Getpid()), podRSS, podRSS/float64(max(pods, 1)), pods)
+	uninstall := action.NewUninstall(cfg)
+	uninstall.Wait, uninstall.Timeout = true, 5*time.Minute
+	if _, err := uninstall.Run(experiment.ReleaseName); err != nil {
+		return err
+	}
 	return nil
 }
 

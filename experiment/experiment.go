@@ -123,14 +123,34 @@ func Start(cfg Config) (_ *Session, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.writeManifest(previous, started); err != nil {
+		return nil, err
+	}
+	s.Metrics = load.NewMetrics(s.Registry)
+	s.Attributed = NewAttributedCounter(s.Registry)
+	var addr string
+	if s.metrics, addr, err = load.ServeMetrics(cfg.MetricsListen, s.Registry); err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("serving metrics", "url", "http://"+addr+"/metrics")
+	if err := s.startPrometheus(addr, previous != nil); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// writeManifest writes the plan file and run.json as the session starts: a resumed session keeps its finished
+// runs, drops the interrupted one and notes when it resumed.
+func (s *Session) writeManifest(previous *rundir.Manifest, started time.Time) error {
+	cfg := s.cfg
 	if cfg.PlanSource != "" {
 		data, err := os.ReadFile(cfg.PlanSource)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		cfg.Provenance.PlanHash = rundir.Hash(data)
-		if err := rundir.WriteFileAtomic(filepath.Join(dir, rundir.PlanFile), data, 0o644); err != nil {
-			return nil, err
+		if err := rundir.WriteFileAtomic(filepath.Join(s.Dir, rundir.PlanFile), data, 0o644); err != nil {
+			return err
 		}
 	}
 	s.Manifest = &rundir.Manifest{Kind: cfg.Kind, Plan: cfg.Plan, Started: started, Partial: true, Provenance: cfg.Provenance, Check: cfg.Check,
@@ -144,45 +164,42 @@ func Start(cfg Config) (_ *Session, err error) {
 		s.Manifest.Prometheus.ScrapeInterval = previous.Prometheus.ScrapeInterval
 		s.Manifest.Resumed = append(previous.Resumed, time.Now().UTC())
 	}
-	if err := s.Manifest.Save(dir); err != nil {
-		return nil, err
-	}
-	s.Metrics = load.NewMetrics(s.Registry)
-	s.Attributed = NewAttributedCounter(s.Registry)
-	var addr string
-	if s.metrics, addr, err = load.ServeMetrics(cfg.MetricsListen, s.Registry); err != nil {
-		return nil, err
-	}
-	cfg.Logger.Info("serving metrics", "url", "http://"+addr+"/metrics")
+	return s.Manifest.Save(s.Dir)
+}
 
+// startPrometheus connects the session to the external Prometheus, or starts the embedded one scraping the
+// runner's metrics at addr (a resumed session first deletes what its interrupted run left).
+func (s *Session) startPrometheus(addr string, resumed bool) error {
+	cfg, dir := s.cfg, s.Dir
+	var err error
 	if cfg.PrometheusURL != "" {
 		if s.API, err = embedprom.NewClient(cfg.PrometheusURL, cfg.PrometheusToken); err != nil {
-			return nil, err
+			return err
 		}
 		cfg.Logger.Info("using an external Prometheus; it must scrape the metrics address above", "url", plan.RedactURL(cfg.PrometheusURL))
-		return s, nil
+		return nil
 	}
 	s.prom, err = embedprom.Start(embedprom.Options{Dir: filepath.Join(dir, rundir.TSDBDir), ScrapeInterval: cfg.ScrapeInterval,
 		Logger: slog.New(quietHandler{cfg.Logger.Handler(), slog.LevelWarn}).With("component", "prometheus")})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.prom.WriteToken(filepath.Join(dir, rundir.TokenFile)); err != nil {
-		return nil, err
+		return err
 	}
-	if previous != nil {
+	if resumed {
 		if err := s.dropUnfinishedRuns(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := s.prom.SetTargets(MetricsJob, []embedprom.Target{{Address: addr}}); err != nil {
-		return nil, err
+		return err
 	}
 	if s.API, err = s.prom.Client(); err != nil {
-		return nil, err
+		return err
 	}
 	cfg.Logger.Info("embedded Prometheus", "url", s.prom.URL(), "token_file", filepath.Join(dir, rundir.TokenFile))
-	return s, nil
+	return nil
 }
 
 // KubeProxyJob is the scrape job of the lab nodes' kube-proxies (their :10249).

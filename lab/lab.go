@@ -111,15 +111,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	images := map[string][]string{}
-	if len(opts.Cowweb) > 0 {
-		for _, image := range CowwebImages {
-			images[image] = opts.Cowweb
-		}
-	}
-	for k, v := range opts.Images {
-		images[k] = v
-	}
+	images := imagesOf(opts)
 	l := &Lab{metrics: opts.Metrics}
 	defer func() {
 		if err != nil {
@@ -129,26 +121,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if l.Network, err = cni.NewNetnsNetwork(); err != nil {
 		return l, err
 	}
-	l.CPU = CPUModel{NodeMilli: opts.NodeCPU, ReservedMilli: opts.ReservedCPU, MachineCPUs: runtime.NumCPU()}
-	if l.CPU.ReservedMilli == 0 {
-		l.CPU.ReservedMilli = cgroups.DefaultReservedCPU()
-	}
-	if l.CPU.NodeMilli == 0 {
-		l.CPU.NodeMilli = cgroups.DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
-	}
-	if l.Cgroups, err = cgroups.New(os.Getpid(), owner.Gone); err != nil {
-		opts.Logger.Warn("Pods run without CPU limits: no cgroup CPU controller for the lab", "err", err)
-		l.CPU.Reason, err = err.Error(), nil
-	} else {
-		l.CPU.Cgroup = fmt.Sprintf("v%d", l.Cgroups.Version)
-		if opts.Metrics != nil {
-			opts.Metrics.CPU.SetSource(l.Cgroups)
-		}
-	}
-	if total := l.CPU.NodeMilli * int64(opts.Nodes); total > int64(l.CPU.MachineCPUs)*1000 {
-		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
-			"nodeCPU", cgroups.FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
-	}
+	l.setUpCPU(opts)
 	if opts.KubeProxy == (kubeproxy.Config{}) {
 		opts.KubeProxy = kubeproxy.DefaultConfig
 	}
@@ -188,6 +161,47 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	l.Balancers, err = loadbalancer.Start(l.Client, l.Proxies, l.Network, balancer, opts.Metrics.loadBalancer(), opts.Logger.With("component", "load-balancer"))
 	return l, err
+}
+
+// imagesOf maps each image the lab runs to the command that plays it: the project's cowweb for cowweb's images,
+// then the user's own.
+func imagesOf(opts Options) map[string][]string {
+	images := map[string][]string{}
+	if len(opts.Cowweb) > 0 {
+		for _, image := range CowwebImages {
+			images[image] = opts.Cowweb
+		}
+	}
+	for k, v := range opts.Images {
+		images[k] = v
+	}
+	return images
+}
+
+// setUpCPU decides what a node is CPU-wise and enforces it with the kubelet's cgroups when the host has a cgroup
+// CPU controller (without one, Pods run unlimited and the model says why).
+func (l *Lab) setUpCPU(opts Options) {
+	l.CPU = CPUModel{NodeMilli: opts.NodeCPU, ReservedMilli: opts.ReservedCPU, MachineCPUs: runtime.NumCPU()}
+	if l.CPU.ReservedMilli == 0 {
+		l.CPU.ReservedMilli = cgroups.DefaultReservedCPU()
+	}
+	if l.CPU.NodeMilli == 0 {
+		l.CPU.NodeMilli = cgroups.DefaultNodeCPU(opts.Nodes, l.CPU.ReservedMilli)
+	}
+	var err error
+	if l.Cgroups, err = cgroups.New(os.Getpid(), owner.Gone); err != nil {
+		opts.Logger.Warn("Pods run without CPU limits: no cgroup CPU controller for the lab", "err", err)
+		l.CPU.Reason = err.Error()
+	} else {
+		l.CPU.Cgroup = fmt.Sprintf("v%d", l.Cgroups.Version)
+		if opts.Metrics != nil {
+			opts.Metrics.CPU.SetSource(l.Cgroups)
+		}
+	}
+	if total := l.CPU.NodeMilli * int64(opts.Nodes); total > int64(l.CPU.MachineCPUs)*1000 {
+		opts.Logger.Warn("the nodes have more CPU than the machine: they will compete for it", "nodes", opts.Nodes,
+			"nodeCPU", cgroups.FormatMilliCPU(l.CPU.NodeMilli), "machineCPUs", l.CPU.MachineCPUs)
+	}
 }
 
 // Down stops everything the lab started and removes its processes and network; stopping twice is harmless.

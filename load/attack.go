@@ -125,15 +125,7 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 	}
 	client, closeIdle := attackClient(opts)
 	defer closeIdle()
-	maxWorkers := opts.MaxWorkers
-	if maxWorkers == 0 {
-		maxWorkers = vegeta.DefaultMaxWorkers
-	}
-	attacker := vegeta.NewAttacker(vegeta.Client(client), vegeta.Workers(max(opts.Workers, 1)), vegeta.MaxWorkers(maxWorkers),
-		vegeta.Redirects(vegeta.NoFollow),
-		// Keep no response body in memory: vegeta still reads each one to its end (so a keep-alive connection is
-		// reused), within the request's timeout.
-		vegeta.MaxBody(0))
+	attacker := newAttacker(client, opts)
 
 	labels := opts.Labels.values()
 	sent := m.Sent.WithLabelValues(labels...)
@@ -182,22 +174,41 @@ func Attack(ctx context.Context, opts Options, m *Metrics) (Summary, error) {
 			}
 		case r, ok := <-results:
 			if !ok {
-				summary.End = time.Now()
 				summary.Sent = sentCount.Load()
 				targetRate.Set(0)
+				rec.finish()
 				m.MarkPhase(opts.Labels, PhaseLoadEnd, summary.End)
-				if summary.Completed > 0 {
-					summary.Mean = rec.latencySum / time.Duration(summary.Completed)
-				}
-				summary.P50, summary.P90, summary.P99 = hist.quantile(0.5), hist.quantile(0.9), hist.quantile(0.99)
-				summary.Max = hist.max
-				summary.LatenessP99, summary.LatenessMax = lateHist.quantile(0.99), lateHist.max
 				return summary, nil
 			}
 			inFlight.Dec()
 			rec.observe(r)
 		}
 	}
+}
+
+// newAttacker is vegeta's attacker on the load's client, following no redirect and keeping no body.
+func newAttacker(client *http.Client, opts Options) *vegeta.Attacker {
+	maxWorkers := opts.MaxWorkers
+	if maxWorkers == 0 {
+		maxWorkers = vegeta.DefaultMaxWorkers
+	}
+	return vegeta.NewAttacker(vegeta.Client(client), vegeta.Workers(max(opts.Workers, 1)), vegeta.MaxWorkers(maxWorkers),
+		vegeta.Redirects(vegeta.NoFollow),
+		// Keep no response body in memory: vegeta still reads each one to its end (so a keep-alive connection is
+		// reused), within the request's timeout.
+		vegeta.MaxBody(0))
+}
+
+// finish closes the summary when the last outcome is in: the end, the mean, the quantiles and the lateness.
+func (rec *outcomeRecorder) finish() {
+	s := rec.summary
+	s.End = time.Now()
+	if s.Completed > 0 {
+		s.Mean = rec.latencySum / time.Duration(s.Completed)
+	}
+	s.P50, s.P90, s.P99 = rec.hist.quantile(0.5), rec.hist.quantile(0.9), rec.hist.quantile(0.99)
+	s.Max = rec.hist.max
+	s.LatenessP99, s.LatenessMax = rec.lateHist.quantile(0.99), rec.lateHist.max
 }
 
 func progressOf(s *Summary, h *localHistogram, sent uint64, elapsed time.Duration, rate float64) Progress {

@@ -131,29 +131,10 @@ func (w *podWorker) updateStatus() {
 	allRunning := w.ip != nil
 	allTerminated, allSucceeded := len(w.ctrs) > 0, true
 	for _, c := range w.ctrs {
-		c.mu.Lock()
-		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: c.spec.Image, RestartCount: c.restarts,
-			Ready: c.ready, Started: ptr.To(c.startupOK && c.exited != nil), ContainerID: "rollout-lab://" + w.key + "/" + c.spec.Name}
-		running := false
-		if c.exited != nil {
-			select {
-			case <-c.exited:
-				cs.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: exitReason(c.exitCode), StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
-				cs.Ready = false
-				allSucceeded = allSucceeded && c.exitCode == 0
-			default:
-				running = true
-				cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.startedAt)}
-			}
-		} else {
-			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waitReason, Message: c.waitMessage}
-		}
-		if c.lastState != nil {
-			cs.LastTerminationState.Terminated = c.lastState
-		}
+		cs := w.containerStatus(c)
+		allRunning = allRunning && cs.State.Running != nil
 		allTerminated = allTerminated && cs.State.Terminated != nil
-		c.mu.Unlock()
-		allRunning = allRunning && running
+		allSucceeded = allSucceeded && (cs.State.Terminated == nil || cs.State.Terminated.ExitCode == 0)
 		status.ContainerStatuses = append(status.ContainerStatuses, cs)
 	}
 	// A Pod whose containers all ended and will not be restarted is done, as the kubelet reports it (Jobs count on it).
@@ -174,6 +155,36 @@ func (w *podWorker) updateStatus() {
 		cond(corev1.PodReadyToStartContainers, w.ip != nil), cond(corev1.PodInitialized, true),
 		cond(corev1.ContainersReady, podReady && allRunning), cond(corev1.PodReady, podReady && allRunning), cond(corev1.PodScheduled, true),
 	}
+	w.writeStatus(status)
+}
+
+// containerStatus is a container's status as the kubelet reports it: waiting, running or terminated (with its
+// last termination after a restart).
+func (w *podWorker) containerStatus(c *containerRunner) corev1.ContainerStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: c.spec.Image, RestartCount: c.restarts,
+		Ready: c.ready, Started: ptr.To(c.startupOK && c.exited != nil), ContainerID: "rollout-lab://" + w.key + "/" + c.spec.Name}
+	if c.exited != nil {
+		select {
+		case <-c.exited:
+			cs.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: exitReason(c.exitCode), StartedAt: metav1.NewTime(c.startedAt), FinishedAt: metav1.Now()}
+			cs.Ready = false
+		default:
+			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.startedAt)}
+		}
+	} else {
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waitReason, Message: c.waitMessage}
+	}
+	if c.lastState != nil {
+		cs.LastTerminationState.Terminated = c.lastState
+	}
+	return cs
+}
+
+// writeStatus writes the Pod's status, keeping the transition times of conditions that did not change; a Pod
+// replaced by another of the same name is left alone.
+func (w *podWorker) writeStatus(status corev1.PodStatus) {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		current, err := w.agent.client.CoreV1().Pods(w.pod.Namespace).Get(context.Background(), w.pod.Name, metav1.GetOptions{})
 		if err != nil {

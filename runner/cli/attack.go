@@ -72,36 +72,11 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 			if url == "" {
 				return errors.New("--url is required")
 			}
-			var p *plan.Plan
-			var err error
-			source := ""
-			if planFile != "" {
-				if p, err = plan.LoadFile(planFile); err != nil {
-					return err
-				}
-				source = planFile
-				if caseName == "" {
-					return fmt.Errorf("--case is required with --plan; cases of %s: %s", planFile, caseNames(p))
-				}
-			} else {
-				if caseName != "" {
-					return errors.New("--case needs --plan")
-				}
-				flags := map[string]string{}
-				for _, lf := range plan.LoadFlags {
-					if f := cmd.Flags().Lookup(lf.Flag); f != nil && f.Changed {
-						flags[lf.Key] = f.Value.String()
-					}
-				}
-				if p, err = plan.FromLoadFlags("attack", flags); err != nil {
-					return err
-				}
-				caseName = plan.DefaultCaseName
+			p, c, err := attackSchedule(cmd, planFile, caseName)
+			if err != nil {
+				return err
 			}
-			c, ok := p.Case(caseName)
-			if !ok {
-				return fmt.Errorf("plan %s has no case %q; its cases: %s", p.Name, caseName, caseNames(p))
-			}
+			source := planFile
 			token, err := prom.token()
 			if err != nil {
 				return err
@@ -132,6 +107,40 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 	f.DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes the metrics")
 	prom.register(cmd)
 	return cmd
+}
+
+// attackSchedule is the plan and case an attack sends: a plan file's case, or a plan made of the load flags set.
+func attackSchedule(cmd *cobra.Command, planFile, caseName string) (*plan.Plan, plan.Case, error) {
+	var p *plan.Plan
+	if planFile != "" {
+		var err error
+		if p, err = plan.LoadFile(planFile); err != nil {
+			return nil, plan.Case{}, err
+		}
+		if caseName == "" {
+			return nil, plan.Case{}, fmt.Errorf("--case is required with --plan; cases of %s: %s", planFile, caseNames(p))
+		}
+	} else {
+		if caseName != "" {
+			return nil, plan.Case{}, errors.New("--case needs --plan")
+		}
+		flags := map[string]string{}
+		for _, lf := range plan.LoadFlags {
+			if f := cmd.Flags().Lookup(lf.Flag); f != nil && f.Changed {
+				flags[lf.Key] = f.Value.String()
+			}
+		}
+		var err error
+		if p, err = plan.FromLoadFlags("attack", flags); err != nil {
+			return nil, plan.Case{}, err
+		}
+		caseName = plan.DefaultCaseName
+	}
+	c, ok := p.Case(caseName)
+	if !ok {
+		return nil, plan.Case{}, fmt.Errorf("plan %s has no case %q; its cases: %s", p.Name, caseName, caseNames(p))
+	}
+	return p, c, nil
 }
 
 func caseNames(p *plan.Plan) string {
