@@ -152,12 +152,12 @@ func (k *Kubernetes) LoadPath(c plan.Case, namespace, service string, port int) 
 		url := fmt.Sprintf("http://%s.%s.svc:%d%s", service, namespace, port, c.Load.Path)
 		return LoadPath{URL: url,
 			Description:   fmt.Sprintf("%s connections from in-cluster workers → %s (the cluster's DNS and Service routing)", c.Load.Connection, url),
-			DescriptionJa: fmt.Sprintf("クラスタ内ワーカーからの %s の接続 → %s (クラスタの DNS と Service のルーティング)", connectionJa(c.Load.Connection), url)}
+			DescriptionJa: fmt.Sprintf("クラスタ内ワーカーからの%sの接続 → %s (クラスタの DNS と Service のルーティング)", connectionJa(c.Load.Connection), url)}
 	}
 	url := strings.TrimSuffix(c.Load.URL, "/") + c.Load.Path
 	return LoadPath{URL: url,
 		Description:   fmt.Sprintf("%s connections → %s (load.url; what lies behind it is the cluster's)", c.Load.Connection, url),
-		DescriptionJa: fmt.Sprintf("%s の接続 → %s (load.url。その先はクラスタの構成による)", connectionJa(c.Load.Connection), url)}
+		DescriptionJa: fmt.Sprintf("%sの接続 → %s (load.url。その先はクラスタの構成による)", connectionJa(c.Load.Connection), url)}
 }
 
 // Record follows the namespace's Pods, EndpointSlices and Events. A cluster has no node agent telling the runner

@@ -134,7 +134,7 @@ func (t *labTarget) LoadPath(c plan.Case, namespace, service string, port int) L
 		path := LoadPath{URL: fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), fmt.Sprint(port)), c.Load.Path),
 			Description: fmt.Sprintf("%s connections → the Service's %s load balancer (%s:%d) → a node's NodePort (round robin over %d nodes, health-checked on kube-proxy's :10256) → the node's kube-proxy rules (%s) → a Pod",
 				c.Load.Connection, t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config()),
-			DescriptionJa: fmt.Sprintf("%s の接続 → Service の %s ロードバランサー (%s:%d) → ノードの NodePort (%d ノードをラウンドロビン、kube-proxy の :10256 でヘルスチェック) → ノードの kube-proxy のルール (%s) → Pod",
+			DescriptionJa: fmt.Sprintf("%sの接続 → Service の %s ロードバランサー (%s:%d) → ノードの NodePort (%d ノードをラウンドロビン、kube-proxy の :10256 でヘルスチェック) → ノードの kube-proxy のルール (%s) → Pod",
 				connectionJa(c.Load.Connection), t.lab.Balancers.Mode(), ip, port, len(nodes), t.lab.Proxies.Config())}
 		dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -171,7 +171,7 @@ func (t *labTarget) LoadPath(c plan.Case, namespace, service string, port int) L
 	return LoadPath{URL: fmt.Sprintf("http://%s%s", net.JoinHostPort(clusterIP, fmt.Sprint(port)), c.Load.Path), Dial: dial,
 		Description: fmt.Sprintf("%s connections from the nodes (round robin over %d) → Service %s/%s's cluster IP %s:%d → the node's kube-proxy rules (%s) → a Pod",
 			c.Load.Connection, len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config()),
-		DescriptionJa: fmt.Sprintf("ノードからの %s の接続 (%d ノードをラウンドロビン) → Service %s/%s の cluster IP %s:%d → ノードの kube-proxy のルール (%s) → Pod",
+		DescriptionJa: fmt.Sprintf("ノードからの%sの接続 (%d ノードをラウンドロビン) → Service %s/%s の cluster IP %s:%d → ノードの kube-proxy のルール (%s) → Pod",
 			connectionJa(c.Load.Connection), len(nodes), namespace, service, clusterIP, port, t.lab.Proxies.Config())}
 }
 
