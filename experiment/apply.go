@@ -312,8 +312,9 @@ func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger
 	return nil
 }
 
-// install replaces the release with the case's values, waits until every Pod is Ready, and says what it installed.
-func (r *caseRunner) install(ctx context.Context, c plan.Case) (*rundir.Installed, error) {
+// replaceRelease replaces the release with the case's values, waits until every Pod is Ready, and says what it
+// installed.
+func (r *caseRunner) replaceRelease(ctx context.Context, c plan.Case) (*rundir.Installed, error) {
 	if err := uninstallRelease(r.target, r.cfg.Plan.Namespace(), r.cfg.Logger); err != nil {
 		return nil, err
 	}
@@ -444,7 +445,7 @@ func (cr *caseRun) enter(phase string) {
 func (cr *caseRun) install(ctx context.Context) error {
 	cr.enter(PhaseInstall)
 	var err error
-	if cr.installed, err = cr.caseRunner.install(ctx, cr.c); err != nil {
+	if cr.installed, err = cr.caseRunner.replaceRelease(ctx, cr.c); err != nil {
 		return err
 	}
 	servingCtx, cancel := context.WithTimeout(ctx, time.Minute)

@@ -57,23 +57,34 @@ the runner shows the cluster, context, namespace, server version and the planned
 
 // applyFlags are the flags apply and check share, and the run of a plan they both do.
 type applyFlags struct {
-	resultsRoot, resume, metricsListen string
-	scrapeInterval                     time.Duration
-	prom                               prometheusFlags
-	cluster                            clusterFlags
+	sessionFlags
+	resume  string
+	cluster clusterFlags
 	// tuneCase is set by runner check (experiment.ApplyConfig.TuneCase).
 	tuneCase func(c plan.Case, finished []rundir.RunRecord) (plan.Case, string)
 }
 
 func (f *applyFlags) register(cmd *cobra.Command, resumable bool) {
-	cmd.Flags().StringVar(&f.resultsRoot, "results", "results", "root of the results directories")
+	f.sessionFlags.register(cmd)
 	if resumable {
 		cmd.Flags().StringVar(&f.resume, "resume", "", "continue the interrupted run in this results directory: finished cases are kept, the rest run")
 	}
-	cmd.Flags().DurationVar(&f.scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes")
+	f.cluster.register(cmd)
+}
+
+// sessionFlags are the flags of every command that fills a results directory (apply, check, attack): where it
+// goes, and how its metrics are served, scraped and queried.
+type sessionFlags struct {
+	resultsRoot, metricsListen string
+	scrapeInterval             time.Duration
+	prom                       prometheusFlags
+}
+
+func (f *sessionFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.resultsRoot, "results", "results", "root of the results directories")
+	cmd.Flags().DurationVar(&f.scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes the metrics")
 	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics (docker-compose.yaml's Prometheus scrapes 127.0.0.1:9464)")
 	f.prom.register(cmd)
-	f.cluster.register(cmd)
 }
 
 // run applies a plan (from planFile) with the live progress line and says where the reports are; checkExpect,

@@ -46,14 +46,14 @@ func (f *prometheusFlags) token() (string, error) {
 // are many, each one line.
 func newAttackCommand() *cobra.Command {
 	var (
-		url, planFile, caseName, resultsRoot, metricsListen, stages string
-		rate                                                        float64
-		duration, timeout, scrapeInterval                           time.Duration
-		startRate                                                   float64
-		connection                                                  string
-		thinkTime                                                   time.Duration
-		connections, workers, maxWorkers                            int
-		prom                                                        prometheusFlags
+		url, planFile, caseName, stages  string
+		rate                             float64
+		duration, timeout                time.Duration
+		startRate                        float64
+		connection                       string
+		thinkTime                        time.Duration
+		connections, workers, maxWorkers int
+		session                          sessionFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "attack --url URL (--rate R --duration D | --stages D:T,... | --plan PLAN --case NAME)",
@@ -77,13 +77,13 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 				return err
 			}
 			source := planFile
-			token, err := prom.token()
+			token, err := session.prom.token()
 			if err != nil {
 				return err
 			}
 			return runAttack(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), experiment.Config{
-				Plan: p, PlanSource: source, ResultsRoot: resultsRoot, PrometheusURL: prom.url, PrometheusToken: token,
-				MetricsListen: metricsListen, ScrapeInterval: scrapeInterval, Logger: slog.Default(),
+				Plan: p, PlanSource: source, ResultsRoot: session.resultsRoot, PrometheusURL: session.prom.url, PrometheusToken: token,
+				MetricsListen: session.metricsListen, ScrapeInterval: session.scrapeInterval, Logger: slog.Default(),
 				Provenance: provenance(map[string]string{"kind": "none", "url": url}),
 			}, c, url)
 		},
@@ -102,10 +102,7 @@ The schedule comes from flags (--rate with --duration, or --stages with --start-
 	f.IntVar(&maxWorkers, "max-workers", 0, "bound on workers (0: none)")
 	f.StringVar(&planFile, "plan", "", "take the load from this plan ...")
 	f.StringVar(&caseName, "case", "", "... and this case of it")
-	f.StringVar(&resultsRoot, "results", "results", "root of the results directories")
-	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:0", "where the runner serves its metrics")
-	f.DurationVar(&scrapeInterval, "scrape-interval", time.Second, "how often Prometheus scrapes the metrics")
-	prom.register(cmd)
+	session.register(cmd)
 	return cmd
 }
 
