@@ -56,17 +56,45 @@ func (r CaseRun) Overloaded() bool {
 	return w != nil && w.Total > 0 && r.Whole.P50Ms >= OverloadedMedianFactor*w.P50Ms && r.Whole.P50Ms-w.P50Ms >= OverloadedMedianMarginMs
 }
 
-// Saturated says whether the run's figures describe a starved attacker, a CPU-starved machine, nodes or Pods, or
-// an app that fell behind its arrivals, rather than the plan (thresholds above and SaturatedLateness).
-func (r CaseRun) Saturated() bool {
-	return r.Overloaded() || r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness || r.CPUSaturated()
+// What can make a run's figures describe something other than the plan.
+const (
+	SaturationOverloaded    = "overloaded"     // the app fell behind its arrivals (Overloaded)
+	SaturationLateSending   = "late-sending"   // the attacker's p99 lateness > SaturatedLateness (ms)
+	SaturationMachineBusy   = "machine-busy"   // the machine's CPUs busy ≥ SaturatedMachineBusy
+	SaturationNodeThrottled = "node-throttled" // a node at its capacity in ≥ SaturatedThrottled of its CFS periods
+	SaturationPodsThrottled = "pods-throttled" // the app's containers throttled in ≥ SaturatedThrottled
+)
+
+// SaturationCause is one reason a run is flagged: its kind, the measured value against the threshold it passed
+// (for overloaded: the medians over the load and the warm-up, in ms), and the node it concerns.
+type SaturationCause struct {
+	Kind             string
+	Value, Threshold float64
+	Node             string
 }
 
-// CPUSaturated says whether the machine was busy, or a node or the app's containers throttled, past the thresholds.
-func (r CaseRun) CPUSaturated() bool {
-	c := r.CPU
-	return c != nil && (c.MachineBusy != nil && *c.MachineBusy >= SaturatedMachineBusy ||
-		c.NodeThrottled != nil && *c.NodeThrottled >= SaturatedThrottled || c.PodThrottled != nil && *c.PodThrottled >= SaturatedThrottled)
+// SaturationCauses lists why a run's figures describe a starved attacker, a CPU-starved machine, nodes or Pods, or
+// an app that fell behind its arrivals, rather than the plan; empty when none did.
+func (r CaseRun) SaturationCauses() []SaturationCause {
+	var causes []SaturationCause
+	if r.Overloaded() {
+		causes = append(causes, SaturationCause{Kind: SaturationOverloaded, Value: r.Whole.P50Ms, Threshold: r.WarmUp.P50Ms})
+	}
+	if r.Lateness != nil && r.Lateness.P99Ms > SaturatedLateness {
+		causes = append(causes, SaturationCause{Kind: SaturationLateSending, Value: r.Lateness.P99Ms, Threshold: SaturatedLateness})
+	}
+	if c := r.CPU; c != nil {
+		if c.MachineBusy != nil && *c.MachineBusy >= SaturatedMachineBusy {
+			causes = append(causes, SaturationCause{Kind: SaturationMachineBusy, Value: *c.MachineBusy, Threshold: SaturatedMachineBusy})
+		}
+		if c.NodeThrottled != nil && *c.NodeThrottled >= SaturatedThrottled {
+			causes = append(causes, SaturationCause{Kind: SaturationNodeThrottled, Value: *c.NodeThrottled, Threshold: SaturatedThrottled, Node: c.NodeThrottledName})
+		}
+		if c.PodThrottled != nil && *c.PodThrottled >= SaturatedThrottled {
+			causes = append(causes, SaturationCause{Kind: SaturationPodsThrottled, Value: *c.PodThrottled, Threshold: SaturatedThrottled})
+		}
+	}
+	return causes
 }
 
 // CPUQueries are the PromQL of CPUUse over a window.

@@ -45,6 +45,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/rollout-lab/rollout-lab/load"
@@ -720,9 +721,9 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 	fmt.Println()
 	// What the lab and the machine spend with no load (control plane, kube-proxies, Prometheus), taken off each
 	// step so that the figure is what a connection adds.
-	idleBefore, idleStart := machineBusySeconds(), time.Now()
+	idleBefore, idleStart := cgroups.MachineBusySeconds(), time.Now()
 	time.Sleep(5 * time.Second)
-	idlePerSecond := (machineBusySeconds() - idleBefore) / time.Since(idleStart).Seconds()
+	idlePerSecond := (cgroups.MachineBusySeconds() - idleBefore) / time.Since(idleStart).Seconds()
 	fmt.Printf("   (idle: the machine busy %.2f CPU-s/s, taken off each step)\n", idlePerSecond)
 	allHeld := 0
 	for _, rate := range []int{500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000} {
@@ -738,13 +739,13 @@ func pathLadder(runner string, paths []benchPath, namespaces []string, step time
 			if err := awaitPortRoom(namespaces, int(float64(rate)*step.Seconds()*1.2)); err != nil {
 				return err
 			}
-			busyBefore, stepStart := machineBusySeconds(), time.Now()
+			busyBefore, stepStart := cgroups.MachineBusySeconds(), time.Now()
 			r, err := runnerStep(runner, p.url, plan.ConnectionPerUser, rate, step, results)
 			if err != nil {
 				return err
 			}
 			elapsed := time.Since(stepStart).Seconds()
-			perConn := (machineBusySeconds() - busyBefore - idlePerSecond*elapsed) / (r.throughput * step.Seconds()) * 1000
+			perConn := (cgroups.MachineBusySeconds() - busyBefore - idlePerSecond*elapsed) / (r.throughput * step.Seconds()) * 1000
 			mark := " "
 			if !r.sustained(rate) {
 				mark, p.broke, held = "✗", true, false
@@ -832,25 +833,6 @@ func benchLab(runner, cowweb string) (*lab.Lab, net.IP, []string, func(), error)
 		podAddrs = append(podAddrs, net.JoinHostPort(pod.Status.PodIP, "8080"))
 	}
 	return l, ingress, podAddrs, stop, nil
-}
-
-// machineBusySeconds is the CPU time all of the machine's CPUs spent not idle (/proc/stat), in seconds.
-func machineBusySeconds() float64 {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	fields := strings.Fields(line)
-	busy := 0.0
-	for i, f := range fields[1:] {
-		v, _ := strconv.ParseFloat(f, 64)
-		if i == 3 || i == 4 || i >= 7 { // idle, iowait; steal, guest and guest_nice are not this machine's work
-			continue
-		}
-		busy += v
-	}
-	return busy / 100 // USER_HZ
 }
 
 // awaitPortRoom waits (at most 70 s: TIME_WAIT lasts 60 s) until no namespace holds so many TIME_WAIT sockets that

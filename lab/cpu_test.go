@@ -15,7 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/rollout-lab/rollout-lab/internal/testenv"
-	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 	"github.com/rollout-lab/rollout-lab/lab/kubelet"
 )
 
@@ -101,8 +101,8 @@ func TestPodsGetTheirCPULimitsAndNodesTheirCapacity(t *testing.T) {
 			}
 		}
 		any := func(*dto.Metric) bool { return true }
-		return value(cgroups.MetricContainerCPUUsage, podIs("limited")), value(cgroups.MetricContainerCPUUsage, podIs("unlimited")),
-			value(cgroups.MetricNodeCPUUsage, any), value(cgroups.MetricContainerCFSThrottled, podIs("limited")), value(cgroups.MetricNodeCFSThrottled, any)
+		return value(wellknown.MetricContainerCPUUsage, podIs("limited")), value(wellknown.MetricContainerCPUUsage, podIs("unlimited")),
+			value(wellknown.MetricNodeCPUUsage, any), value(wellknown.MetricContainerCFSThrottled, podIs("limited")), value(wellknown.MetricNodeCFSThrottled, any)
 	}
 	l0, u0, n0, tl0, tn0 := usage()
 	start := time.Now()

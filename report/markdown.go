@@ -220,7 +220,7 @@ func (l labels) rows(runs []analysis.CaseRun) []row {
 	if slices.ContainsFunc(runs, func(r analysis.CaseRun) bool { return r.CPU != nil }) {
 		rows = append(rows, row{l.cpu, func(r analysis.CaseRun) string {
 			mark := ""
-			if len(saturationReasons(r, "en")) > len(overloadReason(r, "en")) { // the app's own overload is marked at its p50
+			if machineSaturated(r) {
 				mark = " ⚠"
 			}
 			return cpuCell(r.CPU) + mark

@@ -9,42 +9,46 @@ import (
 	"github.com/rollout-lab/rollout-lab/analysis"
 )
 
-// Saturation lists why a run's figures describe a CPU-starved machine, nodes or Pods, or an app that fell behind its
-// arrivals; empty when they do not.
+// saturationReasons says in words why a run's figures describe something other than the plan (see
+// analysis.SaturationCauses); empty when nothing did.
 func saturationReasons(r analysis.CaseRun, lang string) []string {
 	ja := lang == "ja"
-	reasons := overloadReason(r, lang)
-	if r.Lateness != nil && r.Lateness.P99Ms > analysis.SaturatedLateness {
-		reasons = append(reasons, pick(ja, fmt.Sprintf("the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms)", r.Lateness.P99Ms, analysis.SaturatedLateness),
-			fmt.Sprintf("負荷生成側が予定より p99 %.1f ms 遅れて送信 (しきい値 %.0f ms)", r.Lateness.P99Ms, analysis.SaturatedLateness)))
-	}
-	if c := r.CPU; c != nil {
-		if c.MachineBusy != nil && *c.MachineBusy >= analysis.SaturatedMachineBusy {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("the machine's CPUs were busy %s of the time (threshold %s)", percent(*c.MachineBusy), percent(analysis.SaturatedMachineBusy)),
-				fmt.Sprintf("マシンの CPU 使用率 %s (しきい値 %s)", percent(*c.MachineBusy), percent(analysis.SaturatedMachineBusy))))
+	var reasons []string
+	for _, c := range r.SaturationCauses() {
+		var en, jaText string
+		switch c.Kind {
+		case analysis.SaturationOverloaded:
+			en = fmt.Sprintf("the app fell behind its arrivals: median latency %s ms over the load against %s ms in the warm-up (threshold %.0f× and +%.0f ms)%s",
+				formatMs(c.Value), formatMs(c.Threshold), analysis.OverloadedMedianFactor, analysis.OverloadedMedianMarginMs, inFlightNote(r, false))
+			jaText = fmt.Sprintf("アプリが到着に追いつかなかった: 負荷全体の中央値レイテンシ %s ms、ウォームアップ %s ms (しきい値 %.0f 倍かつ +%.0f ms)%s",
+				formatMs(c.Value), formatMs(c.Threshold), analysis.OverloadedMedianFactor, analysis.OverloadedMedianMarginMs, inFlightNote(r, true))
+		case analysis.SaturationLateSending:
+			en = fmt.Sprintf("the attacker sent %.1f ms behind schedule at p99 (threshold %.0f ms)", c.Value, c.Threshold)
+			jaText = fmt.Sprintf("負荷生成側が予定より p99 %.1f ms 遅れて送信 (しきい値 %.0f ms)", c.Value, c.Threshold)
+		case analysis.SaturationMachineBusy:
+			en = fmt.Sprintf("the machine's CPUs were busy %s of the time (threshold %s)", percent(c.Value), percent(c.Threshold))
+			jaText = fmt.Sprintf("マシンの CPU 使用率 %s (しきい値 %s)", percent(c.Value), percent(c.Threshold))
+		case analysis.SaturationNodeThrottled:
+			en = fmt.Sprintf("node %s was at its CPU capacity in %s of the CFS periods (threshold %s)", c.Node, percent(c.Value), percent(c.Threshold))
+			jaText = fmt.Sprintf("ノード %s が CFS 周期の %s で CPU 容量の上限に達した (しきい値 %s)", c.Node, percent(c.Value), percent(c.Threshold))
+		case analysis.SaturationPodsThrottled:
+			en = fmt.Sprintf("the app's containers were throttled at their CPU limit in %s of the CFS periods (threshold %s)", percent(c.Value), percent(c.Threshold))
+			jaText = fmt.Sprintf("アプリのコンテナが CFS 周期の %s で CPU limit により抑制された (しきい値 %s)", percent(c.Value), percent(c.Threshold))
 		}
-		if c.NodeThrottled != nil && *c.NodeThrottled >= analysis.SaturatedThrottled {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("node %s was at its CPU capacity in %s of the CFS periods (threshold %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(analysis.SaturatedThrottled)),
-				fmt.Sprintf("ノード %s が CFS 周期の %s で CPU 容量の上限に達した (しきい値 %s)", c.NodeThrottledName, percent(*c.NodeThrottled), percent(analysis.SaturatedThrottled))))
-		}
-		if c.PodThrottled != nil && *c.PodThrottled >= analysis.SaturatedThrottled {
-			reasons = append(reasons, pick(ja, fmt.Sprintf("the app's containers were throttled at their CPU limit in %s of the CFS periods (threshold %s)", percent(*c.PodThrottled), percent(analysis.SaturatedThrottled)),
-				fmt.Sprintf("アプリのコンテナが CFS 周期の %s で CPU limit により抑制された (しきい値 %s)", percent(*c.PodThrottled), percent(analysis.SaturatedThrottled))))
-		}
+		reasons = append(reasons, pick(ja, en, jaText))
 	}
 	return reasons
 }
 
-// overloadReason says, as a list of none or one, how the app fell behind its arrivals.
-func overloadReason(r analysis.CaseRun, lang string) []string {
-	if !r.Overloaded() {
-		return nil
+// machineSaturated says whether a run is flagged for the machine (the attacker late, CPUs busy, nodes or Pods
+// throttled): the CPU cell carries the ⚠; the app's own overload is marked at its p50.
+func machineSaturated(r analysis.CaseRun) bool {
+	for _, c := range r.SaturationCauses() {
+		if c.Kind != analysis.SaturationOverloaded {
+			return true
+		}
 	}
-	ja := lang == "ja"
-	return []string{pick(ja, fmt.Sprintf("the app fell behind its arrivals: median latency %s ms over the load against %s ms in the warm-up (threshold %.0f× and +%.0f ms)%s",
-		formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), analysis.OverloadedMedianFactor, analysis.OverloadedMedianMarginMs, inFlightNote(r, false)),
-		fmt.Sprintf("アプリが到着に追いつかなかった: 負荷全体の中央値レイテンシ %s ms、ウォームアップ %s ms (しきい値 %.0f 倍かつ +%.0f ms)%s",
-			formatMs(r.Whole.P50Ms), formatMs(r.WarmUp.P50Ms), analysis.OverloadedMedianFactor, analysis.OverloadedMedianMarginMs, inFlightNote(r, true)))}
+	return false
 }
 
 // inFlightNote names the requests the Pods held at SIGTERM, when counted: a queue shows there too.

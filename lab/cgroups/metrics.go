@@ -11,18 +11,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 )
 
-// Metric names of the CPU accounting (defined in wellknown, where the analysis reads them).
 const (
-	MetricContainerCPUUsage          = wellknown.MetricContainerCPUUsage
-	MetricContainerCFSPeriods        = wellknown.MetricContainerCFSPeriods
-	MetricContainerCFSThrottled      = wellknown.MetricContainerCFSThrottled
-	MetricContainerCFSThrottledTime  = wellknown.MetricContainerCFSThrottledTime
-	MetricNodeCPUUsage               = wellknown.MetricNodeCPUUsage
-	MetricNodeCFSPeriods             = wellknown.MetricNodeCFSPeriods
-	MetricNodeCFSThrottled           = wellknown.MetricNodeCFSThrottled
-	MetricNodeCapacity               = wellknown.MetricNodeCapacity
-	MetricMachineCPUPressureWaiting  = wellknown.MetricMachineCPUPressureWaiting
-	MetricMachineCPUSeconds          = wellknown.MetricMachineCPUSeconds
 	machineCPUPressureFile           = "/proc/pressure/cpu"
 	machineStatFile                  = "/proc/stat"
 	machineCPUPressureHelpForCollect = "Time some runnable task waited for a CPU on the machine (PSI \"some\"; the lab's nodes, runner and control plane together)."
@@ -30,18 +19,18 @@ const (
 
 var (
 	containerLabels        = []string{"namespace", "pod", "container", "node"}
-	descContainerUsage     = prometheus.NewDesc(MetricContainerCPUUsage, "CPU time a lab container used (its cgroup's accounting).", containerLabels, nil)
-	descContainerPeriods   = prometheus.NewDesc(MetricContainerCFSPeriods, "CFS periods of a lab container with a CPU limit.", containerLabels, nil)
-	descContainerThrottled = prometheus.NewDesc(MetricContainerCFSThrottled, "CFS periods in which a lab container was throttled at its CPU limit.",
+	descContainerUsage     = prometheus.NewDesc(wellknown.MetricContainerCPUUsage, "CPU time a lab container used (its cgroup's accounting).", containerLabels, nil)
+	descContainerPeriods   = prometheus.NewDesc(wellknown.MetricContainerCFSPeriods, "CFS periods of a lab container with a CPU limit.", containerLabels, nil)
+	descContainerThrottled = prometheus.NewDesc(wellknown.MetricContainerCFSThrottled, "CFS periods in which a lab container was throttled at its CPU limit.",
 		containerLabels, nil)
-	descContainerThrottledTime = prometheus.NewDesc(MetricContainerCFSThrottledTime, "Time a lab container was throttled at its CPU limit.",
+	descContainerThrottledTime = prometheus.NewDesc(wellknown.MetricContainerCFSThrottledTime, "Time a lab container was throttled at its CPU limit.",
 		containerLabels, nil)
-	descNodeUsage     = prometheus.NewDesc(MetricNodeCPUUsage, "CPU time the Pods of a lab node used together.", []string{"node"}, nil)
-	descNodePeriods   = prometheus.NewDesc(MetricNodeCFSPeriods, "CFS periods of a lab node's cgroup (its capacity is its quota).", []string{"node"}, nil)
-	descNodeThrottled = prometheus.NewDesc(MetricNodeCFSThrottled, "CFS periods in which a lab node's Pods together hit its CPU capacity.", []string{"node"}, nil)
-	descNodeCapacity  = prometheus.NewDesc(MetricNodeCapacity, "A lab node's capacity.", []string{"node", "resource", "unit"}, nil)
-	descMachineWait   = prometheus.NewDesc(MetricMachineCPUPressureWaiting, machineCPUPressureHelpForCollect, nil, nil)
-	descMachineCPU    = prometheus.NewDesc(MetricMachineCPUSeconds, "Seconds the machine's CPUs spent in each mode (/proc/stat, as node_exporter).", []string{"cpu", "mode"}, nil)
+	descNodeUsage     = prometheus.NewDesc(wellknown.MetricNodeCPUUsage, "CPU time the Pods of a lab node used together.", []string{"node"}, nil)
+	descNodePeriods   = prometheus.NewDesc(wellknown.MetricNodeCFSPeriods, "CFS periods of a lab node's cgroup (its capacity is its quota).", []string{"node"}, nil)
+	descNodeThrottled = prometheus.NewDesc(wellknown.MetricNodeCFSThrottled, "CFS periods in which a lab node's Pods together hit its CPU capacity.", []string{"node"}, nil)
+	descNodeCapacity  = prometheus.NewDesc(wellknown.MetricNodeCapacity, "A lab node's capacity.", []string{"node", "resource", "unit"}, nil)
+	descMachineWait   = prometheus.NewDesc(wellknown.MetricMachineCPUPressureWaiting, machineCPUPressureHelpForCollect, nil, nil)
+	descMachineCPU    = prometheus.NewDesc(wellknown.MetricMachineCPUSeconds, "Seconds the machine's CPUs spent in each mode (/proc/stat, as node_exporter).", []string{"cpu", "mode"}, nil)
 )
 
 // Collector reads the lab's cgroups and the machine's CPU time and pressure at each scrape.
@@ -137,6 +126,18 @@ type cpuTime struct {
 
 // userHZ is the unit of /proc/stat's CPU times (USER_HZ, 100 on every Linux architecture Go runs on).
 const userHZ = 100
+
+// MachineBusySeconds is the CPU time all of the machine's CPUs spent working (every mode but idle, iowait and
+// steal), from /proc/stat.
+func MachineBusySeconds() float64 {
+	busy := 0.0
+	for _, t := range readCPUTimes(machineStatFile) {
+		if t.mode != "idle" && t.mode != "iowait" && t.mode != "steal" {
+			busy += t.seconds
+		}
+	}
+	return busy
+}
 
 // readCPUTimes reads each CPU's time per mode from /proc/stat, with node_exporter's mode names.
 func readCPUTimes(file string) []cpuTime {
