@@ -56,6 +56,7 @@ var (
 	rawValuesType    = reflect.TypeFor[map[string]any]()
 	imagesType       = reflect.TypeFor[map[string][]string]()
 	retiredType      = reflect.TypeFor[Retired]()
+	timeType         = reflect.TypeFor[time.Time]()
 )
 
 func resolveAlias(n *yaml.Node) *yaml.Node {
@@ -138,8 +139,19 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, loc located
 // fields) and says whether v was one.
 func (d *decoder) decodeSpecial(n *yaml.Node, v reflect.Value, path string, loc located) bool {
 	switch v.Type() {
+	case profileType:
+		d.decodeProfile(n, v, path, loc)
+		return true
 	case retiredType:
 		d.errorAt(n, path, "%s", retiredFields[path])
+		return true
+	case timeType:
+		t, err := time.Parse(time.RFC3339Nano, n.Value)
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!timestamp" && n.Tag != "!!str") || err != nil {
+			d.errorAt(n, path, "want a time such as 2026-12-06T12:00:00Z, got %s", describe(n))
+			return true
+		}
+		v.Set(reflect.ValueOf(t))
 		return true
 	case durationType:
 		d.decodeDuration(n, v, path)

@@ -141,6 +141,11 @@ type Lab struct {
 	Nodes int `yaml:"nodes" json:"nodes"`
 	// KubeProxy configures every node's kube-proxy (the real one), in KubeProxyConfiguration's terms.
 	KubeProxy KubeProxy `yaml:"kubeProxy" json:"kubeProxy"`
+	// Profile is a cluster profile (runner calibrate -o FILE, or inline) the lab plays: its kube-proxy settings
+	// and its size as a background; a plan that names one sets neither kubeProxy nor background itself.
+	Profile *Profile `yaml:"profile,omitempty" json:"profile,omitempty"`
+	// Background is the rest of a cluster: Services and endpoints every node's kube-proxy programs besides the app's.
+	Background Background `yaml:"background" json:"background"`
 	// ServiceOut was the uniform service-out model that the real kube-proxy replaced: a plan that still sets it is
 	// told what to write instead.
 	ServiceOut Retired `yaml:"serviceOut" json:"-"`

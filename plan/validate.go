@@ -96,9 +96,30 @@ func (d *decoder) validateTop(p *Plan, loc located) {
 	v.oneOf(p.Lab.LoadBalancer.Mode, "lab.loadBalancer.mode", "tcp", "http")
 	v.check(p.Lab.NodeCPU == 0 || p.Lab.NodeCPU >= 10, "lab.nodeCPU", "must be at least 10m (the kernel's smallest quota is 1 ms in 100), got %s", p.Lab.NodeCPU)
 	v.check(p.Lab.LoadBalancer.IdleTimeout > 0, "lab.loadBalancer.idleTimeout", "must be longer than 0, got %s", p.Lab.LoadBalancer.IdleTimeout)
+	d.playProfile(p, v, loc)
+	v.check(p.Lab.Background.Services >= 0 && p.Lab.Background.Services <= MaxBackgroundServices, "lab.background.services",
+		"must be between 0 and %d (the lab's Service range), got %d", MaxBackgroundServices, p.Lab.Background.Services)
+	v.check(p.Lab.Background.EndpointsPerService >= 1 && p.Lab.Background.EndpointsPerService <= MaxEndpointsPerService, "lab.background.endpointsPerService",
+		"must be between 1 and %d (one EndpointSlice per Service), got %d", MaxEndpointsPerService, p.Lab.Background.EndpointsPerService)
 	for image, argv := range p.Lab.Images {
 		v.check(len(argv) > 0 && argv[0] != "", "lab.images."+image, "give the command that plays the image, e.g. [/usr/local/bin/myapp]")
 	}
+}
+
+// playProfile lets a plan's profile set the lab's kube-proxy and background; a plan that also sets either itself
+// is told to choose, so no run plays a mix nobody measured.
+func (d *decoder) playProfile(p *Plan, v *validator, loc located) {
+	prof := p.Lab.Profile
+	if prof == nil {
+		return
+	}
+	for _, field := range []string{"lab.kubeProxy", "lab.background"} {
+		if n := loc[field]; n != nil && n.Line > 0 {
+			v.fail(field, "the profile (%s) sets it; a plan that plays a profile leaves %s out", prof.Source, field)
+		}
+	}
+	p.Lab.KubeProxy = KubeProxy{Mode: prof.KubeProxy.Mode, MinSyncPeriod: prof.KubeProxy.MinSyncPeriod, SyncPeriod: prof.KubeProxy.SyncPeriod}
+	p.Lab.Background = prof.Background()
 }
 
 // MaxMinSyncPeriod bounds kube-proxy's minSyncPeriod in a plan: a deleted Pod's address is quarantined for two
