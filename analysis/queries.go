@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
 	"github.com/rollout-lab/rollout-lab/load"
 	"github.com/rollout-lab/rollout-lab/timeline"
 )
@@ -103,7 +104,7 @@ func CompactQuery(q string) string { return strings.Join(strings.Fields(q), " ")
 // Service-out latency metrics, in the order they are looked for: kube-proxy's own on a cluster (from the Pod change
 // that triggered the EndpointSlice update to the node's rules being programmed), the lab's measurement.
 const (
-	KubeProxyProgrammingMetric = "kubeproxy_network_programming_duration_seconds"
+	KubeProxyProgrammingMetric = wellknown.MetricKubeProxyProgramming
 	LabServiceOutMetric        = timeline.MetricServiceOut
 	// KubeProxySyncMetric is how long each of kube-proxy's rule syncs took (reported beside service-out).
 	KubeProxySyncMetric = "kubeproxy_sync_proxy_rules_duration_seconds"

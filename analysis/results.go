@@ -1,5 +1,7 @@
 package analysis
 
+import "github.com/rollout-lab/rollout-lab/plan"
+
 // Report is everything a run's reports are written from.
 type Report struct {
 	Plan        string    `json:"plan"`
@@ -13,12 +15,22 @@ type Report struct {
 	// CPUModel says what a lab node is, CPU-wise (empty on a cluster); CPUModelJa in Japanese.
 	CPUModel   string `json:"cpuModel,omitempty"`
 	CPUModelJa string `json:"cpuModelJa,omitempty"`
+	// Cluster is the cluster a lab run played (nil on a real cluster): a profile's, or the plan's lab settings.
+	Cluster *PlayedCluster `json:"cluster,omitempty"`
 	// ServiceOut is the measured service-out latency over the runs, when Prometheus has it.
 	ServiceOut *ServiceOut `json:"serviceOut,omitempty"`
 	// AcrossRuns summarizes cases that ran more than once (repeats); Complete fills it.
 	AcrossRuns []CaseSummary `json:"acrossRuns,omitempty"`
 	// Sweep is the answer of a plan whose cases differ only in the preStop sleep; Complete fills it.
 	Sweep *Sweep `json:"sweep,omitempty"`
+}
+
+// PlayedCluster is what the lab played of a cluster: the profile (nil: the lab's defaults and the plan's lab
+// section), its kube-proxy and the background every node's kube-proxy programmed.
+type PlayedCluster struct {
+	Profile    *plan.Profile   `json:"profile,omitempty"`
+	KubeProxy  plan.KubeProxy  `json:"kubeProxy"`
+	Background plan.Background `json:"background"`
 }
 
 // Complete computes what the report concludes across its runs — the summary of repeated cases and the sweep's

@@ -418,6 +418,9 @@ func WriteReports(ctx context.Context, dir string, m *rundir.Manifest, api promv
 func analyzeRuns(ctx context.Context, dir string, m *rundir.Manifest, api promv1.API, now time.Time) (analysis.Report, error) {
 	rep := analysis.Report{Plan: m.Plan.Name, Description: m.Plan.Description, Partial: m.Partial, LoadPath: m.Provenance.Target["loadPath"],
 		LoadPathJa: m.Provenance.Target["loadPathJa"], CPUModel: m.Provenance.Target["cpuModel"], CPUModelJa: m.Provenance.Target["cpuModelJa"]}
+	if m.Provenance.Target["kind"] == "lab" {
+		rep.Cluster = &analysis.PlayedCluster{Profile: m.Plan.Lab.Profile, KubeProxy: m.Plan.Lab.KubeProxy, Background: m.Plan.Lab.Background}
+	}
 	for _, r := range m.Runs {
 		c, ok := m.Plan.Case(r.Labels.Case)
 		if !ok {

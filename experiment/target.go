@@ -74,15 +74,24 @@ type Connect func(ctx context.Context, in TargetInputs) (Target, error)
 // labTarget is the embedded lab, started for one apply.
 type labTarget struct {
 	lab     *lab.Lab
-	tempDir string // the lab's state when no directory was given: removed with the lab
+	tempDir string        // the lab's state when no directory was given: removed with the lab
+	profile *plan.Profile // the cluster profile the lab plays, if any
+}
+
+// LabOptions are the lab a plan's lab section describes (profile included): what `runner apply` starts and
+// `runner lab up --plan` gives kubectl and helm users.
+func LabOptions(p *plan.Plan) lab.Options {
+	return lab.Options{Nodes: p.Lab.Nodes, Images: p.Lab.Images,
+		KubeProxy:    kubeproxy.Config{Mode: p.Lab.KubeProxy.Mode, MinSyncPeriod: p.Lab.KubeProxy.MinSyncPeriod.D(), SyncPeriod: p.Lab.KubeProxy.SyncPeriod.D()},
+		Background:   lab.Background{Services: p.Lab.Background.Services, EndpointsPerService: p.Lab.Background.EndpointsPerService},
+		LoadBalancer: &loadbalancer.Options{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
+		NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU)}
 }
 
 // ConnectLab starts the lab the plan describes, in dir or (when empty) a temporary directory removed on Close.
 func ConnectLab(dir string, cowweb []string) Connect {
 	return func(ctx context.Context, in TargetInputs) (Target, error) {
-		p := in.Plan
-		proxy := kubeproxy.Config{Mode: p.Lab.KubeProxy.Mode, MinSyncPeriod: p.Lab.KubeProxy.MinSyncPeriod.D(), SyncPeriod: p.Lab.KubeProxy.SyncPeriod.D()}
-		t := &labTarget{}
+		t := &labTarget{profile: in.Plan.Lab.Profile}
 		if dir == "" {
 			// The lab's keys and etcd are not results: keep them out of the results directory.
 			var err error
@@ -91,11 +100,10 @@ func ConnectLab(dir string, cowweb []string) Connect {
 			}
 			t.tempDir = dir
 		}
-		l, err := lab.Up(ctx, lab.Options{Dir: dir, Nodes: p.Lab.Nodes, Cowweb: cowweb, Images: p.Lab.Images,
-			KubeProxy:    proxy,
-			LoadBalancer: &loadbalancer.Options{Mode: p.Lab.LoadBalancer.Mode, IdleTimeout: p.Lab.LoadBalancer.IdleTimeout.D()},
-			NodeCPU:      int64(p.Lab.NodeCPU), ReservedCPU: int64(p.Lab.ReservedCPU),
-			Metrics: lab.NewMetrics(in.Registry), Logger: in.Logger.With("component", "lab")})
+		opts := LabOptions(in.Plan)
+		opts.Dir, opts.Cowweb = dir, cowweb
+		opts.Metrics, opts.Logger = lab.NewMetrics(in.Registry), in.Logger.With("component", "lab")
+		l, err := lab.Up(ctx, opts)
 		t.lab = l
 		if err == nil && in.ScrapeKubeProxies != nil {
 			err = in.ScrapeKubeProxies(l.Proxies.Nodes())
@@ -111,7 +119,17 @@ func (t *labTarget) Provenance() map[string]string {
 	return map[string]string{"kind": "lab", "kubernetes": controlplane.KubernetesVersion, "nodes": fmt.Sprint(len(t.lab.Agent.Nodes)),
 		"kubeProxy": t.lab.Proxies.Config().String(), "serviceOut": "measured: each node's ruleset as kube-proxy commits it (nft monitor)",
 		"loadBalancer": t.lab.Balancers.Mode(),
-		"cpuModel":     t.lab.CPU.String(), "cpuModelJa": t.lab.CPU.StringJa(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup}
+		"cpuModel":     t.lab.CPU.String(), "cpuModelJa": t.lab.CPU.StringJa(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup,
+		"background": fmt.Sprintf("%d Services × %d endpoints", t.lab.Background.Services, t.lab.Background.EndpointsPerService),
+		"profile":    ProfileProvenance(t.profile)}
+}
+
+// ProfileProvenance names the cluster profile a lab played, or says it played the plan's own lab settings.
+func ProfileProvenance(p *plan.Profile) string {
+	if p == nil {
+		return "none: lab defaults and the plan's lab section"
+	}
+	return p.Describe()
 }
 
 func (t *labTarget) Helm(namespace string, logger *slog.Logger) (*action.Configuration, error) {

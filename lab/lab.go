@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
 	"github.com/rollout-lab/rollout-lab/lab/cni"
@@ -48,6 +49,8 @@ type Options struct {
 	Images map[string][]string
 	// KubeProxy is how the nodes' kube-proxies are configured; zero: kubeproxy.DefaultConfig.
 	KubeProxy kubeproxy.Config
+	// Background is the rest of a cluster, programmed by every node's kube-proxy; zero: none.
+	Background Background
 	// KubeProxyCommand is the argv that runs kube-proxy (the runner with its hidden kube-proxy subcommand); empty:
 	// this executable with proxymain.Subcommand, which its main must dispatch.
 	KubeProxyCommand []string
@@ -71,7 +74,10 @@ type Lab struct {
 	Balancers *loadbalancer.Balancers
 	Cgroups   *cgroups.Cgroups // nil when the host gives no cgroup with a cpu controller (CPU.Reason says why)
 	CPU       CPUModel
-	metrics   *Metrics
+	// Background is what the lab was started with, made in BackgroundTook before the kube-proxies started.
+	Background     Background
+	BackgroundTook time.Duration
+	metrics        *Metrics
 }
 
 // CPUModel is what a lab node is, CPU-wise: reported with every result.
@@ -144,6 +150,17 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		NodeCPU: l.CPU.NodeMilli, Cgroups: l.Cgroups})
 	if err != nil {
 		return l, err
+	}
+	if err := kubeproxy.Publish(ctx, l.Client, opts.KubeProxy, l.Network.ClusterCIDR()); err != nil {
+		return l, err
+	}
+	// Before the kube-proxies start, so that their first sync programs the whole cluster, as a node joining one does.
+	l.Background = opts.Background
+	if l.BackgroundTook, err = makeBackground(ctx, l.Config, opts.Background, l.Network.BackgroundCIDR()); err != nil {
+		return l, err
+	}
+	if opts.Background.Services > 0 {
+		opts.Logger.Info("background Services made", "services", opts.Background.Services, "endpointsPerService", opts.Background.EndpointsPerService, "took", l.BackgroundTook.Round(time.Millisecond))
 	}
 	if opts.Metrics != nil {
 		opts.Metrics.KubeProxySetting.WithLabelValues(opts.KubeProxy.Mode, "minSyncPeriod").Set(opts.KubeProxy.MinSyncPeriod.Seconds())

@@ -334,6 +334,9 @@ func WriteMarkdown(w io.Writer, rep Contents, lang string) error {
 	if model := inLanguage(lang, rep.CPUModel, rep.CPUModelJa); model != "" {
 		fmt.Fprintf(&b, "\n"+l.cpuModel+"\n", model)
 	}
+	if rep.Cluster != nil {
+		fmt.Fprintf(&b, "\n%s\n", clusterSentence(rep.Cluster, lang))
+	}
 	for _, r := range rep.Runs {
 		if reasons := saturationReasons(r, lang); len(reasons) > 0 {
 			sep := "; "

@@ -22,3 +22,15 @@ const (
 // experiment's cloud (oracle/oci-cloud-controller-manager: ServiceAnnotationLoadBalancerBEProtocol, default TCP);
 // the lab's balancers read it, runner check sets it.
 const BackendProtocolAnnotation = "service.beta.kubernetes.io/oci-load-balancer-backend-protocol"
+
+// kube-proxy's configuration as kubeadm publishes it (cmd/kubeadm/app/phases/addons/proxy: the ConfigMap
+// kube-system/kube-proxy, key config.conf, a KubeProxyConfiguration): the lab publishes its nodes' configuration
+// there, runner calibrate reads a cluster's from it.
+const (
+	KubeProxyConfigMapNamespace = "kube-system"
+	KubeProxyConfigMapName      = "kube-proxy"
+	KubeProxyConfigMapKey       = "config.conf"
+)
+
+// kube-proxy's own metric of how long a change took to reach a node's rules (pkg/proxy/metrics).
+const MetricKubeProxyProgramming = "kubeproxy_network_programming_duration_seconds"

@@ -23,7 +23,8 @@ import (
 
 // Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarks), so they never clash with a real network;
 // each lab (one per process) takes a /19 of it: its first /24 is the node network (the host's bridge .1, nodes
-// from .2, load balancer addresses at the end), its upper /20 the cluster CIDR, a /24 per node. Only the lab's own
+// from .2, load balancer addresses at the end), its second the background endpoints' (never answered), its upper
+// /20 the cluster CIDR, a /24 per node. Only the lab's own
 // bridge, veths and namespaces are created or touched, all named after the owning process id, so a crashed lab's
 // leftovers are recognised and removed at the next start while another process's running lab is left alone; the
 // host's routes to the lab's addresses are on the lab's bridge and go with it.
@@ -83,6 +84,9 @@ type Network interface {
 	BalancerNamespace() string
 	// BalancerIP is the load balancer host's own address on the node network: its backend connections' source.
 	BalancerIP() net.IP
+	// BackgroundCIDR holds the addresses of background endpoints: the rest of a cluster, which every node's
+	// kube-proxy programs but no connection goes to; nothing has these addresses.
+	BackgroundCIDR() string
 }
 
 // Namespaces lists the node and Pod network namespaces of the lab run by process pid.
@@ -299,6 +303,11 @@ func (n *NetnsNetwork) BalancerIP() net.IP { return ipv4(n.base + balancerHost) 
 // ClusterCIDR is the block's upper /20: every node's Pod CIDR comes from it.
 func (n *NetnsNetwork) ClusterCIDR() string {
 	return fmt.Sprintf("%s/%d", ipv4(n.base+1<<(blockBits-1)), 32-(blockBits-1))
+}
+
+// BackgroundCIDR is the block's second /24, between the node network and the cluster CIDR.
+func (n *NetnsNetwork) BackgroundCIDR() string {
+	return fmt.Sprintf("%s/%d", ipv4(n.base+1<<(32-nodeNetworkPrefix)), nodeNetworkPrefix)
 }
 
 // HostIP is the host's address on the node network.

@@ -185,10 +185,15 @@ func Start(ctx context.Context, opts Options) (_ *Proxies, err error) {
 
 // kubeProxyConfiguration is the node's configuration as a cluster gives it (kubeadm's kube-proxy ConfigMap).
 func (p *Proxies) kubeProxyConfiguration(node string) ([]byte, error) {
-	c := p.opts.Config
+	return Configuration(p.opts.Config, p.opts.ClusterCIDR, p.opts.Kubeconfig, node)
+}
+
+// Configuration is a KubeProxyConfiguration for c: a node's (node and kubeconfig set), or the cluster's as kubeadm
+// publishes it in the kube-proxy ConfigMap (node empty, kubeconfig the path kube-proxy's DaemonSet mounts).
+func Configuration(c Config, clusterCIDR, kubeconfig, node string) ([]byte, error) {
 	cfg := kubeproxyconfig.KubeProxyConfiguration{
 		TypeMeta:         metav1.TypeMeta{APIVersion: "kubeproxy.config.k8s.io/v1alpha1", Kind: "KubeProxyConfiguration"},
-		ClientConnection: componentbaseconfig.ClientConnectionConfiguration{Kubeconfig: p.opts.Kubeconfig},
+		ClientConnection: componentbaseconfig.ClientConnectionConfiguration{Kubeconfig: kubeconfig},
 		HostnameOverride: node,
 		// On the node's address: load balancers health-check :10256 as the reference cloud's controller does, and
 		// the embedded Prometheus scrapes :10249.
@@ -197,7 +202,7 @@ func (p *Proxies) kubeProxyConfiguration(node string) ([]byte, error) {
 		Mode:               kubeproxyconfig.ProxyMode(c.Mode),
 		IPTables:           kubeproxyconfig.KubeProxyIPTablesConfiguration{MinSyncPeriod: metav1.Duration{Duration: c.MinSyncPeriod}, SyncPeriod: metav1.Duration{Duration: c.SyncPeriod}},
 		NFTables:           kubeproxyconfig.KubeProxyNFTablesConfiguration{MinSyncPeriod: metav1.Duration{Duration: c.MinSyncPeriod}, SyncPeriod: metav1.Duration{Duration: c.SyncPeriod}},
-		ClusterCIDR:        p.opts.ClusterCIDR,
+		ClusterCIDR:        clusterCIDR,
 		DetectLocalMode:    kubeproxyconfig.LocalMode("ClusterCIDR"),
 		// The conntrack table's size and TCP timeouts are the kernel's, shared with the host: left as they are
 		// (maxPerCore 0 and zero timeouts mean "do not set").

@@ -1,0 +1,100 @@
+package kubeproxy
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	kubeproxyconfig "k8s.io/kube-proxy/config/v1alpha1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rollout-lab/rollout-lab/internal/wellknown"
+)
+
+// kubeadmKubeconfig is where kubeadm's kube-proxy DaemonSet mounts its kubeconfig (the ConfigMap's kubeconfig.conf).
+const kubeadmKubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
+
+// Publish writes the cluster's kube-proxy configuration where kubeadm does (ConfigMap kube-system/kube-proxy, key
+// config.conf), so that whoever asks the lab's API how its kube-proxies are configured (runner calibrate, kubectl)
+// reads what they run with.
+func Publish(ctx context.Context, client kubernetes.Interface, c Config, clusterCIDR string) error {
+	conf, err := Configuration(c, clusterCIDR, kubeadmKubeconfig, "")
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: wellknown.KubeProxyConfigMapNamespace, Name: wellknown.KubeProxyConfigMapName,
+			Labels: map[string]string{"app": "kube-proxy"}},
+		Data: map[string]string{wellknown.KubeProxyConfigMapKey: string(conf)},
+	}
+	configMaps := client.CoreV1().ConfigMaps(cm.Namespace)
+	_, err = configMaps.Create(ctx, cm, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = configMaps.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("publish kube-proxy's configuration in ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return nil
+}
+
+// Defaults kube-proxy v1.37 applies to what a KubeProxyConfiguration leaves out on Linux
+// (pkg/proxy/apis/config/v1alpha1/defaults.go, and mode "" is iptables).
+var defaulted = Config{Mode: ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+
+// Found is a cluster's kube-proxy configuration as read, and what was defaulted because the file left it out.
+type Found struct {
+	Config
+	// Defaulted names the fields the configuration left out (kube-proxy's defaults were taken for them).
+	Defaulted []string
+}
+
+// ParseConfiguration reads a KubeProxyConfiguration (the ConfigMap's config.conf) for the mode and the sync
+// periods of that mode; what it leaves out takes kube-proxy's defaults, and says so.
+func ParseConfiguration(data []byte) (Found, error) {
+	var cfg kubeproxyconfig.KubeProxyConfiguration
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		return Found{}, fmt.Errorf("not a KubeProxyConfiguration: %w", err)
+	}
+	if cfg.Kind != "" && cfg.Kind != "KubeProxyConfiguration" {
+		return Found{}, fmt.Errorf("kind %q, want KubeProxyConfiguration", cfg.Kind)
+	}
+	f := Found{Config: Config{Mode: string(cfg.Mode)}}
+	if f.Mode == "" {
+		f.Mode = defaulted.Mode
+		f.Defaulted = append(f.Defaulted, "mode")
+	}
+	periods := cfg.IPTables
+	if f.Mode == ModeNFTables {
+		periods = kubeproxyconfig.KubeProxyIPTablesConfiguration{MinSyncPeriod: cfg.NFTables.MinSyncPeriod, SyncPeriod: cfg.NFTables.SyncPeriod}
+	}
+	// A ConfigMap written by kubeadm holds every field, zeros included ("minSyncPeriod: 0s" is the 1.18 default);
+	// one written by hand may leave them out, which reads the same: kube-proxy defaults a zero sync period, and
+	// a zero minSyncPeriod only when the field is absent, which the typed struct cannot tell from 0s.
+	f.MinSyncPeriod = periods.MinSyncPeriod.Duration
+	if !hasField(data, f.Mode, "minSyncPeriod") {
+		f.MinSyncPeriod = defaulted.MinSyncPeriod
+		f.Defaulted = append(f.Defaulted, "minSyncPeriod")
+	}
+	f.SyncPeriod = periods.SyncPeriod.Duration
+	if f.SyncPeriod == 0 {
+		f.SyncPeriod = defaulted.SyncPeriod
+		f.Defaulted = append(f.Defaulted, "syncPeriod")
+	}
+	return f, nil
+}
+
+// hasField tells whether the configuration's section for mode (iptables or nftables) sets field.
+func hasField(data []byte, mode, field string) bool {
+	var raw map[string]any
+	if yaml.Unmarshal(data, &raw) != nil {
+		return false
+	}
+	section, _ := raw[mode].(map[string]any)
+	_, ok := section[field]
+	return ok
+}
