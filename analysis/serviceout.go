@@ -32,8 +32,8 @@ type Measured struct {
 	P99    float64 `json:"p99Seconds"`
 }
 
-// measure reads a histogram's count, p50 and p99 over the window; nil without an observation.
-func measure(ctx context.Context, api promv1.API, metric string, w Window, now time.Time) (*Measured, error) {
+// Measure reads a histogram's count, p50 and p99 over the window; nil without an observation.
+func Measure(ctx context.Context, api promv1.API, metric string, w Window, now time.Time) (*Measured, error) {
 	q := ServiceOutQueriesFor(metric, w)
 	count, err := queryScalar(ctx, api, q.Count, now)
 	if err != nil || math.IsNaN(count) || count < 1 {
@@ -60,7 +60,7 @@ func RecommendPreStop(p99 float64) time.Duration {
 func MeasureServiceOut(ctx context.Context, api promv1.API, w Window, now time.Time) (*ServiceOut, error) {
 	var out *ServiceOut
 	for _, metric := range []string{KubeProxyProgrammingMetric, LabServiceOutMetric, KubeProxySyncMetric} {
-		m, err := measure(ctx, api, metric, w, now)
+		m, err := Measure(ctx, api, metric, w, now)
 		if err != nil {
 			return nil, err
 		}

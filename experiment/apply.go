@@ -88,31 +88,32 @@ type ApplyResult struct {
 	Verdicts []check.Verdict
 }
 
-// step is one part of apply, with the cleanup that undoes it (kind's create/actions style).
-type step struct {
-	name    string
-	do      func(ctx context.Context) error
-	cleanup func() error
+// Step is one part of a multi-step command (apply, calibrate), with the cleanup that undoes it (kind's
+// create/actions style).
+type Step struct {
+	Name    string
+	Do      func(ctx context.Context) error
+	Cleanup func() error
 }
 
-// runSteps runs steps in order until one fails (failed names it); undo undoes those that ran, in reverse order,
+// RunSteps runs steps in order until one fails (failed names it); undo undoes those that ran, in reverse order,
 // whatever happened, logging a cleanup that fails.
-func runSteps(ctx context.Context, steps []step, logger *slog.Logger) (undo func(), failed string, err error) {
-	var done []step
+func RunSteps(ctx context.Context, steps []Step, logger *slog.Logger) (undo func(), failed string, err error) {
+	var done []Step
 	undo = func() {
 		for i := len(done) - 1; i >= 0; i-- {
-			if done[i].cleanup == nil {
+			if done[i].Cleanup == nil {
 				continue
 			}
-			if err := done[i].cleanup(); err != nil {
-				logger.Warn("cleanup", "step", done[i].name, "err", err)
+			if err := done[i].Cleanup(); err != nil {
+				logger.Warn("cleanup", "step", done[i].Name, "err", err)
 			}
 		}
 	}
 	for _, s := range steps {
-		logger.Debug("step", "name", s.name)
-		if err := s.do(ctx); err != nil {
-			return undo, s.name, err
+		logger.Debug("step", "name", s.Name)
+		if err := s.Do(ctx); err != nil {
+			return undo, s.Name, err
 		}
 		done = append(done, s)
 	}
@@ -137,27 +138,27 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		createdNamespace bool
 	)
 	namespace := cfg.Plan.Namespace()
-	steps := []step{
-		{name: "start Prometheus and the results directory", do: func(context.Context) error {
+	steps := []Step{
+		{Name: "start Prometheus and the results directory", Do: func(context.Context) error {
 			var err error
 			session, err = Start(cfg.Config)
 			if err == nil {
 				result.Dir = session.Dir
 			}
 			return err
-		}, cleanup: func() error { return session.Close() }},
-		{name: "connect to the target", do: func(ctx context.Context) error {
+		}, Cleanup: func() error { return session.Close() }},
+		{Name: "connect to the target", Do: func(ctx context.Context) error {
 			var err error
 			if target, err = cfg.Connect(ctx, session.TargetInputs()); err == nil {
 				session.SetTargetProvenance(target.Provenance())
 			}
 			return err
-		}, cleanup: func() error { return target.Close() }},
-		{name: "create the namespace", do: func(ctx context.Context) error {
+		}, Cleanup: func() error { return target.Close() }},
+		{Name: "create the namespace", Do: func(ctx context.Context) error {
 			var err error
-			createdNamespace, err = ensureNamespace(ctx, target.Client(), namespace)
+			createdNamespace, err = EnsureNamespace(ctx, target.Client(), namespace)
 			return err
-		}, cleanup: func() error {
+		}, Cleanup: func() error {
 			// What was installed goes before the target does, as it must on a cluster that stays.
 			err := uninstallRelease(target, namespace, cfg.Logger)
 			if createdNamespace && err == nil {
@@ -167,7 +168,7 @@ func Apply(ctx context.Context, cfg ApplyConfig) (result ApplyResult, err error)
 		}},
 	}
 	// Undone in reverse order, whatever happens; the reports are written by then.
-	undo, failed, err := runSteps(ctx, steps, cfg.Logger)
+	undo, failed, err := RunSteps(ctx, steps, cfg.Logger)
 	defer undo()
 	if err != nil {
 		return result, fmt.Errorf("%s: %w", failed, err)
@@ -225,9 +226,9 @@ func (r *caseRunner) runAll(ctx context.Context) error {
 	return nil
 }
 
-// ensureNamespace creates the namespace when it is missing, enforcing the "restricted" Pod Security Standard, and
+// EnsureNamespace creates the namespace when it is missing, enforcing the "restricted" Pod Security Standard, and
 // says whether it did.
-func ensureNamespace(ctx context.Context, client kubernetes.Interface, name string) (created bool, err error) {
+func EnsureNamespace(ctx context.Context, client kubernetes.Interface, name string) (created bool, err error) {
 	namespaces := client.CoreV1().Namespaces()
 	if _, err := namespaces.Get(ctx, name, metav1.GetOptions{}); err == nil || !apierrors.IsNotFound(err) {
 		// There already, or not ours to look at (a Role in it may still let us work there).
@@ -288,11 +289,11 @@ func uninstallRelease(t Target, namespace string, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return uninstallOwnRelease(helmCfg, namespace, logger)
+	return UninstallOwnRelease(helmCfg, namespace, logger)
 }
 
-// uninstallOwnRelease uninstalls the release only when the runner installed it.
-func uninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger *slog.Logger) error {
+// UninstallOwnRelease uninstalls the release only when the runner installed it.
+func UninstallOwnRelease(helmCfg *action.Configuration, namespace string, logger *slog.Logger) error {
 	last, err := helmCfg.Releases.Last(ReleaseName)
 	if errors.Is(err, driver.ErrReleaseNotFound) {
 		return nil
@@ -413,16 +414,16 @@ func (r *caseRunner) run(ctx context.Context, c plan.Case, run int) error {
 	cr := &caseRun{caseRunner: r, c: c, run: run, labels: load.Labels{Plan: r.cfg.Plan.Name, Case: c.Name, Run: fmt.Sprint(run)},
 		log: r.cfg.Logger.With("case", c.Name, "run", run)}
 	cr.phase.Store(PhaseInstall)
-	steps := []step{
-		{name: PhaseInstall, do: cr.install},
-		{name: "record the timeline", do: cr.startRecording, cleanup: cr.stopRecording},
-		{name: PhaseWarmUp, do: cr.startLoad, cleanup: func() error { cr.stopLoad(); return nil }},
-		{name: PhaseRollout, do: cr.rollout},
-		{name: PhaseDrain, do: cr.waitLoad},
-		{name: "final scrape", do: cr.finalScrape},
-		{name: "write the run's results", do: cr.writeResults},
+	steps := []Step{
+		{Name: PhaseInstall, Do: cr.install},
+		{Name: "record the timeline", Do: cr.startRecording, Cleanup: cr.stopRecording},
+		{Name: PhaseWarmUp, Do: cr.startLoad, Cleanup: func() error { cr.stopLoad(); return nil }},
+		{Name: PhaseRollout, Do: cr.rollout},
+		{Name: PhaseDrain, Do: cr.waitLoad},
+		{Name: "final scrape", Do: cr.finalScrape},
+		{Name: "write the run's results", Do: cr.writeResults},
 	}
-	undo, _, err := runSteps(ctx, steps, cr.log)
+	undo, _, err := RunSteps(ctx, steps, cr.log)
 	defer undo()
 	if err != nil {
 		return err

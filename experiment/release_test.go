@@ -34,7 +34,7 @@ func memoryHelm(t *testing.T, labels map[string]string) *action.Configuration {
 func TestOnlyTheRunnersOwnReleaseIsUninstalled(t *testing.T) {
 	logger := slog.New(slog.DiscardHandler)
 	foreign := memoryHelm(t, nil)
-	err := uninstallOwnRelease(foreign, "ns", logger)
+	err := UninstallOwnRelease(foreign, "ns", logger)
 	if err == nil || !strings.Contains(err.Error(), "rollout-lab did not install") {
 		t.Fatalf("a foreign release: %v", err)
 	}
@@ -42,13 +42,13 @@ func TestOnlyTheRunnersOwnReleaseIsUninstalled(t *testing.T) {
 		t.Errorf("the foreign release is gone: %v", err)
 	}
 	own := memoryHelm(t, map[string]string{InstalledByLabel: InstalledByValue})
-	if err := uninstallOwnRelease(own, "ns", logger); err != nil {
+	if err := UninstallOwnRelease(own, "ns", logger); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := own.Releases.Last(ReleaseName); err == nil {
 		t.Error("the runner's own release stays")
 	}
-	if err := uninstallOwnRelease(&action.Configuration{Releases: storage.Init(driver.NewMemory())}, "ns", logger); err != nil {
+	if err := UninstallOwnRelease(&action.Configuration{Releases: storage.Init(driver.NewMemory())}, "ns", logger); err != nil {
 		t.Errorf("no release at all: %v", err)
 	}
 }
@@ -56,7 +56,7 @@ func TestOnlyTheRunnersOwnReleaseIsUninstalled(t *testing.T) {
 func TestANamespaceTheRunnerCreatesEnforcesRestricted(t *testing.T) {
 	ctx := context.Background()
 	client := k8sfake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "theirs"}})
-	created, err := ensureNamespace(ctx, client, "mine")
+	created, err := EnsureNamespace(ctx, client, "mine")
 	if err != nil || !created {
 		t.Fatalf("created %v, %v", created, err)
 	}
@@ -64,7 +64,7 @@ func TestANamespaceTheRunnerCreatesEnforcesRestricted(t *testing.T) {
 	if err != nil || ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
 		t.Errorf("the namespace the runner made: %v %v", ns.Labels, err)
 	}
-	if created, err := ensureNamespace(ctx, client, "theirs"); err != nil || created {
+	if created, err := EnsureNamespace(ctx, client, "theirs"); err != nil || created {
 		t.Errorf("an existing namespace: created %v, %v", created, err)
 	}
 	if ns, _ := client.CoreV1().Namespaces().Get(ctx, "theirs", metav1.GetOptions{}); len(ns.Labels) != 0 {

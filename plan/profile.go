@@ -57,7 +57,15 @@ type FoundKubeProxy struct {
 	Source string `yaml:"source" json:"source"`
 	// Programming is kube-proxy's own kubeproxy_network_programming_duration_seconds over the calibration, when a
 	// Prometheus that scrapes it was given.
-	Programming *Quantiles `yaml:"programming,omitempty" json:"programming,omitempty"`
+	Programming *Programming `yaml:"programming,omitempty" json:"programming,omitempty"`
+}
+
+// Programming is kube-proxy's histogram of network programming latency read over the calibration (Prometheus
+// gives quantiles estimated within buckets, so only the median and p99 are kept).
+type Programming struct {
+	Samples int      `yaml:"samples" json:"samples"`
+	P50     Duration `yaml:"p50" json:"p50"`
+	P99     Duration `yaml:"p99" json:"p99"`
 }
 
 // MeasuredOut is service-out as calibrate measured it: per node, from a Pod's deletion to the last new connection

@@ -87,6 +87,6 @@ and the cases to compare. See README.md for the plan format.`,
 		root.SetIn(streams.In)
 	}
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log what the runner does, in detail (default: warnings and errors only)")
-	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newCheckCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newVersionCommand(), newWorkerCommand())
+	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newCheckCommand(), newAttackCommand(), newReportCommand(), newLabCommand(), newCalibrateCommand(), newVersionCommand(), newWorkerCommand())
 	return root
 }

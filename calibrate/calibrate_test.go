@@ -1,0 +1,137 @@
+package calibrate
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"helm.sh/helm/v3/pkg/action"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rollout-lab/rollout-lab/experiment"
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
+	"github.com/rollout-lab/rollout-lab/lab"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
+	"github.com/rollout-lab/rollout-lab/timeline"
+)
+
+var cowwebBinary string
+
+func TestMain(m *testing.M) {
+	proxymain.DispatchIfAsked() // the lab nodes' kube-proxies are this test binary, re-executed
+	os.Exit(testenv.MainWithCowweb(m, &cowwebBinary))
+}
+
+// Calibrating the lab through its API, as a cluster is calibrated, measures from outside what the lab reads from
+// each node's rules: every node's service-out of every deleted probe agrees with the moment that node's ruleset
+// stopped sending new connections to it. The profile holds the cluster's size and kube-proxy's configuration as
+// the ConfigMap says, and nothing calibrate made is left.
+func TestCalibrationMeasuresWhatEachNodesRulesDo(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	proxy := kubeproxy.Config{Mode: kubeproxy.ModeNFTables, MinSyncPeriod: 2 * time.Second, SyncPeriod: 30 * time.Second}
+	l, err := lab.Up(ctx, lab.Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary}, KubeProxy: proxy,
+		Background: lab.Background{Services: 40, EndpointsPerService: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.Down(); err != nil {
+			t.Error(err)
+		}
+	}()
+	events, unsubscribe := l.Agent.Events.Subscribe(100000)
+	defer unsubscribe()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg := Config{Name: "lab-a", Client: l.Client, Deletions: 2, Hold: 15 * time.Second, Logger: logger,
+		Helm: func(ns string) (*action.Configuration, error) { return experiment.HelmConfiguration(l.Kubeconfig, "", ns, logger) }}
+	profile, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 40 background Services and default/kubernetes; 3 endpoints each (the lab's kubernetes Service has none).
+	if c := profile.Cluster; c.Nodes != 2 || c.Services != 41 || c.Endpoints != 120 {
+		t.Errorf("cluster %+v, want 2 nodes, 41 Services, 120 endpoints", c)
+	}
+	if k := profile.KubeProxy; k.Mode != "nftables" || k.MinSyncPeriod.D() != 2*time.Second || k.SyncPeriod.D() != 30*time.Second || k.Source != "ConfigMap kube-system/kube-proxy" {
+		t.Errorf("kube-proxy %+v", k)
+	}
+	if got := profile.Background(); got.Services != 40 || got.EndpointsPerService != 3 {
+		t.Errorf("the profile's background %+v, want the lab's 40 × 3", got)
+	}
+	// What the lab read from each node's rules: deletion seen → service_out, per probe Pod and node.
+	fromRules := rulesServiceOut(t, events, DefaultNamespace, 2)
+	out := profile.ServiceOut
+	if out.Deletions != 2 || out.All.Samples != 4 || len(out.Nodes) != 2 {
+		t.Fatalf("service-out %+v, want 2 deletions seen by 2 nodes", out)
+	}
+	for _, n := range out.Nodes {
+		rules := fromRules[n.Node]
+		if len(rules) != 2 {
+			t.Fatalf("node %s: the lab saw %d service-outs of probes, want 2", n.Node, len(rules))
+		}
+		shortest, longest := min(rules[0], rules[1]), max(rules[0], rules[1])
+		// Calibrate times from its delete request, the lab from the node agent seeing it; a probe tick every 20 ms.
+		// Of two samples, p50 is the shorter (nearest rank).
+		for _, pair := range []struct {
+			what          string
+			measured, got time.Duration
+		}{{"shorter", n.P50.D(), shortest}, {"longer", n.Max.D(), longest}} {
+			if diff := pair.measured - pair.got; diff < -60*time.Millisecond || diff > 150*time.Millisecond {
+				t.Errorf("node %s, the %s service-out: calibrate measured %s, the node's rules let go after %s", n.Node, pair.what, pair.measured, pair.got)
+			}
+		}
+		t.Logf("node %s: calibrate p50 %s max %s; from the rules %v", n.Node, n.P50, n.Max, rules)
+	}
+	if out.Recommend.PreStopSleep.D() < out.All.Max.D()+out.Recommend.Margin.D() {
+		t.Errorf("recommended %s for a longest %s", out.Recommend.PreStopSleep, out.All.Max)
+	}
+	if _, err := l.Client.CoreV1().Namespaces().Get(ctx, DefaultNamespace, metav1.GetOptions{}); err == nil {
+		t.Errorf("namespace %s is still there", DefaultNamespace)
+	}
+	var summary strings.Builder
+	if err := WriteSummary(&summary, profile, "lab-a.yaml", "en"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(summary.String(), "**Recommended preStop sleep: "+out.Recommend.PreStopSleep.String()) {
+		t.Errorf("summary:\n%s", summary.String())
+	}
+}
+
+// rulesServiceOut reads, from the lab's events so far, each node's service-out of the first deleted Pods of
+// namespace (the probes: the rest went when calibrate cleaned up).
+func rulesServiceOut(t *testing.T, events <-chan timeline.Event, namespace string, first int) map[string][]time.Duration {
+	t.Helper()
+	seen := map[string]time.Time{}
+	var outs []timeline.Event
+	for {
+		select {
+		case e := <-events:
+			if e.Namespace != namespace {
+				continue
+			}
+			switch e.Type {
+			case timeline.EventDeletionSeen:
+				if _, ok := seen[e.UID]; !ok && len(seen) < first {
+					seen[e.UID] = e.Time
+				}
+			case timeline.EventServiceOut:
+				outs = append(outs, e)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	byNode := map[string][]time.Duration{}
+	for _, e := range outs {
+		if at, ok := seen[e.UID]; ok && e.Time.After(at) {
+			byNode[e.Node] = append(byNode[e.Node], e.Time.Sub(at))
+		}
+	}
+	return byNode
+}
