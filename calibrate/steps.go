@@ -172,6 +172,10 @@ func (c *calibration) installProbes(ctx context.Context) error {
 		return err
 	}
 	if _, err := experiment.InstallCowweb(ctx, helm, c.cfg.Namespace, charts.CowwebValues(app)); err != nil {
+		// A failed install may have made some of its objects: the step's cleanup runs only after success.
+		if undoErr := experiment.UninstallOwnRelease(helm, c.cfg.Namespace, c.cfg.Logger); undoErr != nil {
+			c.cfg.Logger.Warn("remove the failed probe release", "err", undoErr)
+		}
 		return err
 	}
 	pods, err := c.probePods(ctx)
