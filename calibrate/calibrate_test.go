@@ -48,7 +48,9 @@ func TestCalibrationMeasuresWhatEachNodesRulesDo(t *testing.T) {
 	defer unsubscribe()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	cfg := Config{Name: "lab-a", Client: l.Client, Deletions: 2, Hold: 15 * time.Second, Logger: logger,
-		Helm: func(ns string) (*action.Configuration, error) { return experiment.HelmConfiguration(l.Kubeconfig, "", ns, logger) }}
+		Helm: func(ns string) (*action.Configuration, error) {
+			return experiment.HelmConfiguration(l.Kubeconfig, "", ns, logger)
+		}}
 	profile, err := Run(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,9 @@ func TestCalibrationWithLeastPrivilegeAndWithout(t *testing.T) {
 				t.Fatal(err)
 			}
 			profile, err := Run(ctx, Config{Name: "lab", Client: client, Deletions: 1, Hold: 10 * time.Second, Logger: logger,
-				Helm: func(ns string) (*action.Configuration, error) { return experiment.HelmConfiguration(kubeconfig, "", ns, logger) }})
+				Helm: func(ns string) (*action.Configuration, error) {
+					return experiment.HelmConfiguration(kubeconfig, "", ns, logger)
+				}})
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatal(err)
