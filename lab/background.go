@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +60,18 @@ func makeBackground(ctx context.Context, config *rest.Config, b Background, cidr
 	if err != nil {
 		return 0, err
 	}
+	// What a restarted lab already has (same Services, same addresses) is left as it is.
+	upToDate := map[string]bool{}
+	if existing != nil && len(existing.Items) > 0 {
+		have, err := client.DiscoveryV1().EndpointSlices(BackgroundNamespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range have.Items {
+			i, err := strconv.Atoi(strings.TrimPrefix(s.Name, "bg-"))
+			upToDate[s.Name] = err == nil && slices.Equal(endpointAddresses(s.Endpoints), backgroundEndpoints(i, b.EndpointsPerService, addresses))
+		}
+	}
 	jobs := make(chan int)
 	errs := make(chan error, backgroundWorkers)
 	var wg sync.WaitGroup
@@ -66,6 +80,9 @@ func makeBackground(ctx context.Context, config *rest.Config, b Background, cidr
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
+				if upToDate[backgroundName(i)] {
+					continue
+				}
 				if err := ensureBackgroundService(ctx, client, i, b.EndpointsPerService, addresses); err != nil {
 					errs <- err
 					return
@@ -132,7 +149,7 @@ func backgroundAddresses(cidr string) ([]string, error) {
 
 // ensureBackgroundService makes Service i and its EndpointSlice, or updates the slice of one already there.
 func ensureBackgroundService(ctx context.Context, client kubernetes.Interface, i, endpoints int, addresses []string) error {
-	name := fmt.Sprintf("bg-%05d", i)
+	name := backgroundName(i)
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: BackgroundNamespace, Labels: map[string]string{backgroundIndexLabel: strconv.Itoa(i)}},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
@@ -151,8 +168,8 @@ func ensureBackgroundService(ctx context.Context, client kubernetes.Interface, i
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
 	}
-	for e := range endpoints {
-		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{addresses[(i*endpoints+e)%len(addresses)]},
+	for _, address := range backgroundEndpoints(i, endpoints, addresses) {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{address},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
 	}
 	slices := client.DiscoveryV1().EndpointSlices(BackgroundNamespace)
@@ -165,4 +182,23 @@ func ensureBackgroundService(ctx context.Context, client kubernetes.Interface, i
 		}
 	}
 	return err
+}
+
+func backgroundName(i int) string { return fmt.Sprintf("bg-%05d", i) }
+
+// backgroundEndpoints are Service i's endpoint addresses: the range's addresses in turn, shared among Services.
+func backgroundEndpoints(i, endpoints int, addresses []string) []string {
+	out := make([]string, endpoints)
+	for e := range out {
+		out[e] = addresses[(i*endpoints+e)%len(addresses)]
+	}
+	return out
+}
+
+func endpointAddresses(endpoints []discoveryv1.Endpoint) []string {
+	var out []string
+	for _, e := range endpoints {
+		out = append(out, e.Addresses...)
+	}
+	return out
 }

@@ -168,7 +168,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	l.Proxies, err = kubeproxy.Start(ctx, kubeproxy.Options{Network: l.Network, Nodes: l.Agent.Nodes, Argv: opts.KubeProxyCommand,
 		Kubeconfig: l.KubeProxyKubeconfig, ClusterCIDR: l.Network.ClusterCIDR(), Dir: filepath.Join(opts.Dir, "kube-proxy"),
-		Config: opts.KubeProxy, Client: l.Client, Recorder: l.Agent.Events, Logger: opts.Logger.With("component", "kube-proxy")})
+		Config: opts.KubeProxy, Client: l.Client, Recorder: l.Agent.Events, Unwatched: []string{BackgroundNamespace}, Logger: opts.Logger.With("component", "kube-proxy")})
 	if err != nil {
 		return l, err
 	}

@@ -84,7 +84,10 @@ type Options struct {
 	Config   Config
 	Client   kubernetes.Interface
 	Recorder *timeline.Recorder
-	Logger   *slog.Logger
+	// Unwatched are namespaces whose Services' rules the watch does not read (a lab's background: they never
+	// change, and with thousands of them reading them all after every sync would load the node it measures).
+	Unwatched []string
+	Logger    *slog.Logger
 }
 
 // Proxies are the nodes' running kube-proxies and what the lab reads of their rules.
@@ -230,7 +233,7 @@ func (p *Proxies) startNode(name string) (*nodeProxy, error) {
 		return nil, err
 	}
 	// The rules are watched before kube-proxy writes them, so its first sync is seen too.
-	if n.rules, err = startRuleWatch(ns, p.opts.Config.Mode, func(at time.Time, gone []string) { p.servicedOut(n, at, gone) }, p.opts.Logger); err != nil {
+	if n.rules, err = startRuleWatch(ns, p.opts.Config.Mode, p.opts.Unwatched, func(at time.Time, gone []string) { p.servicedOut(n, at, gone) }, p.opts.Logger); err != nil {
 		return n, fmt.Errorf("node %s: %w", name, err)
 	}
 	if n.conntrack, err = openConntrack(ns); err != nil {

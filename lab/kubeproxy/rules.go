@@ -24,6 +24,7 @@ import (
 // with the previous list. An address that left is a service-out on that node, timed at the burst's first commit.
 type ruleWatch struct {
 	ns, mode string
+	skip     []string // namespaces whose Services' chains are not read
 	socket   *nl.NetlinkSocket
 	stopped  atomic.Bool
 	logger   *slog.Logger
@@ -38,8 +39,8 @@ type ruleWatch struct {
 // transaction prints its lines within microseconds; the event keeps the burst's first time.
 const settle = 5 * time.Millisecond
 
-func startRuleWatch(ns, mode string, onGone func(time.Time, []string), logger *slog.Logger) (*ruleWatch, error) {
-	w := &ruleWatch{ns: ns, mode: mode, logger: logger, onGone: onGone, current: map[string]bool{}, done: make(chan struct{})}
+func startRuleWatch(ns, mode string, skip []string, onGone func(time.Time, []string), logger *slog.Logger) (*ruleWatch, error) {
+	w := &ruleWatch{ns: ns, mode: mode, skip: skip, logger: logger, onGone: onGone, current: map[string]bool{}, done: make(chan struct{})}
 	if mode == ModeIPTables {
 		out, err := exec.Command("iptables", "-V").CombinedOutput()
 		if err != nil {
@@ -148,8 +149,8 @@ func (w *ruleWatch) routed() map[string]bool {
 	return w.current
 }
 
-// list reads the node's rules as the mode writes them: nft for nftables mode; iptables-save for iptables mode, since
-// iptables-nft's DNAT is an xtables target that nft cannot print.
+// list reads the node's rules as the mode writes them: netlink for nftables mode; iptables-save for iptables mode,
+// since iptables-nft's DNAT is an xtables target that nft cannot print.
 func (w *ruleWatch) list() (map[string]bool, error) {
 	if w.mode == ModeIPTables {
 		out, err := exec.Command("ip", "netns", "exec", w.ns, "iptables-save", "-t", "nat").Output()
@@ -158,11 +159,7 @@ func (w *ruleWatch) list() (map[string]bool, error) {
 		}
 		return routedAddressesIPTables(out), nil
 	}
-	out, err := exec.Command("ip", "netns", "exec", w.ns, "nft", "list", "ruleset").Output()
-	if err != nil {
-		return nil, fmt.Errorf("nft list ruleset: %w", err)
-	}
-	return routedAddresses(out), nil
+	return routedNFTables(w.ns, w.skip)
 }
 
 var (
@@ -204,56 +201,6 @@ func (w *ruleWatch) stop() {
 	}
 	<-w.done
 	w.socket.Close()
-}
-
-var (
-	chainLine = regexp.MustCompile(`^\s*chain (\S+) \{`)
-	dnatTo    = regexp.MustCompile(`\bdnat (?:ip )?to ([0-9.]+):\d+`)
-	// mapped is an address in a DNAT map's element ("0 : 198.19.240.2 . 8080") or a DNAT of one ("to 10.1.2.3 . 80").
-	mapped = regexp.MustCompile(`([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+) \. [0-9]+`)
-	jumpTo = regexp.MustCompile(`\b(?:goto|jump) (\S+?)[\s,}]`)
-)
-
-// routedAddresses reads `nft list ruleset` of nftables mode. A Service chain ("service-…", "external-…") either
-// DNATs to its endpoints itself (a numgen map of address . port) or jumps to endpoint chains that each DNAT to one
-// Pod address ("endpoint-…", with session affinity). An address is routed when some Service chain reaches it.
-func routedAddresses(ruleset []byte) map[string]bool {
-	endpoint := map[string]string{} // chain → address
-	refs := map[string][]string{}   // Service chain → chains it jumps to
-	direct := map[string]bool{}     // addresses a Service chain DNATs to itself
-	chain := ""
-	for _, line := range strings.Split(string(ruleset), "\n") {
-		if m := chainLine.FindStringSubmatch(line); m != nil {
-			chain = m[1]
-			continue
-		}
-		if chain == "" {
-			continue
-		}
-		if m := dnatTo.FindStringSubmatch(line); m != nil {
-			endpoint[chain] = m[1]
-		}
-		if serviceChain(chain) {
-			// nftables mode (v1.37) DNATs in the Service chain itself: dnat ip to numgen random mod N map {…}.
-			if _, after, ok := strings.Cut(line, "dnat "); ok {
-				for _, m := range mapped.FindAllStringSubmatch(after, -1) {
-					direct[m[1]] = true
-				}
-			}
-			for _, m := range jumpTo.FindAllStringSubmatch(line+" ", -1) {
-				refs[chain] = append(refs[chain], m[1])
-			}
-		}
-	}
-	routed := direct
-	for _, targets := range refs {
-		for _, t := range targets {
-			if ip, ok := endpoint[t]; ok {
-				routed[ip] = true
-			}
-		}
-	}
-	return routed
 }
 
 func serviceChain(name string) bool {

@@ -1,13 +1,28 @@
 package kubeproxy
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/rollout-lab/rollout-lab/internal/testenv"
 )
 
-// The addresses a node's Service chains send new connections to, as kube-proxy v1.37 writes them in each mode.
+// The addresses a node's Service chains send new connections to, as kube-proxy v1.37 writes them in each mode:
+// nftables mode's read from the kernel over netlink (the ruleset loaded into a namespace of its own), iptables
+// mode's from iptables-save. Chains of namespaces left out (a lab's background) are not read.
 func TestRoutedAddressesReadBothModes(t *testing.T) {
+	testenv.RequireRoot(t)
 	nftables := `table ip kube-proxy {
+	chain mark-for-masquerade {
+		meta mark set meta mark | 0x00004000
+	}
+	chain service-BGBGBGBG-lab-background/bg-00001/tcp/http {
+		meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 198.19.99.1 . 8080 }
+	}
 	chain service-PFISGYVC-default/web/tcp/ {
 		ip daddr 10.96.192.144 tcp dport 80 ip saddr != 198.19.240.0/20 jump mark-for-masquerade
 		meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 198.19.240.2 . 8080, 1 : 198.19.241.2 . 8080 }
@@ -26,10 +41,23 @@ func TestRoutedAddressesReadBothModes(t *testing.T) {
 		meta l4proto tcp dnat to 198.19.240.9:8080
 	}
 }`
-	got := routedAddresses([]byte(nftables))
+	ns := fmt.Sprintf("rlab-test-rules-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	load := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	load.Stdin = strings.NewReader(nftables)
+	if out, err := load.CombinedOutput(); err != nil {
+		t.Fatalf("nft -f: %v: %s", err, out)
+	}
+	got, err := routedNFTables(ns, []string{"lab-background"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]bool{"198.19.240.2": true, "198.19.241.2": true, "198.19.242.7": true}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("nftables mode: got %v, want %v (an endpoint chain no Service chain reaches is not routed)", got, want)
+		t.Errorf("nftables mode: got %v, want %v (an endpoint chain no Service chain reaches is not routed, the background is not read)", got, want)
 	}
 	// iptables-save -t nat of kube-proxy v1.37's iptables mode (iptables-nft 1.8.9), trimmed.
 	iptables := `*nat
