@@ -8,8 +8,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // nftablesTable is the table kube-proxy's nftables mode writes (pkg/proxy/nftables: kubeProxyTable).
