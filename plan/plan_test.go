@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -252,5 +253,28 @@ func TestPlanJSONUsesTheYAMLNames(t *testing.T) {
 	var old Lab
 	if err := json.Unmarshal([]byte(`{"nodes": 3, "nodeCPU": 0, "reservedCPU": 500}`), &old); err != nil || old.ReservedCPU != 500 {
 		t.Errorf("an older run.json's lab: %v %+v", err, old)
+	}
+}
+
+// A scenario plan plays another cluster under a scaled plan: every case is the scaled plan's, only the lab's
+// kube-proxy (and the repeats) differ.
+func TestScenarioPlansDifferFromTheirScaledPlanOnlyInTheCluster(t *testing.T) {
+	for _, scenario := range []string{"k118", "gke"} {
+		for _, base := range []string{"l640-rep2-rps50", "l1024-rep2-rps25"} {
+			s, err := LoadFile("../plans/" + base + "-" + scenario + ".yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := LoadFile("../plans/" + base + ".yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(s.Cases, b.Cases) || s.Lab.Nodes != b.Lab.Nodes || s.Lab.Background != b.Lab.Background {
+				t.Errorf("%s-%s differs from %s beyond the cluster", base, scenario, base)
+			}
+			if s.Lab.KubeProxy.Mode != "iptables" || s.Repeats != 3 {
+				t.Errorf("%s-%s: kube-proxy %+v, %d repeats", base, scenario, s.Lab.KubeProxy, s.Repeats)
+			}
+		}
 	}
 }
