@@ -10,7 +10,9 @@
 //  5. `runner apply plans/quick.yaml`: wall time minus the load time of its stages, per case;
 //  7. the lab's load path: the highest per-user connection rate and the machine's CPU per connection through the
 //     tcp balancer → a node's NodePort → kube-proxy's DNAT → a Pod, against user-space relays on the same hosts
-//     (balancer → node → Pod: the path the lab had before it ran kube-proxy), in one run.
+//     (balancer → node → Pod: the path the lab had before it ran kube-proxy), in one run;
+//  8. the lab's service-out, as runner calibrate measures a cluster's, against the background's size (0 to 10 000
+//     other Services) in both kube-proxy modes.
 package main
 
 import (
@@ -58,7 +60,7 @@ func main() {
 	vegeta := flag.String("vegeta", "vegeta", "the vegeta binary (v12.13.0)")
 	step := flag.Duration("step", 3*time.Second, "length of each rate step")
 	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
-	only := flag.Int("only", 0, "run one section alone: 2 (rates against vegeta), 4 (the lab's cost curve), 5 (the apply overhead), 6 (report times); 0 runs all")
+	only := flag.Int("only", 0, "run one section alone: 2 (rates against vegeta), 4 (the lab's cost curve), 5 (the apply overhead), 6 (report times), 7 (load paths), 8 (service-out against background size); 0 runs all")
 	reports := flag.String("reports", "", "comma-separated results directories whose `runner report` section 6 times")
 	flag.Parse()
 	var reportDirs []string
@@ -81,9 +83,11 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 		return reportTimes(runner, reportDirs)
 	case 7:
 		return loadPaths(runner, cowweb, step)
+	case 8:
+		return serviceOutBySize(runner, cowweb, backgroundSizes)
 	case 0, 2:
 	default:
-		return fmt.Errorf("-only %d: sections 2, 4, 5, 6 and 7 run alone", only)
+		return fmt.Errorf("-only %d: sections 2, 4, 5, 6, 7 and 8 run alone", only)
 	}
 	if only == 0 {
 		fmt.Println("== 1. planned vs sent (ramp 1→200/s over 5 s, hold 5 s, ramp 200→1/s over 5 s)")
@@ -125,6 +129,10 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 	}
 	fmt.Println("\n== 7. the lab's load path, a connection per request: kernel (balancer → NodePort → kube-proxy DNAT → Pod) vs user space (balancer relay → node relay → Pod)")
 	if err := loadPaths(runner, cowweb, step); err != nil {
+		return err
+	}
+	fmt.Println("\n== 8. service-out (runner calibrate's measurement) against the cluster's size: 0 to 10 000 background Services, both kube-proxy modes")
+	if err := serviceOutBySize(runner, cowweb, backgroundSizes); err != nil {
 		return err
 	}
 	if len(reportDirs) > 0 {
