@@ -66,7 +66,9 @@ func serviceOutAt(runner, cowwebPath, dir, mode string, size int) error {
 	defer l.Down()
 	quiet := slog.New(slog.DiscardHandler)
 	profile, err := calibrate.Run(ctx, calibrate.Config{Name: "bench", Client: l.Client, Deletions: 4, Hold: 30 * time.Second, Logger: quiet,
-		Helm: func(ns string) (*action.Configuration, error) { return experiment.HelmConfiguration(l.Kubeconfig, "", ns, quiet) }})
+		Helm: func(ns string) (*action.Configuration, error) {
+			return experiment.HelmConfiguration(l.Kubeconfig, "", ns, quiet)
+		}})
 	if err != nil {
 		return err
 	}
