@@ -42,3 +42,37 @@ contexts: [{name: gone, context: {cluster: gone, user: me}}]
 		}
 	}
 }
+
+// lab up --plan starts the lab a plan's lab section describes, or says why not before starting anything.
+func TestLabUpWithAPlanRefusesWhatItCannotPlay(t *testing.T) {
+	dir := t.TempDir()
+	profile := filepath.Join(dir, "prod.yaml")
+	if err := os.WriteFile(profile, []byte("kind: ClusterProfile\nname: prod\nkubeProxy: {mode: iptables, minSyncPeriod: 10s, syncPeriod: 1m, sourc: x}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	cluster := filepath.Join(dir, "cluster.yaml")
+	for file, text := range map[string]string{
+		good:    "name: good\nlab: {nodes: 2}\nload: {rate: 1, duration: 1s}\n",
+		bad:     "name: bad\nlab: {nodes: 2, profile: prod.yaml}\nload: {rate: 1, duration: 1s}\n",
+		cluster: "name: c\ntarget: {kind: kubernetes, context: x}\nload: {rate: 1, duration: 1s, url: 'http://127.0.0.1:1'}\n",
+	} {
+		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lab", "up", "--dir", dir, "--plan", good, "--nodes", "3"}, "--nodes: with --plan the plan's lab section sets the lab; leave --nodes out"},
+		{[]string{"lab", "up", "--dir", dir, "--plan", bad}, profile + `:3:65: kubeProxy.sourc: unknown field "sourc"`},
+		{[]string{"lab", "up", "--dir", dir, "--plan", cluster}, "target.kind is kubernetes; lab up starts the lab of a plan with target kind lab"},
+	} {
+		code, _, errOut := run(t, c.args...)
+		if code != ExitError || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, want %q:\n%s", c.args, code, c.want, errOut)
+		}
+	}
+}
