@@ -3,6 +3,8 @@ package calibrate
 import (
 	"context"
 	"log/slog"
+	"net"
+	"strconv"
 	"os"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"helm.sh/helm/v3/pkg/action"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/rollout-lab/rollout-lab/embedprom"
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab"
@@ -47,7 +50,24 @@ func TestCalibrationMeasuresWhatEachNodesRulesDo(t *testing.T) {
 	events, unsubscribe := l.Agent.Events.Subscribe(100000)
 	defer unsubscribe()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	cfg := Config{Name: "lab-a", Client: l.Client, Deletions: 2, Hold: 15 * time.Second, Logger: logger,
+	// A Prometheus that scrapes the nodes' kube-proxies, as --prometheus-url gives one on a cluster.
+	prom, err := embedprom.Start(embedprom.Options{Dir: t.TempDir(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prom.Close()
+	var targets []embedprom.Target
+	for _, n := range l.Proxies.Nodes() {
+		targets = append(targets, embedprom.Target{Address: net.JoinHostPort(n.IP.String(), strconv.Itoa(kubeproxy.MetricsPort)), Labels: map[string]string{"node": n.Name}})
+	}
+	if err := prom.SetTargets("kube-proxy", targets); err != nil {
+		t.Fatal(err)
+	}
+	api, err := prom.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Name: "lab-a", Client: l.Client, Deletions: 2, Hold: 15 * time.Second, Logger: logger, Prometheus: api,
 		Helm: func(ns string) (*action.Configuration, error) {
 			return experiment.HelmConfiguration(l.Kubeconfig, "", ns, logger)
 		}}
@@ -61,6 +81,13 @@ func TestCalibrationMeasuresWhatEachNodesRulesDo(t *testing.T) {
 	}
 	if k := profile.KubeProxy; k.Mode != "nftables" || k.MinSyncPeriod.D() != 2*time.Second || k.SyncPeriod.D() != 30*time.Second || k.Source != "ConfigMap kube-system/kube-proxy" {
 		t.Errorf("kube-proxy %+v", k)
+	}
+	// kube-proxy's own histogram over the calibration: the probes' changes, the Services' and the Pods' comings
+	// and goings, each at most one minSyncPeriod and a sync late.
+	if pr := profile.KubeProxy.Programming; pr == nil || pr.Samples < 2 || pr.P50 <= 0 || pr.P99.D() > 10*time.Second {
+		t.Errorf("kube-proxy's programming latency %+v", pr)
+	} else {
+		t.Logf("kube-proxy's programming latency: %+v", *pr)
 	}
 	if got := profile.Background(); got.Services != 40 || got.EndpointsPerService != 3 {
 		t.Errorf("the profile's background %+v, want the lab's 40 × 3", got)

@@ -12,11 +12,9 @@ import (
 	"helm.sh/helm/v3/pkg/action"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/experiment"
@@ -114,41 +112,7 @@ func grant(t *testing.T, l *lab.Lab, user string, roles []string, file string) s
 	for _, r := range roles {
 		want[r] = true
 	}
-	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("deploy/rbac/calibrate.yaml: %v", err)
-		}
-		switch o := obj.(type) {
-		case *rbacv1.Role:
-			if !want[o.Name] {
-				continue
-			}
-			if _, err := l.Client.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-				t.Fatal(err)
-			}
-			binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name + "-" + user}, Subjects: subjects,
-				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: o.Name}}
-			if _, err := l.Client.RbacV1().RoleBindings(o.Namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case *rbacv1.ClusterRole:
-			if !want[o.Name] {
-				continue
-			}
-			if _, err := l.Client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-				t.Fatal(err)
-			}
-			binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name + "-" + user}, Subjects: subjects,
-				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: o.Name}}
-			if _, err := l.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		default:
-			t.Fatalf("deploy/rbac/calibrate.yaml: unexpected %T", obj)
-		}
-	}
+	testenv.BindRBAC(t, l.Client, "deploy/rbac/calibrate.yaml", data, "", user, func(name string) bool { return want[name] })
 	// The authorizer learns new bindings a moment after they are made: wait until the user may list Nodes.
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
@@ -158,15 +122,5 @@ func grant(t *testing.T, l *lab.Lab, user string, roles []string, file string) s
 	}); err != nil {
 		t.Fatalf("%s may not list Nodes: %v", user, err)
 	}
-	config, err := clientcmd.LoadFromFile(l.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, auth := range config.AuthInfos {
-		auth.Impersonate = user
-	}
-	if err := clientcmd.WriteToFile(*config, file); err != nil {
-		t.Fatal(err)
-	}
-	return file
+	return testenv.Impersonating(t, l.Kubeconfig, user, file)
 }

@@ -13,12 +13,9 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/internal/testenv"
@@ -154,45 +151,8 @@ func grantRunnerRole(t *testing.T, cluster *lab.Lab, namespace, file string) str
 		t.Fatalf("deploy/rbac/runner.yaml: the ClusterRole's %q line the README's sed edits is not there once", placeholder)
 	}
 	data = []byte(strings.Replace(string(data), placeholder, "    resourceNames: ["+namespace+"]\n", 1))
-	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("deploy/rbac/runner.yaml: %v", err)
-		}
-		switch o := obj.(type) {
-		case *rbacv1.Role:
-			if _, err := cluster.Client.RbacV1().Roles(namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Subjects: subjects,
-				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: o.Name}}
-			if _, err := cluster.Client.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case *rbacv1.ClusterRole:
-			if _, err := cluster.Client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Subjects: subjects,
-				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: o.Name}}
-			if _, err := cluster.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		default:
-			t.Fatalf("deploy/rbac/runner.yaml: unexpected %T", obj)
-		}
-	}
-	config, err := clientcmd.LoadFromFile(cluster.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, auth := range config.AuthInfos {
-		auth.Impersonate = user
-	}
-	if err := clientcmd.WriteToFile(*config, file); err != nil {
-		t.Fatal(err)
-	}
+	testenv.BindRBAC(t, cluster.Client, "deploy/rbac/runner.yaml", data, namespace, user, func(string) bool { return true })
+	file = testenv.Impersonating(t, cluster.Kubeconfig, user, file)
 	// Without the Role the same user may do nothing there: the grant is what lets the run pass.
 	review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
 		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "default", Verb: "create", Group: "apps", Resource: "deployments"}}}
