@@ -57,7 +57,8 @@ The least privilege it needs: deploy/rbac/calibrate.yaml.`,
 	fl.DurationVar(&f.hold, "hold", 30*time.Second, "a deleted probe's preStop sleep: the longest service-out that can be measured")
 	fl.DurationVar(&f.margin, "margin", 2*time.Second, "added to the longest service-out for the recommended preStop sleep")
 	fl.BoolVar(&f.yes, "yes", false, "do not ask before installing the probes")
-	f.prom.register(cmd)
+	fl.StringVar(&f.prom.url, "prometheus-url", "", "a Prometheus that scrapes the cluster's kube-proxies: their own programming latency goes into the profile")
+	fl.StringVar(&f.prom.tokenFile, "prometheus-token-file", "", "file holding a bearer token for --prometheus-url")
 	return cmd
 }
 
