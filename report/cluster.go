@@ -7,7 +7,8 @@ import (
 )
 
 // clusterSentence names the cluster a lab run played: the profile (with what it measured on its cluster and the
-// preStop sleep that asks for, beside the lab's own measurement in the service-out sentence), or the lab's defaults.
+// preStop sleep that asks for, beside the lab's own measurement in the service-out sentence), or the plan's lab
+// section and the lab's defaults.
 func clusterSentence(c *analysis.PlayedCluster, lang string) string {
 	kp, bg := c.KubeProxy, c.Background
 	if p := c.Profile; p != nil {
@@ -22,9 +23,9 @@ func clusterSentence(c *analysis.PlayedCluster, lang string) string {
 			bg.Services, bg.EndpointsPerService, out.All.P50, out.All.P90, out.All.P99, out.All.Max, out.Deletions, out.All.Samples, out.Recommend.PreStopSleep, out.Recommend.Margin)
 	}
 	if lang == "ja" {
-		return fmt.Sprintf("ラボが演じたクラスター: ラボの既定値 (クラスタープロファイルなし): kube-proxy %s モード、minSyncPeriod %s、syncPeriod %s、背景の Service %d 個 × エンドポイント %d。",
+		return fmt.Sprintf("ラボが演じたクラスター: クラスタープロファイルなし (計画の lab 設定とラボの既定値): kube-proxy %s モード、minSyncPeriod %s、syncPeriod %s、背景の Service %d 個 × エンドポイント %d。",
 			kp.Mode, kp.MinSyncPeriod, kp.SyncPeriod, bg.Services, bg.EndpointsPerService)
 	}
-	return fmt.Sprintf("Cluster played: lab defaults (no cluster profile): kube-proxy %s mode, minSyncPeriod %s, syncPeriod %s, background %d Services × %d endpoints.",
+	return fmt.Sprintf("Cluster played: no cluster profile (the plan's lab section and the lab defaults): kube-proxy %s mode, minSyncPeriod %s, syncPeriod %s, background %d Services × %d endpoints.",
 		kp.Mode, kp.MinSyncPeriod, kp.SyncPeriod, bg.Services, bg.EndpointsPerService)
 }

@@ -29,7 +29,7 @@ func TestReportNamesTheClusterItPlayed(t *testing.T) {
 		{&analysis.PlayedCluster{Profile: prof, KubeProxy: kp, Background: plan.Background{Services: 2000, EndpointsPerService: 3}}, "ja",
 			[]string{`ラボが演じたクラスター: プロファイル "prod"`, "背景の Service 2000 個 × エンドポイント 3", "推奨 preStop sleep 13s"}},
 		{&analysis.PlayedCluster{KubeProxy: plan.KubeProxy{Mode: "nftables", MinSyncPeriod: plan.Duration(time.Second), SyncPeriod: plan.Duration(30 * time.Second)}, Background: plan.Background{EndpointsPerService: 1}}, "en",
-			[]string{"Cluster played: lab defaults (no cluster profile): kube-proxy nftables mode, minSyncPeriod 1s, syncPeriod 30s, background 0 Services × 1 endpoints."}},
+			[]string{"Cluster played: no cluster profile (the plan's lab section and the lab defaults): kube-proxy nftables mode, minSyncPeriod 1s, syncPeriod 30s, background 0 Services × 1 endpoints."}},
 	} {
 		rep := fixtureReport()
 		rep.Cluster = c.cluster
