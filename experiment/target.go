@@ -121,11 +121,11 @@ func (t *labTarget) Provenance() map[string]string {
 		"loadBalancer": t.lab.Balancers.Mode(),
 		"cpuModel":     t.lab.CPU.String(), "cpuModelJa": t.lab.CPU.StringJa(), "nodeCPU": cgroups.FormatMilliCPU(t.lab.CPU.NodeMilli), "cgroup": t.lab.CPU.Cgroup,
 		"background": fmt.Sprintf("%d Services × %d endpoints", t.lab.Background.Services, t.lab.Background.EndpointsPerService),
-		"profile":    ProfileProvenance(t.profile)}
+		"profile":    profileProvenance(t.profile)}
 }
 
-// ProfileProvenance names the cluster profile a lab played, or says it played the plan's own lab settings.
-func ProfileProvenance(p *plan.Profile) string {
+// profileProvenance names the cluster profile a lab played, or says it played the plan's own lab settings.
+func profileProvenance(p *plan.Profile) string {
 	if p == nil {
 		return "none: lab defaults and the plan's lab section"
 	}
