@@ -140,6 +140,13 @@ func readKubeProxy(ctx context.Context, c *calibration) plan.FoundKubeProxy {
 	if len(parsed.Defaulted) > 0 {
 		source += fmt.Sprintf(" (kube-proxy's defaults for %s)", strings.Join(parsed.Defaulted, ", "))
 	}
+	// "minSyncPeriod: 0s" is what kubeadm wrote for years; kube-proxy from 1.19 on runs it as 1 s.
+	if parsed.MinSyncPeriod == 0 {
+		if d, ok := kubeproxy.ZeroMinSyncPeriod(c.profile.Cluster.Version); ok && d > 0 {
+			parsed.MinSyncPeriod = d
+			source += fmt.Sprintf("; minSyncPeriod 0s, which kube-proxy %s runs as %s", c.profile.Cluster.Version, d)
+		}
+	}
 	return found(parsed.Config, source)
 }
 

@@ -197,12 +197,13 @@ func TestMinSyncPeriodDelaysServiceOutAndEstablishedConnectionsStay(t *testing.T
 }
 
 // kube-proxy's iptables mode (the article's Kubernetes 1.18 default) runs too: a Service answers from every node,
-// and a deleted Pod's service-out is read from each node's iptables rules.
+// and a deleted Pod's service-out is read from each node's iptables rules. minSyncPeriod 0 is 1.18's "sync at every
+// change", not the 1 s kube-proxy v1.37 would default a written 0 to: each node lets go well within a second.
 func TestIPTablesModeRoutesAndMeasuresServiceOut(t *testing.T) {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
 	l, err := Up(ctx, Options{Dir: t.TempDir(), Nodes: 2, Cowweb: []string{cowwebBinary},
-		KubeProxy: kubeproxy.Config{Mode: kubeproxy.ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}})
+		KubeProxy: kubeproxy.Config{Mode: kubeproxy.ModeIPTables, MinSyncPeriod: 0, SyncPeriod: 30 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,16 +245,26 @@ func TestIPTablesModeRoutesAndMeasuresServiceOut(t *testing.T) {
 	if err := l.Client.CoreV1().Pods(ns).Delete(ctx, pods[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	outs := map[string]bool{}
+	outs := map[string]time.Duration{}
+	var deleted time.Time
 	timeout := time.After(20 * time.Second)
 	for len(outs) < 2 {
 		select {
 		case e := <-events:
-			if e.Type == timeline.EventServiceOut && e.UID == string(pods[0].UID) {
-				outs[e.Node] = true
+			if e.Type == timeline.EventDeletionSeen && e.UID == string(pods[0].UID) && deleted.IsZero() {
+				deleted = e.Time
+			}
+			if e.Type == timeline.EventServiceOut && e.UID == string(pods[0].UID) && !deleted.IsZero() {
+				outs[e.Node] = e.Time.Sub(deleted)
 			}
 		case <-timeout:
 			t.Fatalf("service-out of the deleted Pod seen on %v, want both nodes", outs)
+		}
+	}
+	for node, d := range outs {
+		t.Logf("%s let go after %s", node, d)
+		if d > 800*time.Millisecond {
+			t.Errorf("%s let go of the deleted Pod after %s with minSyncPeriod 0: kube-proxy ran a minimum after all", node, d)
 		}
 	}
 }

@@ -3,6 +3,8 @@ package kubeproxy
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,7 +56,8 @@ type Found struct {
 }
 
 // ParseConfiguration reads a KubeProxyConfiguration (the ConfigMap's config.conf) for the mode and the sync
-// periods of that mode; what it leaves out takes kube-proxy's defaults, and says so.
+// periods of that mode; what it leaves out takes kube-proxy's defaults, and says so. A minSyncPeriod of 0 is read
+// as written: what it means depends on the kube-proxy reading it (ZeroMinSyncPeriod).
 func ParseConfiguration(data []byte) (Found, error) {
 	var cfg kubeproxyconfig.KubeProxyConfiguration
 	if err := yaml.Unmarshal(data, &cfg); err != nil {
@@ -86,6 +89,26 @@ func ParseConfiguration(data []byte) (Found, error) {
 		f.Defaulted = append(f.Defaulted, "syncPeriod")
 	}
 	return f, nil
+}
+
+// ZeroMinSyncPeriod is what a minSyncPeriod of 0 in a KubeProxyConfiguration means to kube-proxy of version
+// (v1.18.9, 1.29.3-gke.100 …): no minimum up to 1.18, 1 s from 1.19 on (kubernetes/kubernetes#92836). ok is false
+// when the version cannot be read.
+func ZeroMinSyncPeriod(version string) (d time.Duration, ok bool) {
+	v := strings.TrimPrefix(version, "v")
+	major, rest, found := strings.Cut(v, ".")
+	if !found || major != "1" {
+		return 0, false
+	}
+	minorText, _, _ := strings.Cut(rest, ".")
+	minor, err := strconv.Atoi(minorText)
+	if err != nil {
+		return 0, false
+	}
+	if minor <= 18 {
+		return 0, true
+	}
+	return time.Second, true
 }
 
 // hasField tells whether the configuration's section for mode (iptables or nftables) sets field.

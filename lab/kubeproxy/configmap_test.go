@@ -2,6 +2,7 @@ package kubeproxy
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,7 +30,32 @@ func TestParseConfigurationReadsTheModesPeriods(t *testing.T) {
 			t.Errorf("%s: got %+v, want %+v defaulted %v", c.name, got, c.want, c.wantDefaulted)
 		}
 	}
+	// The lab writes 0 as 1 ns (v1.37 defaults a written 0 to 1 s), and that is what its kube-proxies run.
+	written, err := Configuration(Config{Mode: ModeIPTables, SyncPeriod: 30 * time.Second}, "10.0.0.0/16", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(written), "minSyncPeriod: 1ns") {
+		t.Errorf("a minSyncPeriod of 0 is written as:\n%s", written)
+	}
+	if got, err := ParseConfiguration(written); err != nil || got.MinSyncPeriod != NoMinSyncPeriod {
+		t.Errorf("read back: %+v %v", got, err)
+	}
 	if _, err := ParseConfiguration([]byte("kind: KubeletConfiguration\n")); err == nil {
 		t.Error("a KubeletConfiguration was taken for kube-proxy's")
+	}
+}
+
+// A written minSyncPeriod of 0 meant no minimum up to kube-proxy 1.18 and 1 s from 1.19 on.
+func TestZeroMinSyncPeriodDependsOnTheVersion(t *testing.T) {
+	for _, c := range []struct {
+		version string
+		want    time.Duration
+		ok      bool
+	}{{"v1.18.9", 0, true}, {"v1.19.0", time.Second, true}, {"v1.29.3-gke.100", time.Second, true}, {"v1.37.2", time.Second, true}, {"unknown", 0, false}} {
+		got, ok := ZeroMinSyncPeriod(c.version)
+		if got != c.want || ok != c.ok {
+			t.Errorf("%s: %s %v, want %s %v", c.version, got, ok, c.want, c.ok)
+		}
 	}
 }

@@ -70,6 +70,19 @@ func (c Config) String() string {
 	return fmt.Sprintf("kube-proxy %s mode, minSyncPeriod %s, syncPeriod %s", c.Mode, c.MinSyncPeriod, c.SyncPeriod)
 }
 
+// NoMinSyncPeriod is how the lab writes a minSyncPeriod of 0: kube-proxy v1.37's defaulting turns a zero
+// minSyncPeriod into 1 s (pkg/proxy/apis/config/v1alpha1/defaults.go: a zero cannot be told from a field left out),
+// while 0 meant "sync at every change" up to Kubernetes 1.18 (the 1 s default came with kubernetes/kubernetes#92836).
+// One nanosecond between syncs is that: the sync runner waits it out after each run and takes the next change.
+const NoMinSyncPeriod = time.Nanosecond
+
+func effectiveMinSyncPeriod(d time.Duration) time.Duration {
+	if d == 0 {
+		return NoMinSyncPeriod
+	}
+	return d
+}
+
 // Options start the nodes' kube-proxies.
 type Options struct {
 	Network cni.Network
@@ -194,6 +207,7 @@ func (p *Proxies) kubeProxyConfiguration(node string) ([]byte, error) {
 // Configuration is a KubeProxyConfiguration for c: a node's (node and kubeconfig set), or the cluster's as kubeadm
 // publishes it in the kube-proxy ConfigMap (node empty, kubeconfig the path kube-proxy's DaemonSet mounts).
 func Configuration(c Config, clusterCIDR, kubeconfig, node string) ([]byte, error) {
+	c.MinSyncPeriod = effectiveMinSyncPeriod(c.MinSyncPeriod)
 	cfg := kubeproxyconfig.KubeProxyConfiguration{
 		TypeMeta:         metav1.TypeMeta{APIVersion: "kubeproxy.config.k8s.io/v1alpha1", Kind: "KubeProxyConfiguration"},
 		ClientConnection: componentbaseconfig.ClientConnectionConfiguration{Kubeconfig: kubeconfig},
