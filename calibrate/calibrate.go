@@ -22,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -132,16 +133,9 @@ func thisMachine() plan.Machine {
 	host, _ := os.Hostname()
 	m := plan.Machine{Host: host, CPUs: runtime.NumCPU()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = string(trimNewline(b))
+		m.Kernel = strings.TrimSpace(string(b))
 	}
 	return m
-}
-
-func trimNewline(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 // nodesOf lists the nodes with the address their NodePorts are reached at.

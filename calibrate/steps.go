@@ -122,7 +122,7 @@ func (c *calibration) readCluster(ctx context.Context) error {
 // defaults are taken and the source says why.
 func readKubeProxy(ctx context.Context, c *calibration) plan.FoundKubeProxy {
 	where := fmt.Sprintf("ConfigMap %s/%s", wellknown.KubeProxyConfigMapNamespace, wellknown.KubeProxyConfigMapName)
-	defaults := kubeproxy.Config{Mode: kubeproxy.ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+	defaults := kubeproxy.Defaulted
 	found := func(k kubeproxy.Config, source string) plan.FoundKubeProxy {
 		return plan.FoundKubeProxy{Mode: k.Mode, MinSyncPeriod: plan.Duration(k.MinSyncPeriod), SyncPeriod: plan.Duration(k.SyncPeriod), Source: source}
 	}

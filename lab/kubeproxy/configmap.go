@@ -44,9 +44,9 @@ func Publish(ctx context.Context, client kubernetes.Interface, c Config, cluster
 	return nil
 }
 
-// Defaults kube-proxy v1.37 applies to what a KubeProxyConfiguration leaves out on Linux
+// Defaulted is what kube-proxy v1.37 runs with for what a KubeProxyConfiguration leaves out on Linux
 // (pkg/proxy/apis/config/v1alpha1/defaults.go, and mode "" is iptables).
-var defaulted = Config{Mode: ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+var Defaulted = Config{Mode: ModeIPTables, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
 
 // Found is a cluster's kube-proxy configuration as read, and what was defaulted because the file left it out.
 type Found struct {
@@ -68,7 +68,7 @@ func ParseConfiguration(data []byte) (Found, error) {
 	}
 	f := Found{Config: Config{Mode: string(cfg.Mode)}}
 	if f.Mode == "" {
-		f.Mode = defaulted.Mode
+		f.Mode = Defaulted.Mode
 		f.Defaulted = append(f.Defaulted, "mode")
 	}
 	periods := cfg.IPTables
@@ -80,12 +80,12 @@ func ParseConfiguration(data []byte) (Found, error) {
 	// a zero minSyncPeriod only when the field is absent, which the typed struct cannot tell from 0s.
 	f.MinSyncPeriod = periods.MinSyncPeriod.Duration
 	if !hasField(data, f.Mode, "minSyncPeriod") {
-		f.MinSyncPeriod = defaulted.MinSyncPeriod
+		f.MinSyncPeriod = Defaulted.MinSyncPeriod
 		f.Defaulted = append(f.Defaulted, "minSyncPeriod")
 	}
 	f.SyncPeriod = periods.SyncPeriod.Duration
 	if f.SyncPeriod == 0 {
-		f.SyncPeriod = defaulted.SyncPeriod
+		f.SyncPeriod = Defaulted.SyncPeriod
 		f.Defaulted = append(f.Defaulted, "syncPeriod")
 	}
 	return f, nil
