@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,6 +59,15 @@ type Config struct {
 	Margin time.Duration
 	// AddressType is the node address the NodePorts are reached at; default InternalIP.
 	AddressType corev1.NodeAddressType
+	// LoadURL, when set, is where the probes are reached instead of every node's NodePort (http or https, no
+	// path): the load balancer, Ingress or node address a cluster's clients come through, leading to the Service
+	// LoadServiceName in Namespace. Through one URL the nodes behind it are not told apart: its service-out is the
+	// last time any of its connections reached the deleted probe.
+	LoadURL string
+	// LoadServiceType is that Service's type: LoadBalancer (default; the URL's host, when an address, is its
+	// spec.loadBalancerIP, as a reserved static address), NodePort (the URL's port is its nodePort, for a load
+	// balancer of one's own in front of the nodes) or ClusterIP (an Ingress of one's own routes to it).
+	LoadServiceType corev1.ServiceType
 	// Prometheus, when set, gives kube-proxy's own programming latency over the calibration.
 	Prometheus promv1.API
 	// Image overrides the chart's image (the lab plays the chart's default).
@@ -89,6 +100,9 @@ func (c *Config) defaults() {
 	if c.AddressType == "" {
 		c.AddressType = corev1.NodeInternalIP
 	}
+	if c.LoadURL != "" && c.LoadServiceType == "" {
+		c.LoadServiceType = corev1.ServiceTypeLoadBalancer
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -103,6 +117,13 @@ func Run(ctx context.Context, cfg Config) (*plan.Profile, error) {
 		return nil, fmt.Errorf("deletions: want 1 to %d, got %d", maxDeletions, cfg.Deletions)
 	}
 	c := &calibration{cfg: cfg, profile: &plan.Profile{Kind: plan.ProfileKind, Name: cfg.Name, MeasuredFrom: thisMachine()}}
+	if cfg.LoadURL != "" {
+		u, err := ParseLoadURL(cfg.LoadURL, cfg.LoadServiceType)
+		if err != nil {
+			return nil, err
+		}
+		c.loadURL = u
+	}
 	steps := c.steps()
 	undo, failed, err := experiment.RunSteps(ctx, steps, cfg.Logger)
 	// The cluster is left as it was whatever happened: cleanups get their own time when ctx has ended.
@@ -120,6 +141,8 @@ type calibration struct {
 	cfg              Config
 	profile          *plan.Profile
 	nodes            []node
+	loadURL          *url.URL
+	routes           []route
 	createdNamespace bool
 	probes           []probe
 	samples          map[string][]time.Duration // node → service-outs
@@ -138,7 +161,7 @@ func thisMachine() plan.Machine {
 	return m
 }
 
-// nodesOf lists the nodes with the address their NodePorts are reached at.
+// nodesOf lists the nodes with the address of addressType their NodePorts are reached at ("" when a node has none).
 func nodesOf(ctx context.Context, client kubernetes.Interface, addressType corev1.NodeAddressType) ([]node, string, error) {
 	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -151,18 +174,61 @@ func nodesOf(ctx context.Context, client kubernetes.Interface, addressType corev
 		if version == "" {
 			version = n.Status.NodeInfo.KubeletVersion
 		}
+		found := node{name: n.Name}
 		for _, a := range n.Status.Addresses {
 			if a.Type == addressType && net.ParseIP(a.Address) != nil {
-				out = append(out, node{name: n.Name, addr: a.Address})
+				found.addr = a.Address
 				break
 			}
 		}
-	}
-	if len(out) == 0 {
-		return nil, "", fmt.Errorf("no node has an %s address to reach its NodePorts at (%d nodes)", addressType, len(list.Items))
+		out = append(out, found)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out, version, nil
+}
+
+// reachableNodes are the nodes with an address to reach their NodePorts at; none is an error.
+func reachableNodes(nodes []node, addressType corev1.NodeAddressType) ([]node, error) {
+	var out []node
+	for _, n := range nodes {
+		if n.addr != "" {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no node has an %s address to reach its NodePorts at (%d nodes): give --address-type or --load-url", addressType, len(nodes))
+	}
+	return out, nil
+}
+
+// ParseLoadURL checks a load URL for a load Service of serviceType: http or https, a host, no path or query; a
+// NodePort Service's URL names the port (it becomes the Service's nodePort).
+func ParseLoadURL(raw string, serviceType corev1.ServiceType) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return nil, fmt.Errorf("load URL %q: want http(s)://host[:port] with no path", redacted(raw))
+	}
+	switch serviceType {
+	case corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeClusterIP:
+	case corev1.ServiceTypeNodePort:
+		if port, err := strconv.Atoi(u.Port()); err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("load URL %s: a NodePort load Service takes its nodePort from the URL, which names none", u.Redacted())
+		}
+	default:
+		return nil, fmt.Errorf("load Service type %q: want LoadBalancer, NodePort or ClusterIP", serviceType)
+	}
+	return u, nil
+}
+
+// redacted masks a password in a URL that may not parse.
+func redacted(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	if at := strings.LastIndex(raw, "@"); at >= 0 {
+		return "xxxxx" + raw[at:]
+	}
+	return raw
 }
 
 // quantiles summarises durations (nearest rank).

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -26,8 +29,15 @@ const programmedWithin = 2 * time.Minute
 func (c *calibration) measure(ctx context.Context) error {
 	c.samples = map[string][]time.Duration{}
 	c.start = time.Now()
-	for _, p := range c.probes {
-		// Every node must route to the probe before it goes, or a node that never had it would read as instant.
+	for i, p := range c.probes {
+		if c.cfg.LoadURL != "" {
+			// One Service behind the URL: it selects this probe (and the sentinel) now; every route let the last
+			// one go before (Refusals in a row), so a node still on the old selector sends only to the sentinel.
+			if err := c.pointLoadService(ctx, i); err != nil {
+				return err
+			}
+		}
+		// Every route must reach the probe before it goes, or a node that never had it would read as instant.
 		if err := c.waitRouted(ctx, p); err != nil {
 			return err
 		}
@@ -50,26 +60,29 @@ func (c *calibration) summarise() {
 	var all []time.Duration
 	out := &c.profile.ServiceOut
 	out.Nodes = nil
-	for _, n := range c.nodes {
-		all = append(all, c.samples[n.name]...)
-		out.Nodes = append(out.Nodes, plan.NodeOut{Node: n.name, Quantiles: quantiles(c.samples[n.name])})
+	for _, r := range c.routes {
+		all = append(all, c.samples[r.name]...)
+		out.Nodes = append(out.Nodes, plan.NodeOut{Node: r.name, Quantiles: quantiles(c.samples[r.name])})
 	}
 	out.All = quantiles(all)
 	out.Recommend = plan.Recommend(out.All.Max.D(), c.cfg.Margin)
 	c.profile.MeasuredAt = c.start.UTC().Truncate(time.Second)
 }
 
-// waitRouted waits until a new connection through every node's NodePort reaches the probe.
+// waitRouted waits until a new connection through every route reaches the probe.
 func (c *calibration) waitRouted(ctx context.Context, p probe) error {
-	ctx, cancel := context.WithTimeout(ctx, programmedWithin)
+	within := programmedWithin
+	if c.cfg.LoadURL != "" {
+		// A cloud load balancer is provisioned after its Service: minutes, not seconds.
+		within = loadBalancerWithin
+	}
+	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	for _, n := range c.nodes {
-		addr := net.JoinHostPort(n.addr, strconv.Itoa(p.nodePort))
-		for !reaches(ctx, addr) {
+	for _, r := range c.routes {
+		for !r.reach(ctx, p) {
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("no new connection through %s's NodePort %s reached probe %s within %s (can this machine reach the nodes' %s addresses?): %w",
-					n.name, addr, p.pod, programmedWithin, c.cfg.AddressType, ctx.Err())
+				return fmt.Errorf("no new connection through %s reached probe %s within %s (%s): %w", r.desc, p.pod, within, r.hint, ctx.Err())
 			case <-time.After(c.cfg.Interval):
 			}
 		}
@@ -77,37 +90,81 @@ func (c *calibration) waitRouted(ctx context.Context, p probe) error {
 	return nil
 }
 
-// reaches opens a new connection and tells whether it was accepted (by the probe: the sentinel refuses).
-func reaches(ctx context.Context, addr string) bool {
-	d := net.Dialer{Timeout: routedTimeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
+// loadBalancerWithin bounds the wait until the load URL reaches the first probe.
+const loadBalancerWithin = 5 * time.Minute
+
+// A route is one way new connections reach the probes: a node's NodePort, or the load URL.
+type route struct {
+	// name is the node's name or the load URL (its password masked), as the profile names it.
+	name string
+	// desc says it in an error.
+	desc string
+	// reach opens one new connection and tells whether it reached the probe (the sentinel refuses).
+	reach func(ctx context.Context, p probe) bool
+	// hint says what to check when the route never reaches a probe.
+	hint string
 }
 
-// deleteAndWatch deletes the probe's Pod and probes every node until each has refused Refusals in a row.
+// nodeRoutes go through every node's NodePort: a TCP connection accepted is the probe (the sentinel refuses).
+func nodeRoutes(nodes []node, addressType string) []route {
+	var routes []route
+	for _, n := range nodes {
+		routes = append(routes, route{name: n.name, desc: "node " + n.name + "'s NodePort at " + n.addr, hint: "can this machine reach the nodes' " + addressType + " addresses?",
+			reach: func(ctx context.Context, p probe) bool {
+				d := net.Dialer{Timeout: routedTimeout}
+				conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.addr, strconv.Itoa(p.nodePort)))
+				if err != nil {
+					return false
+				}
+				conn.Close()
+				return true
+			}})
+	}
+	return routes
+}
+
+// urlRoute goes through the load URL with an HTTP request on a new connection: an answer of the app (any status
+// below 500) is the probe. A load balancer may accept the connection itself and then reset it, or answer 502/503,
+// when its backend (the sentinel) refuses.
+func urlRoute(loadURL *url.URL) route {
+	client := &http.Client{Timeout: routedTimeout, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	target := loadURL.JoinPath("/").String()
+	return route{name: loadURL.Redacted(), desc: "the load URL " + loadURL.Redacted(), hint: fmt.Sprintf("does it lead to Service %s?", LoadServiceName),
+		reach: func(ctx context.Context, _ probe) bool {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+			if err != nil {
+				return false
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return false
+			}
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+			resp.Body.Close()
+			return resp.StatusCode < 500
+		}}
+}
+
+// deleteAndWatch deletes the probe's Pod and probes every route until each has refused Refusals in a row.
 func (c *calibration) deleteAndWatch(ctx context.Context, p probe) (map[string]time.Duration, error) {
 	type result struct {
-		node string
-		out  time.Duration
-		err  error
+		route route
+		out   time.Duration
+		err   error
 	}
 	// Timed from the request: no node can let go before the API has the deletion.
 	at := time.Now()
 	if err := c.cfg.Client.CoreV1().Pods(c.cfg.Namespace).Delete(ctx, p.pod, metav1.DeleteOptions{}); err != nil {
 		return nil, fmt.Errorf("delete probe Pod %s: %w", p.pod, err)
 	}
-	results := make(chan result, len(c.nodes))
+	results := make(chan result, len(c.routes))
 	var wg sync.WaitGroup
-	for _, n := range c.nodes {
+	for _, r := range c.routes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := c.watchNode(ctx, net.JoinHostPort(n.addr, strconv.Itoa(p.nodePort)), at)
-			results <- result{node: n.name, out: out, err: err}
+			out, err := c.watchRoute(ctx, r, p, at)
+			results <- result{route: r, out: out, err: err}
 		}()
 	}
 	wg.Wait()
@@ -116,21 +173,21 @@ func (c *calibration) deleteAndWatch(ctx context.Context, p probe) (map[string]t
 	var errs []error
 	for r := range results {
 		if r.err != nil {
-			errs = append(errs, fmt.Errorf("node %s, probe %s: %w", r.node, p.pod, r.err))
+			errs = append(errs, fmt.Errorf("%s, probe %s: %w", r.route.desc, p.pod, r.err))
 			continue
 		}
-		outs[r.node] = r.out
+		outs[r.route.name] = r.out
 	}
 	return outs, errors.Join(errs...)
 }
 
-// watchNode opens perTick new connections through addr every Interval until Refusals in a row were refused, and
+// watchRoute opens perTick new connections through the route every Interval until Refusals in a row were refused, and
 // returns the time from the deletion (at) to the first tick after the last one that reached the probe. A tick
 // reaches the probe when any of its connections does: while a node still routes to it, a tick misses it only with
-// a chance of 2^-perTick, which keeps the estimate within a tick or two of the node's change. A node still routing
+// a chance of 2^-perTick (through a load URL, of those that tick's connections went to that node), which keeps the estimate within a tick or two of the node's change. A node still routing
 // to the probe when its preStop sleep ends (Hold) is an error: after it the probe stops serving, and a refusal no
 // longer says the node let go.
-func (c *calibration) watchNode(ctx context.Context, addr string, at time.Time) (time.Duration, error) {
+func (c *calibration) watchRoute(ctx context.Context, r route, p probe, at time.Time) (time.Duration, error) {
 	deadline := at.Add(c.cfg.Hold)
 	var lastReached, streakStart time.Time
 	refused := 0
@@ -140,7 +197,7 @@ func (c *calibration) watchNode(ctx context.Context, addr string, at time.Time) 
 			return 0, fmt.Errorf("%w (%s after the deletion; last reached %s after it): calibrate with a longer hold", errNeverLetGo,
 				c.cfg.Hold, lastReached.Sub(at).Round(time.Millisecond))
 		}
-		if reached := reachedOf(ctx, addr, perTick); reached > 0 {
+		if reached := reachedOf(ctx, r, p, perTick); reached > 0 {
 			lastReached, refused = t, 0
 		} else {
 			if refused == 0 {
@@ -161,11 +218,11 @@ func (c *calibration) watchNode(ctx context.Context, addr string, at time.Time) 
 // perTick is how many new connections each probe tick opens through a node, side by side.
 const perTick = 4
 
-// reachedOf opens n connections to addr at once and counts those the probe accepted.
-func reachedOf(ctx context.Context, addr string, n int) int {
+// reachedOf opens n connections through the route at once and counts those that reached the probe.
+func reachedOf(ctx context.Context, r route, p probe, n int) int {
 	results := make(chan bool, n)
 	for range n {
-		go func() { results <- reaches(ctx, addr) }()
+		go func() { results <- r.reach(ctx, p) }()
 	}
 	count := 0
 	for range n {

@@ -3,6 +3,8 @@ package calibrate
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,8 +74,9 @@ func (c *calibration) steps() []experiment.Step {
 			}
 			return err
 		}},
-		{Name: "give each probe a NodePort Service", Do: c.exposeProbes, Cleanup: func() error {
+		{Name: c.exposeStepName(), Do: c.exposeProbes, Cleanup: func() error {
 			var errs []string
+			// Through a load URL every probe has the one load Service: deleted once, then not found.
 			for _, p := range c.probes {
 				if err := client.CoreV1().Services(ns).Delete(background(), p.service, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 					errs = append(errs, err.Error())
@@ -98,6 +101,17 @@ func (c *calibration) readCluster(ctx context.Context) error {
 		return err
 	}
 	c.profile.Cluster.Nodes = len(c.nodes)
+	if c.loadURL != nil {
+		c.routes = []route{urlRoute(c.loadURL)}
+		c.profile.ServiceOut.Via = fmt.Sprintf("the load URL %s (Service %s, type %s)", c.loadURL.Redacted(), LoadServiceName, c.cfg.LoadServiceType)
+	} else {
+		reachable, err := reachableNodes(c.nodes, c.cfg.AddressType)
+		if err != nil {
+			return err
+		}
+		c.routes = nodeRoutes(reachable, string(c.cfg.AddressType))
+		c.profile.ServiceOut.Via = fmt.Sprintf("every node's NodePort (%s)", c.cfg.AddressType)
+	}
 	services, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("count the cluster's Services: %w", err)
@@ -190,7 +204,7 @@ func (c *calibration) installProbes(ctx context.Context) error {
 		return err
 	}
 	for i, pod := range pods[:c.cfg.Deletions] {
-		label := fmt.Sprintf(`{"metadata":{"labels":{"%s%d":"yes"}}}`, probeLabelPrefix, i)
+		label := fmt.Sprintf(`{"metadata":{"labels":{"%s":"yes"}}}`, probeLabel(i))
 		if _, err := c.cfg.Client.CoreV1().Pods(c.cfg.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, []byte(label), metav1.PatchOptions{}); err != nil {
 			return fmt.Errorf("label probe Pod %s: %w", pod.Name, err)
 		}
@@ -237,7 +251,7 @@ func (c *calibration) startSentinel(ctx context.Context) error {
 	}
 	labels := map[string]string{}
 	for i := range c.cfg.Deletions {
-		labels[fmt.Sprintf("%s%d", probeLabelPrefix, i)] = "yes"
+		labels[probeLabel(i)] = "yes"
 	}
 	sentinel := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: sentinelName, Namespace: c.cfg.Namespace, Labels: labels}, Spec: spec}
 	if _, err := c.cfg.Client.CoreV1().Pods(c.cfg.Namespace).Create(ctx, sentinel, metav1.CreateOptions{}); err != nil {
@@ -257,13 +271,47 @@ func (c *calibration) startSentinel(ctx context.Context) error {
 	})
 }
 
-// exposeProbes gives each probe a NodePort Service selecting it and the sentinel.
+// LoadServiceName is the Service a load URL leads to (port 80): it selects the probe about to be deleted.
+const LoadServiceName = "calibrate"
+
+func (c *calibration) exposeStepName() string {
+	if c.cfg.LoadURL != "" {
+		return fmt.Sprintf("create the load Service %s (%s)", LoadServiceName, c.cfg.LoadServiceType)
+	}
+	return "give each probe a NodePort Service"
+}
+
+// exposeProbes gives each probe a NodePort Service selecting it and the sentinel; through a load URL, one Service
+// of the load Service type selects the first probe and the sentinel (pointLoadService moves it on).
 func (c *calibration) exposeProbes(ctx context.Context) error {
+	port := corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}
+	if c.loadURL != nil {
+		spec := corev1.ServiceSpec{Type: c.cfg.LoadServiceType, Selector: map[string]string{probeLabel(0): "yes"}}
+		switch c.cfg.LoadServiceType {
+		case corev1.ServiceTypeNodePort:
+			nodePort, _ := strconv.Atoi(c.loadURL.Port()) // ParseLoadURL checked it
+			port.NodePort = int32(nodePort)
+		case corev1.ServiceTypeLoadBalancer:
+			// The URL's host as the address asked for (a cloud's reserved static address); a host name is the
+			// cloud's or DNS's business.
+			if ip := net.ParseIP(c.loadURL.Hostname()); ip != nil {
+				spec.LoadBalancerIP = ip.String()
+			}
+		}
+		spec.Ports = []corev1.ServicePort{port}
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: LoadServiceName, Namespace: c.cfg.Namespace}, Spec: spec}
+		if _, err := c.cfg.Client.CoreV1().Services(c.cfg.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create the load Service %s: %w", LoadServiceName, err)
+		}
+		for i := range c.probes {
+			c.probes[i].service = LoadServiceName
+		}
+		return nil
+	}
 	for i := range c.probes {
 		p := &c.probes[i]
 		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: p.service, Namespace: c.cfg.Namespace},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{fmt.Sprintf("%s%d", probeLabelPrefix, i): "yes"},
-				Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}}}
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{probeLabel(i): "yes"}, Ports: []corev1.ServicePort{port}}}
 		created, err := c.cfg.Client.CoreV1().Services(c.cfg.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create Service %s: %w", p.service, err)
@@ -272,3 +320,23 @@ func (c *calibration) exposeProbes(ctx context.Context) error {
 	}
 	return nil
 }
+
+// pointLoadService makes the load Service select probe i (and the sentinel, which carries every probe's label).
+func (c *calibration) pointLoadService(ctx context.Context, i int) error {
+	patch := fmt.Sprintf(`{"spec":{"selector":{"%s":"yes"%s}}}`, probeLabel(i), previousSelectorRemoval(i))
+	if _, err := c.cfg.Client.CoreV1().Services(c.cfg.Namespace).Patch(ctx, LoadServiceName, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("point the load Service %s at probe %s: %w", LoadServiceName, c.probes[i].pod, err)
+	}
+	return nil
+}
+
+// previousSelectorRemoval is the patch's removal of the previous probe's label from the selector (a map merges).
+func previousSelectorRemoval(i int) string {
+	if i == 0 {
+		return ""
+	}
+	return fmt.Sprintf(`,"%s":null`, probeLabel(i-1))
+}
+
+// probeLabel is the label that probe i and the sentinel carry.
+func probeLabel(i int) string { return fmt.Sprintf("%s%d", probeLabelPrefix, i) }

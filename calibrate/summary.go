@@ -35,11 +35,11 @@ func WriteSummary(w io.Writer, p *plan.Profile, profileFile, lang string) error 
 	}
 	b.WriteString("\n\n")
 	if ja {
-		fmt.Fprintf(&b, "サービスアウト (Pod 削除から、そのノードの NodePort への新しい接続が削除した Pod に届かなくなるまで、削除 %d 回):\n\n", out.Deletions)
-		b.WriteString("| ノード | 観測数 | p50 | p90 | p99 | 最大 |\n|---|--:|--:|--:|--:|--:|\n")
+		fmt.Fprintf(&b, "サービスアウト (Pod 削除から、経路 (%s) を通る新しい接続が削除した Pod に届かなくなるまで、削除 %d 回):\n\n", via(out), out.Deletions)
+		b.WriteString("| 経路 | 観測数 | p50 | p90 | p99 | 最大 |\n|---|--:|--:|--:|--:|--:|\n")
 	} else {
-		fmt.Fprintf(&b, "Service-out (from a Pod's deletion until new connections through a node's NodePort no longer reach it; %d deletions):\n\n", out.Deletions)
-		b.WriteString("| Node | Samples | p50 | p90 | p99 | Max |\n|---|--:|--:|--:|--:|--:|\n")
+		fmt.Fprintf(&b, "Service-out (from a Pod's deletion until new connections through %s no longer reach it; %d deletions):\n\n", via(out), out.Deletions)
+		b.WriteString("| Through | Samples | p50 | p90 | p99 | Max |\n|---|--:|--:|--:|--:|--:|\n")
 	}
 	row := func(name string, q plan.Quantiles) {
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s |\n", name, q.Samples, q.P50, q.P90, q.P99, q.Max)
@@ -47,7 +47,7 @@ func WriteSummary(w io.Writer, p *plan.Profile, profileFile, lang string) error 
 	for _, n := range out.Nodes {
 		row(n.Node, n.Quantiles)
 	}
-	row(map[bool]string{true: "全ノード", false: "all nodes"}[ja], out.All)
+	row(map[bool]string{true: "全体", false: "all"}[ja], out.All)
 	if ja {
 		fmt.Fprintf(&b, "\n**推奨 preStop sleep: %s** — 計測した最長のサービスアウト (%s) を秒に切り上げ、余裕 %s を足したもの。ラボで演じるには計画に `lab: {profile: %s}`。\n",
 			out.Recommend.PreStopSleep, out.All.Max, out.Recommend.Margin, profileFile)
@@ -57,4 +57,12 @@ func WriteSummary(w io.Writer, p *plan.Profile, profileFile, lang string) error 
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// via says what the connections went through; profiles written before it was recorded went through the NodePorts.
+func via(out plan.MeasuredOut) string {
+	if out.Via == "" {
+		return "every node's NodePort"
+	}
+	return out.Via
 }

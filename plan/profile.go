@@ -71,6 +71,9 @@ type Programming struct {
 // MeasuredOut is service-out as calibrate measured it: per node, from a Pod's deletion to the last new connection
 // that node's NodePort still delivered to it.
 type MeasuredOut struct {
+	// Via is what the new connections went through: every node's NodePort, or a load URL (then one entry in
+	// Nodes, named by the URL: the nodes behind it are not told apart).
+	Via       string      `yaml:"via,omitempty" json:"via,omitempty"`
 	Deletions int         `yaml:"deletions" json:"deletions"`
 	All       Quantiles   `yaml:"all" json:"all"`
 	Nodes     []NodeOut   `yaml:"nodes" json:"nodes"`

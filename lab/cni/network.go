@@ -76,8 +76,9 @@ type Network interface {
 	ClusterCIDR() string
 	// Close removes everything the network made.
 	Close() error
-	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and nodes reach.
-	AllocateExternal() (net.IP, error)
+	// AllocateExternal and ReleaseExternal hand out LoadBalancer ingress addresses the host and nodes reach;
+	// AllocateExternal gives the one asked for (a Service's spec.loadBalancerIP) when it is one of them and free.
+	AllocateExternal(want net.IP) (net.IP, error)
 	ReleaseExternal(net.IP) error
 	// BalancerNamespace is the load balancer host's network namespace: the ingress addresses live there, and the
 	// balancers listen and open their backend connections from it, as a cloud's balancer does from hosts of its own.
@@ -629,11 +630,26 @@ func (n *NetnsNetwork) Close() error {
 }
 
 // AllocateExternal gives a LoadBalancer Service an ingress address: one of the node network's last, on the load
-// balancer's host (the host and the nodes reach it on the node network).
-func (n *NetnsNetwork) AllocateExternal() (net.IP, error) {
+// balancer's host (the host and the nodes reach it on the node network). want, when not nil, is the address the
+// Service asks for (spec.loadBalancerIP, as a cloud's reserved static address): it must be one of them and free.
+func (n *NetnsNetwork) AllocateExternal(want net.IP) (net.IP, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for host := uint32(firstExternal); host < firstExternal+externalHosts; host++ {
+	first, last := uint32(firstExternal), uint32(firstExternal+externalHosts)
+	if want != nil {
+		host := uint32(0)
+		if want.To4() != nil {
+			host = ipValue(want) - n.base
+		}
+		switch {
+		case want.To4() == nil || ipValue(want) < n.base || host < first || host >= last:
+			return nil, fmt.Errorf("loadBalancerIP %s is not one of the lab's load balancer addresses (%s to %s)", want, ipv4(n.base+first), ipv4(n.base+last-1))
+		case n.external[host]:
+			return nil, fmt.Errorf("loadBalancerIP %s is in use by another Service", want)
+		}
+		first, last = host, host+1
+	}
+	for host := first; host < last; host++ {
 		if n.external[host] {
 			continue
 		}

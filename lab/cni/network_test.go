@@ -170,3 +170,40 @@ func bridgeAddress(t *testing.T, ns string) string {
 var cowwebBinary string
 
 func TestMain(m *testing.M) { os.Exit(testenv.MainWithCowweb(m, &cowwebBinary)) }
+
+// A LoadBalancer Service may ask for its address, as a cloud's reserved static address: the lab gives that one
+// when it is one of its load balancer addresses and free, and says why not otherwise.
+func TestLoadBalancerAddressesAsAskedFor(t *testing.T) {
+	testenv.RequireRoot(t)
+	n, err := NewNetnsNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	first, err := n.AllocateExternal(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := ipv4(ipValue(first) + 1)
+	got, err := n.AllocateExternal(next)
+	if err != nil || !got.Equal(next) {
+		t.Fatalf("asked for %s: got %s, %v", next, got, err)
+	}
+	if _, err := n.AllocateExternal(next); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("asked twice for %s: %v", next, err)
+	}
+	if _, err := n.AllocateExternal(net.IPv4(192, 0, 2, 1)); err == nil || !strings.Contains(err.Error(), "not one of the lab's load balancer addresses") {
+		t.Errorf("asked for an address outside the lab: %v", err)
+	}
+	// Taken back, it can be asked for again; the address is on the balancer's host while held.
+	if err := n.ReleaseExternal(next); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := n.AllocateExternal(next); err != nil || !got.Equal(next) {
+		t.Errorf("asked again for %s after its release: %s, %v", next, got, err)
+	}
+	out, err := exec.Command("ip", "-n", n.BalancerNamespace(), "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), " "+next.String()+"/32") {
+		t.Errorf("balancer's eth0 (%v):\n%s", err, out)
+	}
+}

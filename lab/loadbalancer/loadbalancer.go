@@ -72,7 +72,7 @@ const routeJournalTTL = 2 * time.Minute
 // ("" for the process's own), where the balancers listen and dial from, and its address on the node network, the
 // balancers' source address towards the nodes.
 type externalAddresses interface {
-	AllocateExternal() (net.IP, error)
+	AllocateExternal(want net.IP) (net.IP, error)
 	ReleaseExternal(net.IP) error
 	BalancerNamespace() string
 	BalancerIP() net.IP
@@ -238,7 +238,8 @@ func (b *Balancers) setIngress(svc *corev1.Service, ip net.IP) {
 }
 
 func (b *Balancers) create(svc *corev1.Service) (*balancer, error) {
-	ip, err := b.addresses.AllocateExternal()
+	// A Service may ask for its address (a cloud's reserved static address): net.ParseIP gives nil for none.
+	ip, err := b.addresses.AllocateExternal(net.ParseIP(svc.Spec.LoadBalancerIP))
 	if err != nil {
 		return nil, err
 	}

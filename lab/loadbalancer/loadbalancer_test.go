@@ -25,10 +25,12 @@ import (
 // loopbackAddresses hands out 127.0.0.1 as the ingress address, so the balancer tests need no root.
 type loopbackAddresses struct{ released int }
 
-func (a *loopbackAddresses) AllocateExternal() (net.IP, error) { return net.IPv4(127, 0, 0, 1), nil }
-func (a *loopbackAddresses) ReleaseExternal(net.IP) error      { a.released++; return nil }
-func (a *loopbackAddresses) BalancerNamespace() string         { return "" }
-func (a *loopbackAddresses) BalancerIP() net.IP                { return net.IPv4(127, 0, 0, 1) }
+func (a *loopbackAddresses) AllocateExternal(net.IP) (net.IP, error) {
+	return net.IPv4(127, 0, 0, 1), nil
+}
+func (a *loopbackAddresses) ReleaseExternal(net.IP) error { a.released++; return nil }
+func (a *loopbackAddresses) BalancerNamespace() string    { return "" }
+func (a *loopbackAddresses) BalancerIP() net.IP           { return net.IPv4(127, 0, 0, 1) }
 
 // loopbackNode is one node on loopback whose "NodePort" is the backend itself; its conntrack says the connection
 // went to the Pod with UID pod-1.

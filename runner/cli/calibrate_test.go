@@ -30,6 +30,11 @@ contexts: [{name: gone, context: {cluster: gone, user: me}}]
 		{[]string{"calibrate", "--context", "elsewhere", "--kubeconfig", kubeconfig, "--yes"}, []string{`no context "elsewhere"`}},
 		{[]string{"calibrate", "--context", "gone", "--yes", "--hold", "2s"}, []string{"--hold 2s: want whole seconds between 5s and 5m"}},
 		{[]string{"calibrate", "--context", "gone", "--yes", "--lang", "fr"}, []string{`--lang "fr"`}},
+		{[]string{"calibrate", "--context", "gone", "--yes", "--load-url", "http://me:not-a-secret@10.0.0.5/say"},
+			[]string{`--load-url: load URL "http://me:xxxxx@10.0.0.5/say": want http(s)://host[:port] with no path`}},
+		{[]string{"calibrate", "--context", "gone", "--yes", "--load-url", "http://10.0.0.5", "--load-service-type", "NodePort"},
+			[]string{"a NodePort load Service takes its nodePort from the URL, which names none"}},
+		{[]string{"calibrate", "--context", "gone", "--yes", "--load-service-type", "NodePort"}, []string{"--load-service-type without --load-url"}},
 	} {
 		code, _, errOut := run(t, c.args...)
 		for _, w := range c.want {
