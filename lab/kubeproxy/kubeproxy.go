@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,6 +114,10 @@ type Proxies struct {
 	mu       sync.Mutex
 	pods     map[string]podRef          // Pod address → the Pod that last had it
 	services map[string]map[string]bool // namespace/name → ready endpoint addresses
+	// iptablesChains are the Service chains iptables mode writes for the watched namespaces' Service ports, kept
+	// after a Service goes (its chains may outlive its EndpointSlices by a sync; reading a chain not there costs
+	// one lookup).
+	iptablesChains map[string]bool
 }
 
 type podRef struct{ namespace, name, uid string }
@@ -170,7 +175,7 @@ func Start(ctx context.Context, opts Options) (_ *Proxies, err error) {
 	if err := Preflight(opts.Config.Mode); err != nil {
 		return nil, err
 	}
-	p := &Proxies{opts: opts, stop: make(chan struct{}), pods: map[string]podRef{}, services: map[string]map[string]bool{}}
+	p := &Proxies{opts: opts, stop: make(chan struct{}), pods: map[string]podRef{}, services: map[string]map[string]bool{}, iptablesChains: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, p.Stop())
@@ -247,7 +252,7 @@ func (p *Proxies) startNode(name string) (*nodeProxy, error) {
 		return nil, err
 	}
 	// The rules are watched before kube-proxy writes them, so its first sync is seen too.
-	if n.rules, err = startRuleWatch(ns, p.opts.Config.Mode, p.opts.Unwatched, func(at time.Time, gone []string) { p.servicedOut(n, at, gone) }, p.opts.Logger); err != nil {
+	if n.rules, err = startRuleWatch(ns, p.opts.Config.Mode, p.opts.Unwatched, p.watchedIPTablesChains, func(at time.Time, gone []string) { p.servicedOut(n, at, gone) }, p.opts.Logger); err != nil {
 		return n, fmt.Errorf("node %s: %w", name, err)
 	}
 	if n.conntrack, err = openConntrack(ns); err != nil {
@@ -343,6 +348,32 @@ func (p *Proxies) sliceChanged(obj any) {
 	}
 	// One slice per Service is what the lab's Services have (at most 100 endpoints each).
 	p.services[service] = ready
+	if !slices.Contains(p.opts.Unwatched, slice.Namespace) {
+		for _, port := range slice.Ports {
+			if port.Protocol == nil {
+				continue
+			}
+			name := service
+			if port.Name != nil && *port.Name != "" {
+				name += ":" + *port.Name
+			}
+			for _, chain := range iptablesServiceChains(name, string(*port.Protocol)) {
+				p.iptablesChains[chain] = true
+			}
+		}
+	}
+}
+
+// watchedIPTablesChains are the Service chains iptables mode writes for the watched Services, as known now.
+func (p *Proxies) watchedIPTablesChains() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	chains := make([]string, 0, len(p.iptablesChains))
+	for c := range p.iptablesChains {
+		chains = append(chains, c)
+	}
+	sort.Strings(chains)
+	return chains
 }
 
 // servicedOut records, for each address the node's rules no longer send new connections to, a service_out event

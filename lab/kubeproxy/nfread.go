@@ -1,12 +1,16 @@
 package kubeproxy
 
 import (
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -177,6 +181,104 @@ func natAddress(exprs []expr.Any) string {
 					return net.IP(data).String()
 				}
 			}
+		}
+	}
+	return ""
+}
+
+// iptablesNATTable is the table kube-proxy's iptables mode writes its Service chains in (iptables-nft: family ip).
+const iptablesNATTable = "nat"
+
+// iptablesServiceChains are the chains kube-proxy's iptables mode sends a Service port's new connections through
+// (pkg/proxy/iptables/proxier.go, v1.37: servicePortPolicyClusterChain "KUBE-SVC-" and
+// servicePortPolicyLocalChainName "KUBE-SVL-", each the first 16 characters of base32(sha256(servicePortName +
+// protocol)), where servicePortName is "namespace/name" and ":port-name" when the port has one, and the protocol is
+// lower case). KUBE-EXT-… chains lead to these, so they route nothing of their own.
+func iptablesServiceChains(servicePortName, protocol string) []string {
+	hash := sha256.Sum256([]byte(servicePortName + strings.ToLower(protocol)))
+	name := base32.StdEncoding.EncodeToString(hash[:])[:16]
+	return []string{"KUBE-SVC-" + name, "KUBE-SVL-" + name}
+}
+
+// routedIPTables reads, over netlink, the addresses the given Service chains of iptables mode (iptablesServiceChains)
+// send new connections to: each jumps to endpoint chains (KUBE-SEP-…), each of which DNATs to one Pod address
+// (iptables-nft 1.8.9 writes "-j DNAT" as nftables' own dnat expression, older ones as the xtables target). Only these chains and the endpoint chains they jump to are asked for, one
+// chain at a time (the kernel finds a chain by its name): unlike `iptables-save` (0.8 s with ten thousand
+// Services), the rest of the table costs nothing. A chain not there (a Service without endpoints, a policy the
+// Service does not use) is skipped.
+func routedIPTables(ns string, serviceChains []string) (map[string]bool, error) {
+	handle, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer handle.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(handle)), nftables.AsLasting())
+	if err != nil {
+		return nil, err
+	}
+	defer conn.CloseLasting()
+	table := &nftables.Table{Name: iptablesNATTable, Family: nftables.TableFamilyIPv4}
+	rulesOf := func(chain string) ([]*nftables.Rule, error) {
+		rules, err := conn.GetRules(table, &nftables.Chain{Name: chain, Table: table})
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("rules of %s: %w", chain, err)
+		}
+		return rules, nil
+	}
+	routed := map[string]bool{}
+	for _, chain := range serviceChains {
+		rules, err := rulesOf(chain)
+		if err != nil {
+			return nil, err
+		}
+		for _, rule := range rules {
+			for _, e := range rule.Exprs {
+				v, ok := e.(*expr.Verdict)
+				if !ok || !strings.HasPrefix(v.Chain, "KUBE-SEP-") {
+					continue
+				}
+				endpoint, err := rulesOf(v.Chain)
+				if err != nil {
+					return nil, err
+				}
+				for _, r := range endpoint {
+					ip := xtDNATAddress(r.Exprs)
+					if ip == "" {
+						ip = natAddress(r.Exprs) // a DNAT iptables-nft wrote as nftables' own expression
+					}
+					if ip != "" {
+						routed[ip] = true
+					}
+				}
+			}
+		}
+	}
+	return routed, nil
+}
+
+// xtDNATAddress is the address of a rule's xtables DNAT target (iptables-nft's "-j DNAT --to-destination"), or "".
+func xtDNATAddress(exprs []expr.Any) string {
+	for _, e := range exprs {
+		t, ok := e.(*expr.Target)
+		if !ok || t.Name != "DNAT" {
+			continue
+		}
+		var ip net.IP
+		switch info := t.Info.(type) {
+		case *xt.NatRange2:
+			ip = info.MinIP
+		case *xt.NatRange:
+			ip = info.MinIP
+		case *xt.NatIPv4MultiRangeCompat:
+			if len(*info) > 0 {
+				ip = (*info)[0].MinIP
+			}
+		}
+		if ip4 := ip.To4(); ip4 != nil {
+			return ip4.String()
 		}
 	}
 	return ""

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os/exec"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,11 +23,14 @@ import (
 // with the previous list. An address that left is a service-out on that node, timed at the burst's first commit.
 type ruleWatch struct {
 	ns, mode string
-	skip     []string // namespaces whose Services' chains are not read
-	socket   *nl.NetlinkSocket
-	stopped  atomic.Bool
-	logger   *slog.Logger
-	onGone   func(at time.Time, gone []string)
+	skip     []string // nftables mode: namespaces whose Services' chains are not read
+	// iptablesChains are, in iptables mode, the Service chains to read (iptables mode's chain names hide the
+	// namespace: they are computed from the Services', see iptablesServiceChains).
+	iptablesChains func() []string
+	socket         *nl.NetlinkSocket
+	stopped        atomic.Bool
+	logger         *slog.Logger
+	onGone         func(at time.Time, gone []string)
 
 	mu      sync.Mutex
 	current map[string]bool
@@ -39,8 +41,8 @@ type ruleWatch struct {
 // transaction prints its lines within microseconds; the event keeps the burst's first time.
 const settle = 5 * time.Millisecond
 
-func startRuleWatch(ns, mode string, skip []string, onGone func(time.Time, []string), logger *slog.Logger) (*ruleWatch, error) {
-	w := &ruleWatch{ns: ns, mode: mode, skip: skip, logger: logger, onGone: onGone, current: map[string]bool{}, done: make(chan struct{})}
+func startRuleWatch(ns, mode string, skip []string, iptablesChains func() []string, onGone func(time.Time, []string), logger *slog.Logger) (*ruleWatch, error) {
+	w := &ruleWatch{ns: ns, mode: mode, skip: skip, iptablesChains: iptablesChains, logger: logger, onGone: onGone, current: map[string]bool{}, done: make(chan struct{})}
 	if mode == ModeIPTables {
 		out, err := exec.Command("iptables", "-V").CombinedOutput()
 		if err != nil {
@@ -149,50 +151,13 @@ func (w *ruleWatch) routed() map[string]bool {
 	return w.current
 }
 
-// list reads the node's rules as the mode writes them: netlink for nftables mode; iptables-save for iptables mode,
-// since iptables-nft's DNAT is an xtables target that nft cannot print.
+// list reads the node's rules as the mode writes them, over netlink: the watched Services' chains and what they
+// lead to.
 func (w *ruleWatch) list() (map[string]bool, error) {
 	if w.mode == ModeIPTables {
-		out, err := exec.Command("ip", "netns", "exec", w.ns, "iptables-save", "-t", "nat").Output()
-		if err != nil {
-			return nil, fmt.Errorf("iptables-save: %w", err)
-		}
-		return routedAddressesIPTables(out), nil
+		return routedIPTables(w.ns, w.iptablesChains())
 	}
 	return routedNFTables(w.ns, w.skip)
-}
-
-var (
-	iptablesRule = regexp.MustCompile(`^-A (\S+) `)
-	iptablesJump = regexp.MustCompile(` -j (KUBE-SEP-\S+)`)
-	iptablesDNAT = regexp.MustCompile(` -j DNAT --to-destination ([0-9.]+):\d+`)
-)
-
-// routedAddressesIPTables reads `iptables-save -t nat`: a Service chain (KUBE-SVC-…, KUBE-SVL-…) jumps to endpoint
-// chains (KUBE-SEP-…), each of which DNATs to one Pod address.
-func routedAddressesIPTables(save []byte) map[string]bool {
-	endpoint := map[string]string{}
-	var refs []string
-	for _, line := range strings.Split(string(save), "\n") {
-		m := iptablesRule.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		chain := m[1]
-		if d := iptablesDNAT.FindStringSubmatch(line); d != nil && strings.HasPrefix(chain, "KUBE-SEP-") {
-			endpoint[chain] = d[1]
-		}
-		if j := iptablesJump.FindStringSubmatch(line); j != nil && serviceChain(chain) {
-			refs = append(refs, j[1])
-		}
-	}
-	routed := map[string]bool{}
-	for _, r := range refs {
-		if ip, ok := endpoint[r]; ok {
-			routed[ip] = true
-		}
-	}
-	return routed
 }
 
 func (w *ruleWatch) stop() {
