@@ -66,5 +66,6 @@ $(VEGETA):
 # lab's cost curve (8/50/100 replicas), the apply overhead, and (BENCH_REPORTS=dir,dir) `runner report` times.
 BENCH_ONLY ?= 0
 BENCH_REPORTS ?=
+BENCH_MODES ?= nftables,iptables
 bench: build lab-deps $(VEGETA)
-	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY) -reports "$(BENCH_REPORTS)"
+	$(GO) run -ldflags "$(K8S_LDFLAGS)" ./bench -runner bin/runner -cowweb bin/cowweb -vegeta $(VEGETA) -only $(BENCH_ONLY) -reports "$(BENCH_REPORTS)" -modes $(BENCH_MODES)

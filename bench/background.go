@@ -28,7 +28,7 @@ var backgroundSizes = []int{0, 1000, 5000, 10000}
 // calibrate` measures a cluster's (new connections through every node's NodePort while probe Pods are deleted one
 // at a time), with kube-proxy's own sync time beside it: how much a cluster's size lengthens propagation when every
 // node's kube-proxy programs it. One lab state directory per mode; each size adds to the last one's background.
-func serviceOutBySize(runner, cowweb string, sizes []int) error {
+func serviceOutBySize(runner, cowweb string, modes []string, sizes []int) error {
 	if os.Geteuid() != 0 {
 		fmt.Println("   skipped: the lab needs root")
 		return nil
@@ -39,7 +39,10 @@ func serviceOutBySize(runner, cowweb string, sizes []int) error {
 	}
 	fmt.Println("   | mode | background Services | made in | service-out p50 | p99 | max | kube-proxy sync p50 (s) | syncs |")
 	fmt.Println("   |---|--:|--:|--:|--:|--:|--:|--:|")
-	for _, mode := range []string{kubeproxy.ModeNFTables, kubeproxy.ModeIPTables} {
+	for _, mode := range modes {
+		if err := kubeproxy.Preflight(mode); err != nil {
+			return err
+		}
 		dir, err := os.MkdirTemp("", "rollout-lab-bench-background")
 		if err != nil {
 			return err

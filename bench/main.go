@@ -48,6 +48,7 @@ import (
 	"github.com/rollout-lab/rollout-lab/experiment"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/lab/cgroups"
+	"github.com/rollout-lab/rollout-lab/lab/kubeproxy"
 	"github.com/rollout-lab/rollout-lab/lab/kubeproxy/proxymain"
 	"github.com/rollout-lab/rollout-lab/lab/nsnet"
 	"github.com/rollout-lab/rollout-lab/load"
@@ -62,18 +63,19 @@ func main() {
 	scrapeFor := flag.Duration("scrape-for", 30*time.Second, "how long to measure the embedded Prometheus")
 	only := flag.Int("only", 0, "run one section alone: 2 (rates against vegeta), 4 (the lab's cost curve), 5 (the apply overhead), 6 (report times), 7 (load paths), 8 (service-out against background size); 0 runs all")
 	reports := flag.String("reports", "", "comma-separated results directories whose `runner report` section 6 times")
+	modes := flag.String("modes", kubeproxy.ModeNFTables+","+kubeproxy.ModeIPTables, "kube-proxy modes section 8 plays, comma-separated")
 	flag.Parse()
 	var reportDirs []string
 	if *reports != "" {
 		reportDirs = strings.Split(*reports, ",")
 	}
-	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only, reportDirs); err != nil {
+	if err := run(*runner, *cowweb, *vegeta, *step, *scrapeFor, *only, reportDirs, strings.Split(*modes, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int, reportDirs []string) error {
+func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int, reportDirs, proxyModes []string) error {
 	switch only {
 	case 4:
 		return costCurve(runner, cowweb)
@@ -84,7 +86,7 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 	case 7:
 		return loadPaths(runner, cowweb, step)
 	case 8:
-		return serviceOutBySize(runner, cowweb, backgroundSizes)
+		return serviceOutBySize(runner, cowweb, proxyModes, backgroundSizes)
 	case 0, 2:
 	default:
 		return fmt.Errorf("-only %d: sections 2, 4, 5, 6, 7 and 8 run alone", only)
@@ -132,7 +134,7 @@ func run(runner, cowweb, vegeta string, step, scrapeFor time.Duration, only int,
 		return err
 	}
 	fmt.Println("\n== 8. service-out (runner calibrate's measurement) against the cluster's size: 0 to 10 000 background Services, both kube-proxy modes")
-	if err := serviceOutBySize(runner, cowweb, backgroundSizes); err != nil {
+	if err := serviceOutBySize(runner, cowweb, proxyModes, backgroundSizes); err != nil {
 		return err
 	}
 	if len(reportDirs) > 0 {
