@@ -25,12 +25,7 @@ const nftablesTable = "kube-proxy"
 // the chain names and then for the rules of the few chains it reads: a cluster's background costs the watch
 // nothing.
 func routedNFTables(ns string, skip []string) (map[string]bool, error) {
-	handle, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer handle.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(handle)), nftables.AsLasting())
+	conn, err := nodeNFTables(ns)
 	if err != nil {
 		return nil, err
 	}
@@ -57,6 +52,16 @@ func routedNFTables(ns string, skip []string) (map[string]bool, error) {
 		}
 	}
 	return r.routed, nil
+}
+
+// nodeNFTables is a netlink connection to nf_tables in a node's namespace, for one reading of its rules.
+func nodeNFTables(ns string) (*nftables.Conn, error) {
+	handle, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer handle.Close()
+	return nftables.New(nftables.WithNetNSFd(int(handle)), nftables.AsLasting())
 }
 
 // inNamespaces tells whether a chain is of a Service in one of namespaces: nftables mode names a Service's chains
@@ -202,17 +207,12 @@ func iptablesServiceChains(servicePortName, protocol string) []string {
 
 // routedIPTables reads, over netlink, the addresses the given Service chains of iptables mode (iptablesServiceChains)
 // send new connections to: each jumps to endpoint chains (KUBE-SEP-…), each of which DNATs to one Pod address
-// (iptables-nft 1.8.9 writes "-j DNAT" as nftables' own dnat expression, older ones as the xtables target). Only these chains and the endpoint chains they jump to are asked for, one
-// chain at a time (the kernel finds a chain by its name): unlike `iptables-save` (0.8 s with ten thousand
-// Services), the rest of the table costs nothing. A chain not there (a Service without endpoints, a policy the
+// (iptables-nft 1.8.9 writes "-j DNAT" as nftables' own dnat expression, older ones as the xtables target). Only
+// these chains and the endpoint chains they jump to are asked for, one chain at a time (the kernel finds a chain by
+// its name): unlike `iptables-save` (0.8 s with ten thousand Services), the rest of the table costs nothing. A chain not there (a Service without endpoints, a policy the
 // Service does not use) is skipped.
 func routedIPTables(ns string, serviceChains []string) (map[string]bool, error) {
-	handle, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer handle.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(handle)), nftables.AsLasting())
+	conn, err := nodeNFTables(ns)
 	if err != nil {
 		return nil, err
 	}
