@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/rollout-lab/rollout-lab/internal/testenv"
 	"github.com/rollout-lab/rollout-lab/lab"
 	"github.com/rollout-lab/rollout-lab/plan"
+	"gonum.org/v1/gonum/stat"
+	"gonum.org/v1/gonum/stat/distuv"
 )
 
 // closedLoopRun is the short plan both labs run: no preStop sleep, so every new connection a node still sends to
@@ -98,24 +101,28 @@ func TestAProfiledLabLosesWhatTheCalibratedClusterLoses(t *testing.T) {
 		c.Background != cluster.Lab.Background {
 		t.Fatalf("the second lab played %+v, not the profile", played.Cluster)
 	}
-	if len(clusterReport.AcrossRuns) != 1 || clusterReport.AcrossRuns[0].ErrorRateCI95 == nil || len(played.AcrossRuns) != 1 {
-		t.Fatalf("across runs: %+v and %+v", clusterReport.AcrossRuns, played.AcrossRuns)
+	if len(clusterReport.Runs) < 3 || len(played.Runs) < 1 {
+		t.Fatalf("runs: %d on the cluster, %d on the profiled lab", len(clusterReport.Runs), len(played.Runs))
 	}
-	interval := *clusterReport.AcrossRuns[0].ErrorRateCI95
-	var clusterErrors, playedErrors []uint64
+	var clusterErrors, playedErrors []float64
 	for _, r := range clusterReport.Runs {
-		clusterErrors = append(clusterErrors, r.Whole.Errors)
+		clusterErrors = append(clusterErrors, float64(r.Whole.Errors))
 	}
 	for _, r := range played.Runs {
-		playedErrors = append(playedErrors, r.Whole.Errors)
+		playedErrors = append(playedErrors, float64(r.Whole.Errors))
 	}
-	mean := played.AcrossRuns[0].ErrorRate.Mean
-	t.Logf("errors: cluster %v (rate 95%% interval [%.4f, %.4f]), profiled lab %v (mean rate %.4f)", clusterErrors, interval[0], interval[1], playedErrors, mean)
-	if clusterReport.AcrossRuns[0].ErrorRate.Mean == 0 {
+	// Where one more run of the cluster falls (95 % prediction interval over its runs: mean ± t·s·√(1+1/n)), not
+	// the interval of its mean, which runs that agree by chance make narrower than a run's own spread (it was
+	// [160.7 ± 2.9] once, and the profiled lab lost 164 and 164). The spread is at least one request: counts are whole.
+	lo, hi := predictionInterval95(clusterErrors)
+	t.Logf("errors: cluster %v (95%% prediction interval [%.1f, %.1f]), profiled lab %v", clusterErrors, lo, hi, playedErrors)
+	if hi <= 0 {
 		t.Fatalf("the cluster lost nothing: no propagation to compare")
 	}
-	if mean < interval[0] || mean > interval[1] {
-		t.Errorf("the profiled lab's mean error rate %.4f is outside the cluster's 95%% interval [%.4f, %.4f]", mean, interval[0], interval[1])
+	for _, e := range playedErrors {
+		if e < lo || e > hi {
+			t.Errorf("a run of the profiled lab lost %.0f requests, outside the cluster's 95%% prediction interval [%.1f, %.1f]", e, lo, hi)
+		}
 	}
 	for _, s := range []string{"Cluster played: profile \"rollout-lab\"", "recommended preStop sleep"} {
 		md, err := os.ReadFile(filepath.Join(onlyDir(t, filepath.Join(results, "closed-loop-play", "*")), "report.md"))
@@ -130,4 +137,14 @@ func writePlan(t *testing.T, file, text string) {
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// predictionInterval95 is where one more value from the distribution of v falls with 95 % (Student's t), with the
+// standard deviation at least 1 (whole counts).
+func predictionInterval95(v []float64) (lo, hi float64) {
+	n := float64(len(v))
+	mean, sd := stat.MeanStdDev(v, nil)
+	sd = max(sd, 1)
+	half := distuv.StudentsT{Mu: 0, Sigma: 1, Nu: n - 1}.Quantile(0.975) * sd * math.Sqrt(1+1/n)
+	return mean - half, mean + half
 }
