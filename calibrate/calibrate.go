@@ -206,7 +206,7 @@ func reachableNodes(nodes []node, addressType corev1.NodeAddressType) ([]node, e
 func ParseLoadURL(raw string, serviceType corev1.ServiceType) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return nil, fmt.Errorf("load URL %q: want http(s)://host[:port] with no path", redacted(raw))
+		return nil, fmt.Errorf("load URL %q: want http(s)://host[:port] with no path", plan.RedactURL(raw))
 	}
 	switch serviceType {
 	case corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeClusterIP:
@@ -218,17 +218,6 @@ func ParseLoadURL(raw string, serviceType corev1.ServiceType) (*url.URL, error) 
 		return nil, fmt.Errorf("load Service type %q: want LoadBalancer, NodePort or ClusterIP", serviceType)
 	}
 	return u, nil
-}
-
-// redacted masks a password in a URL that may not parse.
-func redacted(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
-	if at := strings.LastIndex(raw, "@"); at >= 0 {
-		return "xxxxx" + raw[at:]
-	}
-	return raw
 }
 
 // quantiles summarises durations (nearest rank).

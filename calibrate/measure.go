@@ -29,7 +29,7 @@ func (c *calibration) measure(ctx context.Context) error {
 	c.samples = map[string][]time.Duration{}
 	c.start = time.Now()
 	for i, p := range c.probes {
-		if c.cfg.LoadURL != "" {
+		if c.loadURL != nil {
 			// One Service behind the URL: it selects this probe (and the sentinel) now; every route let the last
 			// one go before (Refusals in a row), so a node still on the old selector sends only to the sentinel.
 			if err := c.pointLoadService(ctx, i); err != nil {
@@ -71,7 +71,7 @@ func (c *calibration) summarise() {
 // waitRouted waits until a new connection through every route reaches the probe.
 func (c *calibration) waitRouted(ctx context.Context, p probe) error {
 	within := programmedWithin
-	if c.cfg.LoadURL != "" {
+	if c.loadURL != nil {
 		// A cloud load balancer is provisioned after its Service: minutes, not seconds.
 		within = loadBalancerWithin
 	}

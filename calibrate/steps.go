@@ -275,7 +275,7 @@ func (c *calibration) startSentinel(ctx context.Context) error {
 const LoadServiceName = "calibrate"
 
 func (c *calibration) exposeStepName() string {
-	if c.cfg.LoadURL != "" {
+	if c.loadURL != nil {
 		return fmt.Sprintf("create the load Service %s (%s)", LoadServiceName, c.cfg.LoadServiceType)
 	}
 	return "give each probe a NodePort Service"

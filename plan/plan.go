@@ -509,10 +509,17 @@ func (p *Plan) Redacted() *Plan {
 	return &out
 }
 
-// RedactURL hides the password of a URL; text that is no URL comes back as it is.
+// RedactURL hides the password of a URL; text that does not parse loses everything before its last "@" (where a
+// password would be), other text comes back as it is.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err != nil {
+		if at := strings.LastIndex(raw, "@"); at >= 0 {
+			return "xxxxx" + raw[at:]
+		}
+		return raw
+	}
+	if u.User == nil {
 		return raw
 	}
 	return u.Redacted()

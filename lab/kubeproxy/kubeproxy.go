@@ -348,7 +348,7 @@ func (p *Proxies) sliceChanged(obj any) {
 	}
 	// One slice per Service is what the lab's Services have (at most 100 endpoints each).
 	p.services[service] = ready
-	if !slices.Contains(p.opts.Unwatched, slice.Namespace) {
+	if p.opts.Config.Mode == ModeIPTables && !slices.Contains(p.opts.Unwatched, slice.Namespace) {
 		for _, port := range slice.Ports {
 			if port.Protocol == nil {
 				continue
